@@ -1,0 +1,100 @@
+//! The WAL's error type.
+
+use std::io;
+use std::path::PathBuf;
+
+/// Everything that can go wrong in the log. Variants carry what an operator
+/// needs to act: the segment file and byte offset of damage, the reason a log
+/// stopped accepting writes.
+#[derive(Debug, thiserror::Error)]
+pub enum WalError {
+    /// An operating-system call failed.
+    #[error("WAL I/O error on {path}: {source}")]
+    Io {
+        /// File or directory involved.
+        path: PathBuf,
+        /// The underlying error.
+        source: io::Error,
+    },
+    /// A damaged record was found before the tail of the log.
+    #[error(
+        "WAL corrupt in segment {segment} at offset {offset}: {reason}; valid records follow, \
+         so this is not a torn tail. Restore from a replica or backup, or open in repair mode \
+         to truncate the log there and move the damaged remainder to wal/corrupt/ \
+         (records after the damage are then lost)"
+    )]
+    Corrupt {
+        /// Segment file holding the damage.
+        segment: PathBuf,
+        /// Byte offset of the first bad frame in that segment.
+        offset: u64,
+        /// What is wrong with the bytes there.
+        reason: String,
+    },
+    /// A record was written by a newer build with a format this one cannot read.
+    #[error("WAL segment {segment} at offset {offset}: {reason}; upgrade engram to read this log")]
+    Unsupported {
+        /// Segment file.
+        segment: PathBuf,
+        /// Byte offset of the frame.
+        offset: u64,
+        /// Version and flags found.
+        reason: String,
+    },
+    /// Records are missing between two segments (a segment was removed by hand?).
+    #[error(
+        "WAL is missing records: expected LSN {expected} but segment {segment} starts at {found}"
+    )]
+    Gap {
+        /// The LSN that should come next.
+        expected: u64,
+        /// The LSN found instead.
+        found: u64,
+        /// The segment where the gap shows.
+        segment: PathBuf,
+    },
+    /// A write or fsync failed earlier; the log refuses appends until reopened.
+    #[error("WAL stopped accepting writes after an I/O failure ({reason}); reopen it to recover")]
+    Failed {
+        /// The first failure.
+        reason: String,
+    },
+    /// The payload is larger than `max_payload`.
+    #[error("WAL record payload of {size} bytes exceeds the limit of {limit} bytes")]
+    RecordTooLarge {
+        /// Payload size.
+        size: usize,
+        /// Configured limit.
+        limit: u32,
+    },
+    /// Replay was asked for records that retention already removed.
+    #[error("WAL records from LSN {requested} are no longer retained (oldest is {oldest})")]
+    Truncated {
+        /// First LSN asked for.
+        requested: u64,
+        /// First LSN still on disk.
+        oldest: u64,
+    },
+    /// The log was closed while the append was pending.
+    #[error("WAL is closed")]
+    Closed,
+    /// The configuration is not usable.
+    #[error("invalid WAL configuration: {0}")]
+    Config(String),
+    /// Metrics could not be registered.
+    #[error("WAL metrics registration failed: {0}")]
+    Metrics(#[from] prometheus::Error),
+}
+
+pub(crate) trait IoContext<T> {
+    fn at(self, path: impl Into<PathBuf>) -> Result<T, WalError>;
+}
+
+impl<T> IoContext<T> for io::Result<T> {
+    fn at(self, path: impl Into<PathBuf>) -> Result<T, WalError> {
+        self.map_err(|source| WalError::Io {
+            path: path.into(),
+            source,
+        })
+    }
+}

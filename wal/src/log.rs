@@ -1,0 +1,916 @@
+//! The log itself: open (with tail truncation or repair), group-commit
+//! appends, replay and retention.
+
+use std::collections::BTreeMap;
+use std::fs::{self, File};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+use std::thread::JoinHandle;
+use std::time::Instant;
+
+use prometheus::Registry;
+use tokio::sync::oneshot;
+
+use crate::error::IoContext;
+use crate::frame::{self, Frame, FrameError, HEADER_LEN, RecordHeader};
+use crate::metrics::WalMetrics;
+use crate::segment::{self, SegmentFile};
+use crate::{Durability, WalConfig, WalError};
+
+/// Name of the folder (inside the log directory) that repair moves damaged bytes to.
+pub const CORRUPT_DIR: &str = "corrupt";
+
+/// How to open a log.
+#[derive(Debug, Clone, Default)]
+pub struct WalOptions {
+    /// Truncate at damage found before the tail (moving the damaged remainder
+    /// to `corrupt/`) instead of refusing to open.
+    pub repair: bool,
+    /// The next LSN handed out is at least this. The owner of the log passes
+    /// one more than the highest LSN it has applied, so LSNs never go back even
+    /// if the log directory was lost; segments wholly below it are removed.
+    pub lsn_floor: u64,
+    /// Registry for the log's metrics; `None` keeps them private.
+    pub registry: Option<Registry>,
+}
+
+/// What `open` found and did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct OpenReport {
+    /// Segments that hold records.
+    pub segments: usize,
+    /// Records found.
+    pub records: u64,
+    /// First retained LSN, if any record is retained.
+    pub first_lsn: Option<u64>,
+    /// Last valid LSN (0 when the log holds no record).
+    pub last_lsn: u64,
+    /// A torn or corrupt tail that was cut off.
+    pub torn_tail: Option<Truncation>,
+    /// Damage before the tail that repair mode cut off.
+    pub repaired: Option<Truncation>,
+}
+
+/// Where the log was cut and how much was removed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Truncation {
+    /// Segment cut.
+    pub segment: PathBuf,
+    /// Offset of the cut within it.
+    pub offset: u64,
+    /// Why the bytes there were not a valid record.
+    pub reason: String,
+    /// Non-zero bytes removed from that segment and the ones after it.
+    pub bytes: u64,
+    /// Where the removed bytes were moved (repair only).
+    pub moved_to: Option<PathBuf>,
+}
+
+/// One record read back from the log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Record {
+    /// Global log sequence number.
+    pub lsn: u64,
+    /// Space, per-space sequence and kind.
+    pub header: RecordHeader,
+    /// Payload bytes.
+    pub payload: Vec<u8>,
+}
+
+/// A pending append. Resolves once the record is acknowledged according to
+/// the log's [`Durability`] (for `Always`: after the covering `fdatasync`).
+#[derive(Debug)]
+pub struct AppendTicket {
+    lsn: u64,
+    rx: oneshot::Receiver<Result<u64, WalError>>,
+}
+
+impl AppendTicket {
+    /// LSN the record was given.
+    pub fn lsn(&self) -> u64 {
+        self.lsn
+    }
+
+    /// Blocks until acknowledged. Must not be called inside an async runtime.
+    pub fn wait(self) -> Result<u64, WalError> {
+        self.rx
+            .blocking_recv()
+            .unwrap_or_else(|_| Err(writer_gone()))
+    }
+
+    /// Waits asynchronously until acknowledged.
+    pub async fn durable(self) -> Result<u64, WalError> {
+        self.rx.await.unwrap_or_else(|_| Err(writer_gone()))
+    }
+}
+
+fn writer_gone() -> WalError {
+    WalError::Failed {
+        reason: "the WAL writer thread stopped".into(),
+    }
+}
+
+/// Keeps records from `lsn` on from being removed by retention while alive.
+#[derive(Debug)]
+pub struct Pin {
+    lsn: u64,
+    shared: Arc<Shared>,
+}
+
+impl Pin {
+    /// The pinned LSN.
+    pub fn lsn(&self) -> u64 {
+        self.lsn
+    }
+}
+
+impl Drop for Pin {
+    fn drop(&mut self) {
+        let mut pins = lock(&self.shared.pins);
+        if let Some(n) = pins.get_mut(&self.lsn) {
+            *n -= 1;
+            if *n == 0 {
+                pins.remove(&self.lsn);
+            }
+        }
+    }
+}
+
+struct Waiter {
+    lsn: u64,
+    end: usize,
+    tx: oneshot::Sender<Result<u64, WalError>>,
+}
+
+#[derive(Default)]
+struct Queue {
+    next_lsn: u64,
+    buf: Vec<u8>,
+    waiters: Vec<Waiter>,
+    failed: Option<String>,
+    closing: bool,
+}
+
+#[derive(Debug)]
+struct Shared {
+    dir: PathBuf,
+    config: WalConfig,
+    queue: Mutex<Queue>,
+    wake: Condvar,
+    committed: AtomicU64,
+    synced: AtomicU64,
+    segments: Mutex<Vec<SegmentFile>>,
+    pins: Mutex<BTreeMap<u64, usize>>,
+    metrics: WalMetrics,
+}
+
+impl std::fmt::Debug for Queue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Queue")
+            .field("next_lsn", &self.next_lsn)
+            .field("pending", &self.waiters.len())
+            .field("failed", &self.failed)
+            .finish()
+    }
+}
+
+impl std::fmt::Debug for WalMetrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("WalMetrics")
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// A segmented, checksummed, group-committed write-ahead log. See the crate docs.
+#[derive(Debug)]
+pub struct Wal {
+    shared: Arc<Shared>,
+    writer: Option<JoinHandle<()>>,
+}
+
+struct Active {
+    file: File,
+    path: PathBuf,
+    pos: u64,
+}
+
+impl Wal {
+    /// Opens (or creates) the log in `dir`: validates every segment, cuts a
+    /// torn tail, refuses damage before the tail unless `options.repair`, and
+    /// starts a fresh segment for new appends.
+    pub fn open(
+        dir: &Path,
+        config: WalConfig,
+        options: WalOptions,
+    ) -> Result<(Wal, OpenReport), WalError> {
+        config.validate()?;
+        match config.durability {
+            Durability::None => tracing::warn!(
+                dir = %dir.display(),
+                "WAL durability is NONE: acknowledged writes are never fsynced and are lost on a \
+                 machine crash. Use this only for tests and benchmarks."
+            ),
+            Durability::Interval(d) => tracing::warn!(
+                dir = %dir.display(),
+                interval_ms = d.as_millis() as u64,
+                "WAL durability is interval: writes are acknowledged before fsync; a machine crash \
+                 can lose up to one interval of acknowledged writes"
+            ),
+            Durability::Always => {}
+        }
+        fs::create_dir_all(dir).at(dir)?;
+        let metrics = WalMetrics::new(options.registry.as_ref())?;
+        let (mut segments, mut report, named_floor) = scan(dir, &config, options.repair)?;
+
+        // Every record below the floor is already applied by the owner: a
+        // floor past the end means the log lost its tail (or was wiped), so
+        // the old segments are dropped and numbering continues from the floor.
+        if options.lsn_floor > report.last_lsn + 1 {
+            for s in segments.drain(..) {
+                fs::remove_file(&s.path).at(&s.path)?;
+            }
+            segment::sync_dir(dir)?;
+            report.segments = 0;
+            report.first_lsn = None;
+        }
+        let next_lsn = (report.last_lsn + 1)
+            .max(options.lsn_floor)
+            .max(named_floor)
+            .max(1);
+        let (file, path) = segment::create(dir, next_lsn, config.segment_size, config.preallocate)?;
+        segments.push(SegmentFile {
+            first_lsn: next_lsn,
+            path: path.clone(),
+        });
+        metrics.segments.set(segments.len() as i64);
+
+        let shared = Arc::new(Shared {
+            dir: dir.to_path_buf(),
+            config,
+            queue: Mutex::new(Queue {
+                next_lsn,
+                ..Queue::default()
+            }),
+            wake: Condvar::new(),
+            committed: AtomicU64::new(next_lsn - 1),
+            synced: AtomicU64::new(next_lsn - 1),
+            segments: Mutex::new(segments),
+            pins: Mutex::new(BTreeMap::new()),
+            metrics,
+        });
+        let active = Active { file, path, pos: 0 };
+        let writer_shared = Arc::clone(&shared);
+        let writer = std::thread::Builder::new()
+            .name("engram-wal-writer".into())
+            .spawn(move || run_writer(&writer_shared, active))
+            .at(dir)?;
+        Ok((
+            Wal {
+                shared,
+                writer: Some(writer),
+            },
+            report,
+        ))
+    }
+
+    /// Queues a record. The returned ticket resolves once the record is
+    /// acknowledged; an error there means the record was never acknowledged.
+    pub fn append(&self, header: RecordHeader, payload: &[u8]) -> Result<AppendTicket, WalError> {
+        let limit = self.shared.config.max_payload;
+        if payload.len() > limit as usize {
+            return Err(WalError::RecordTooLarge {
+                size: payload.len(),
+                limit,
+            });
+        }
+        let (tx, rx) = oneshot::channel();
+        let mut q = lock(&self.shared.queue);
+        if let Some(reason) = &q.failed {
+            return Err(WalError::Failed {
+                reason: reason.clone(),
+            });
+        }
+        if q.closing {
+            return Err(WalError::Closed);
+        }
+        let lsn = q.next_lsn;
+        q.next_lsn += 1;
+        frame::encode_into(&mut q.buf, lsn, header, payload);
+        let end = q.buf.len();
+        q.waiters.push(Waiter { lsn, end, tx });
+        drop(q);
+        self.shared.wake.notify_one();
+        Ok(AppendTicket { lsn, rx })
+    }
+
+    /// Highest acknowledged LSN (0 when none).
+    pub fn committed_lsn(&self) -> u64 {
+        self.shared.committed.load(Ordering::Acquire)
+    }
+
+    /// Highest LSN covered by `fdatasync`.
+    pub fn synced_lsn(&self) -> u64 {
+        self.shared.synced.load(Ordering::Acquire)
+    }
+
+    /// The reason the log refuses appends, if it does.
+    pub fn failure(&self) -> Option<String> {
+        lock(&self.shared.queue).failed.clone()
+    }
+
+    /// The configuration the log runs with.
+    pub fn config(&self) -> &WalConfig {
+        &self.shared.config
+    }
+
+    /// Prevents retention from removing records from `lsn` on until the pin is dropped.
+    pub fn pin(&self, lsn: u64) -> Pin {
+        *lock(&self.shared.pins).entry(lsn).or_insert(0) += 1;
+        Pin {
+            lsn,
+            shared: Arc::clone(&self.shared),
+        }
+    }
+
+    /// Removes whole segments all of whose records are at or below `applied`
+    /// and below every pin. The segment being written is never removed.
+    /// Returns how many segment files were removed.
+    pub fn release_through(&self, applied: u64) -> Result<usize, WalError> {
+        let mut segments = lock(&self.shared.segments);
+        let pinned = lock(&self.shared.pins).keys().next().copied();
+        let limit = match pinned {
+            Some(p) => applied.min(p.saturating_sub(1)),
+            None => applied,
+        };
+        let mut removable = 0;
+        while removable + 1 < segments.len()
+            && segments[removable + 1].first_lsn.saturating_sub(1) <= limit
+        {
+            removable += 1;
+        }
+        if removable == 0 {
+            return Ok(0);
+        }
+        for s in segments.drain(..removable) {
+            fs::remove_file(&s.path).at(&s.path)?;
+        }
+        segment::sync_dir(&self.shared.dir)?;
+        self.shared.metrics.segments.set(segments.len() as i64);
+        Ok(removable)
+    }
+
+    /// First LSN still retained on disk (records before it were released).
+    pub fn first_retained_lsn(&self) -> u64 {
+        lock(&self.shared.segments)
+            .first()
+            .map_or(1, |s| s.first_lsn)
+    }
+
+    /// Reads acknowledged records from `from` on, in LSN order, up to the
+    /// LSN acknowledged when this call was made. Holds a pin while alive.
+    pub fn replay(&self, from: u64) -> Result<Replay, WalError> {
+        let from = from.max(1);
+        let pin = self.pin(from);
+        let until = self.committed_lsn();
+        let segments = lock(&self.shared.segments).clone();
+        let oldest = segments.first().map_or(1, |s| s.first_lsn);
+        if from < oldest && from <= until {
+            return Err(WalError::Truncated {
+                requested: from,
+                oldest,
+            });
+        }
+        // Skip segments that end before `from`.
+        let start = segments
+            .iter()
+            .rposition(|s| s.first_lsn <= from)
+            .unwrap_or(0);
+        Ok(Replay {
+            segments: segments[start..].to_vec(),
+            index: 0,
+            data: Vec::new(),
+            pos: 0,
+            next: 0,
+            from,
+            until,
+            max_payload: self.shared.config.max_payload,
+            done: from > until,
+            _pin: pin,
+        })
+    }
+
+    /// Stops accepting appends, lets the writer finish what is queued (with a
+    /// final fsync), and waits for it. Dropping the log does the same.
+    pub fn close(mut self) -> Result<(), WalError> {
+        self.shutdown();
+        match self.failure() {
+            Some(reason) => Err(WalError::Failed { reason }),
+            None => Ok(()),
+        }
+    }
+
+    fn shutdown(&mut self) {
+        lock(&self.shared.queue).closing = true;
+        self.shared.wake.notify_all();
+        if let Some(w) = self.writer.take() {
+            if w.join().is_err() {
+                tracing::error!("WAL writer thread panicked");
+            }
+        }
+    }
+}
+
+impl Drop for Wal {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+fn run_writer(shared: &Shared, mut active: Active) {
+    let mut buf = Vec::new();
+    let mut waiters: Vec<Waiter> = Vec::new();
+    let mut last_sync = Instant::now();
+    let mut unsynced = false;
+    let durability = shared.config.durability;
+    loop {
+        let closing;
+        {
+            let mut q = lock(&shared.queue);
+            loop {
+                if !q.waiters.is_empty() || q.closing {
+                    break;
+                }
+                match durability {
+                    Durability::Interval(d) if unsynced => {
+                        let left = d.saturating_sub(last_sync.elapsed());
+                        if left.is_zero() {
+                            break;
+                        }
+                        q = shared
+                            .wake
+                            .wait_timeout(q, left)
+                            .unwrap_or_else(PoisonError::into_inner)
+                            .0;
+                    }
+                    _ => q = shared.wake.wait(q).unwrap_or_else(PoisonError::into_inner),
+                }
+            }
+            std::mem::swap(&mut q.buf, &mut buf);
+            std::mem::swap(&mut q.waiters, &mut waiters);
+            closing = q.closing;
+        }
+
+        let result = if waiters.is_empty() {
+            Ok(())
+        } else {
+            write_group(shared, &mut active, &buf, &waiters)
+        };
+        let result = result.and_then(|()| {
+            let last = waiters.last().map_or(0, |w| w.lsn);
+            match durability {
+                Durability::Always => {
+                    if last != 0 {
+                        sync(shared, &active)?;
+                        shared.synced.store(last, Ordering::Release);
+                    }
+                }
+                Durability::Interval(d) => {
+                    if last != 0 {
+                        unsynced = true;
+                    }
+                    if unsynced && (closing || last_sync.elapsed() >= d) {
+                        let upto = shared.committed.load(Ordering::Acquire).max(last);
+                        sync(shared, &active)?;
+                        shared.synced.store(upto, Ordering::Release);
+                        unsynced = false;
+                        last_sync = Instant::now();
+                    }
+                }
+                Durability::None => {}
+            }
+            Ok(())
+        });
+
+        match result {
+            Ok(()) => {
+                if let Some(last) = waiters.last() {
+                    shared.committed.store(last.lsn, Ordering::Release);
+                    shared.metrics.records.inc_by(waiters.len() as u64);
+                    shared.metrics.bytes.inc_by(buf.len() as u64);
+                    shared.metrics.group_records.observe(waiters.len() as f64);
+                }
+                for w in waiters.drain(..) {
+                    let _ = w.tx.send(Ok(w.lsn));
+                }
+                buf.clear();
+                if closing && lock(&shared.queue).waiters.is_empty() {
+                    return;
+                }
+            }
+            Err(e) => {
+                let reason = e.to_string();
+                tracing::error!(error = %reason, "WAL write failed; refusing further appends until reopened");
+                shared.metrics.failed.set(1);
+                let mut q = lock(&shared.queue);
+                q.failed = Some(reason.clone());
+                let queued = std::mem::take(&mut q.waiters);
+                q.buf.clear();
+                drop(q);
+                for w in waiters.drain(..).chain(queued) {
+                    let _ = w.tx.send(Err(WalError::Failed {
+                        reason: reason.clone(),
+                    }));
+                }
+                return;
+            }
+        }
+    }
+}
+
+fn sync(shared: &Shared, active: &Active) -> Result<(), WalError> {
+    let t = Instant::now();
+    segment::sync_data(&active.file).at(&active.path)?;
+    shared.metrics.fsyncs.inc();
+    shared
+        .metrics
+        .fsync_seconds
+        .observe(t.elapsed().as_secs_f64());
+    Ok(())
+}
+
+/// Writes the queued frames, rolling to new segments as they fill.
+fn write_group(
+    shared: &Shared,
+    active: &mut Active,
+    buf: &[u8],
+    waiters: &[Waiter],
+) -> Result<(), WalError> {
+    let size = shared.config.segment_size;
+    let mut start = 0usize;
+    let mut rec_start = 0usize;
+    for w in waiters {
+        if active.pos + (w.end - start) as u64 > size {
+            if rec_start > start {
+                segment::write_all_at(&active.file, &buf[start..rec_start], active.pos)
+                    .at(&active.path)?;
+                active.pos += (rec_start - start) as u64;
+            }
+            if shared.config.durability != Durability::None {
+                sync(shared, active)?;
+            }
+            let (file, path) =
+                segment::create(&shared.dir, w.lsn, size, shared.config.preallocate)?;
+            let mut segments = lock(&shared.segments);
+            segments.push(SegmentFile {
+                first_lsn: w.lsn,
+                path: path.clone(),
+            });
+            shared.metrics.segments.set(segments.len() as i64);
+            drop(segments);
+            *active = Active { file, path, pos: 0 };
+            start = rec_start;
+        }
+        rec_start = w.end;
+    }
+    if buf.len() > start {
+        segment::write_all_at(&active.file, &buf[start..], active.pos).at(&active.path)?;
+        active.pos += (buf.len() - start) as u64;
+    }
+    Ok(())
+}
+
+/// Outcome of decoding a segment from its start.
+struct SegmentScan {
+    records: u64,
+    /// Offset just past the last valid record.
+    end: usize,
+    /// Why decoding stopped at `end`, unless the rest is clean (all zero).
+    damage: Option<String>,
+    last_lsn: Option<u64>,
+}
+
+fn scan_segment(
+    data: &[u8],
+    first_lsn: u64,
+    max_payload: u32,
+    path: &Path,
+) -> Result<SegmentScan, WalError> {
+    let mut pos = 0usize;
+    let mut next = first_lsn;
+    let mut records = 0;
+    let damage = loop {
+        if pos == data.len() {
+            break None;
+        }
+        match frame::decode(&data[pos..], max_payload) {
+            Ok(f) if f.lsn == next => {
+                pos += f.encoded_len();
+                next += 1;
+                records += 1;
+            }
+            Ok(f) => break Some(format!("LSN {} where {next} was expected", f.lsn)),
+            Err(FrameError::Unsupported { version, flags }) => {
+                return Err(WalError::Unsupported {
+                    segment: path.to_path_buf(),
+                    offset: pos as u64,
+                    reason: FrameError::Unsupported { version, flags }.to_string(),
+                });
+            }
+            Err(e) => {
+                if data[pos..].iter().all(|b| *b == 0) {
+                    break None;
+                }
+                break Some(e.to_string());
+            }
+        }
+    };
+    Ok(SegmentScan {
+        records,
+        end: pos,
+        damage,
+        last_lsn: (records > 0).then(|| next - 1),
+    })
+}
+
+/// Validates the log directory, truncating a torn tail or (in repair mode)
+/// damage before it. Returns the segments that hold records, and the lowest
+/// LSN the next record may take according to the names of empty segments
+/// (records before them may all have been released).
+fn scan(
+    dir: &Path,
+    config: &WalConfig,
+    repair: bool,
+) -> Result<(Vec<SegmentFile>, OpenReport, u64), WalError> {
+    let files = segment::list(dir)?;
+    let mut report = OpenReport::default();
+    let mut kept: Vec<SegmentFile> = Vec::new();
+    let mut expected: Option<u64> = None;
+    let mut cut: Option<(usize, usize, String)> = None;
+
+    for (i, seg) in files.iter().enumerate() {
+        let data = fs::read(&seg.path).at(&seg.path)?;
+        let s = scan_segment(&data, seg.first_lsn, config.max_payload, &seg.path)?;
+        if s.records > 0 {
+            if let Some(exp) = expected {
+                if seg.first_lsn != exp {
+                    return Err(WalError::Gap {
+                        expected: exp,
+                        found: seg.first_lsn,
+                        segment: seg.path.clone(),
+                    });
+                }
+            }
+            report.records += s.records;
+            report.last_lsn = s.last_lsn.unwrap_or(report.last_lsn);
+            report.first_lsn.get_or_insert(seg.first_lsn);
+            expected = s.last_lsn.map(|l| l + 1);
+            kept.push(seg.clone());
+        }
+        if let Some(reason) = s.damage {
+            cut = Some((i, s.end, reason));
+            break;
+        }
+    }
+
+    let Some((idx, offset, reason)) = cut else {
+        // Clean: drop segments without records (the active segment of a run
+        // that wrote nothing, or that was left alone by retention).
+        let mut floor = 0;
+        for seg in files.iter().filter(|f| !kept.contains(f)) {
+            floor = floor.max(seg.first_lsn);
+            fs::remove_file(&seg.path).at(&seg.path)?;
+        }
+        report.segments = kept.len();
+        return Ok((kept, report, floor));
+    };
+
+    // Is anything valid after the damage? Only frames that could plausibly
+    // continue this log count (an LSN above the last valid one), so a record
+    // that happens to carry an encoded frame in its payload is not mistaken
+    // for live data.
+    let last = report.last_lsn;
+    let plausible = |f: &Frame<'_>, remaining: usize| {
+        f.lsn > last && f.lsn <= last + 1 + (remaining / HEADER_LEN) as u64
+    };
+    let mut remaining: usize = 0;
+    let mut datas = Vec::new();
+    for seg in &files[idx..] {
+        let d = fs::read(&seg.path).at(&seg.path)?;
+        remaining += d.len();
+        datas.push(d);
+    }
+    remaining -= offset;
+    let valid_after = datas.iter().enumerate().any(|(j, d)| {
+        let from = if j == 0 { offset + 1 } else { 0 };
+        find_plausible(d, from, config.max_payload, |f| plausible(f, remaining))
+    });
+    let removed_bytes: u64 = datas
+        .iter()
+        .enumerate()
+        .map(|(j, d)| {
+            let from = if j == 0 { offset } else { 0 };
+            d[from.min(d.len())..].iter().filter(|b| **b != 0).count() as u64
+        })
+        .sum();
+    let damaged = &files[idx];
+
+    if valid_after && !repair {
+        return Err(WalError::Corrupt {
+            segment: damaged.path.clone(),
+            offset: offset as u64,
+            reason,
+        });
+    }
+
+    let moved_to = if valid_after {
+        let corrupt = dir.join(CORRUPT_DIR);
+        fs::create_dir_all(&corrupt).at(&corrupt)?;
+        let name = damaged
+            .path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let target = corrupt.join(format!("{name}.from-{offset}"));
+        fs::write(&target, &datas[0][offset..]).at(&target)?;
+        File::open(&target).and_then(|f| f.sync_all()).at(&target)?;
+        for seg in &files[idx + 1..] {
+            let name = seg
+                .path
+                .file_name()
+                .map(|n| n.to_owned())
+                .unwrap_or_default();
+            fs::rename(&seg.path, corrupt.join(name)).at(&seg.path)?;
+        }
+        segment::sync_dir(&corrupt)?;
+        tracing::error!(
+            segment = %damaged.path.display(), offset, reason = %reason,
+            moved_to = %target.display(),
+            "WAL repair: damage before the tail; truncated there and moved the remainder aside"
+        );
+        Some(target)
+    } else {
+        for seg in &files[idx + 1..] {
+            fs::remove_file(&seg.path).at(&seg.path)?;
+        }
+        tracing::warn!(
+            segment = %damaged.path.display(), offset, reason = %reason, bytes = removed_bytes,
+            "WAL torn tail truncated"
+        );
+        None
+    };
+    segment::truncate(&damaged.path, offset as u64)?;
+    if !kept.contains(damaged) {
+        fs::remove_file(&damaged.path).at(&damaged.path)?;
+    }
+    // Segments before the damaged one that hold no record are stale leftovers.
+    for seg in files[..idx].iter().filter(|f| !kept.contains(f)) {
+        fs::remove_file(&seg.path).at(&seg.path)?;
+    }
+    segment::sync_dir(dir)?;
+    let truncation = Truncation {
+        segment: damaged.path.clone(),
+        offset: offset as u64,
+        reason,
+        bytes: removed_bytes,
+        moved_to: moved_to.clone(),
+    };
+    if moved_to.is_some() {
+        report.repaired = Some(truncation);
+    } else {
+        report.torn_tail = Some(truncation);
+    }
+    report.segments = kept.len();
+    Ok((kept, report, 0))
+}
+
+fn find_plausible(
+    data: &[u8],
+    mut from: usize,
+    max_payload: u32,
+    accept: impl Fn(&Frame<'_>) -> bool,
+) -> bool {
+    while let Some(at) = frame::find_valid_frame(data, from, max_payload) {
+        match frame::decode(&data[at..], max_payload) {
+            Ok(f) if accept(&f) => return true,
+            Err(FrameError::Unsupported { .. }) => return true,
+            _ => from = at + 1,
+        }
+    }
+    false
+}
+
+/// Iterator over records returned by [`Wal::replay`].
+#[derive(Debug)]
+pub struct Replay {
+    segments: Vec<SegmentFile>,
+    index: usize,
+    data: Vec<u8>,
+    pos: usize,
+    next: u64,
+    from: u64,
+    until: u64,
+    max_payload: u32,
+    done: bool,
+    _pin: Pin,
+}
+
+impl Replay {
+    fn fail(&mut self, e: WalError) -> Option<Result<Record, WalError>> {
+        self.done = true;
+        Some(Err(e))
+    }
+}
+
+impl Iterator for Replay {
+    type Item = Result<Record, WalError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        loop {
+            if self.done {
+                return None;
+            }
+            if self.pos >= self.data.len() || self.data.is_empty() {
+                // Load the next segment.
+                let Some(seg) = self.segments.get(self.index) else {
+                    if self.next <= self.until {
+                        let segment = self
+                            .segments
+                            .last()
+                            .map(|s| s.path.clone())
+                            .unwrap_or_default();
+                        let reason = format!(
+                            "log ends before LSN {}, but LSN {} was acknowledged",
+                            self.next, self.until
+                        );
+                        let offset = self.pos as u64;
+                        return self.fail(WalError::Corrupt {
+                            segment,
+                            offset,
+                            reason,
+                        });
+                    }
+                    self.done = true;
+                    return None;
+                };
+                let path = seg.path.clone();
+                match fs::read(&path).at(&path) {
+                    Ok(d) => self.data = d,
+                    Err(e) => return self.fail(e),
+                }
+                self.pos = 0;
+                self.next = seg.first_lsn;
+                self.index += 1;
+                if self.data.is_empty() {
+                    continue;
+                }
+            }
+            if self.next > self.until {
+                self.done = true;
+                return None;
+            }
+            let seg_path = self.segments[self.index - 1].path.clone();
+            match frame::decode(&self.data[self.pos..], self.max_payload) {
+                Ok(f) if f.lsn == self.next => {
+                    self.pos += f.encoded_len();
+                    self.next += 1;
+                    if f.lsn < self.from {
+                        continue;
+                    }
+                    return Some(Ok(Record {
+                        lsn: f.lsn,
+                        header: f.header,
+                        payload: f.payload.to_vec(),
+                    }));
+                }
+                Ok(_) | Err(FrameError::Zeroed) | Err(FrameError::Incomplete)
+                    if self.index < self.segments.len()
+                        && self.segments[self.index].first_lsn == self.next =>
+                {
+                    // Clean end of a sealed segment: continue with the next one.
+                    self.pos = self.data.len();
+                }
+                Ok(f) => {
+                    let reason = format!("LSN {} where {} was expected", f.lsn, self.next);
+                    let offset = self.pos as u64;
+                    return self.fail(WalError::Corrupt {
+                        segment: seg_path,
+                        offset,
+                        reason,
+                    });
+                }
+                Err(e) => {
+                    let offset = self.pos as u64;
+                    return self.fail(WalError::Corrupt {
+                        segment: seg_path,
+                        offset,
+                        reason: e.to_string(),
+                    });
+                }
+            }
+        }
+    }
+}

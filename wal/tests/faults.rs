@@ -1,0 +1,141 @@
+//! Fault injection (the `fail` crate, compiled in only for tests): a failed
+//! write or fsync never yields an acknowledgment and never damages what was
+//! already durable. Fail points are process-global, so every test here holds
+//! a `FailScenario`, which serialises them.
+
+mod common;
+
+use std::sync::Arc;
+
+use common::*;
+use engram_wal::{Durability, WalError};
+
+fn acked_prefix_then_fault(fail_point: &str) {
+    let scenario = fail::FailScenario::setup();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cfg = config(64 * 1024, Durability::Always);
+    let (wal, _) = open(dir.path(), &cfg).expect("open");
+    let durable: Vec<_> = (1..=30).map(|i| input(i, 200)).collect();
+    append_all(&wal, &durable);
+
+    fail::cfg(fail_point, "return").expect("configure fail point");
+    let wal = Arc::new(wal);
+    let attempts: Vec<_> = (0..8)
+        .map(|t| {
+            let wal = Arc::clone(&wal);
+            std::thread::spawn(move || {
+                let mut acked = 0;
+                for i in 0..20 {
+                    let r = input(1000 + t * 100 + i, 200);
+                    if let Ok(ticket) = wal.append(r.header, &r.payload) {
+                        match ticket.wait() {
+                            Ok(_) => acked += 1,
+                            Err(e) => assert!(matches!(e, WalError::Failed { .. }), "{e}"),
+                        }
+                    }
+                }
+                acked
+            })
+        })
+        .collect();
+    let acked: usize = attempts
+        .into_iter()
+        .map(|t| t.join().expect("thread"))
+        .sum();
+    assert_eq!(
+        acked, 0,
+        "an append was acknowledged although {fail_point} failed"
+    );
+    assert!(wal.failure().is_some(), "log must be in the failed state");
+    let r = input(9999, 10);
+    assert!(matches!(
+        wal.append(r.header, &r.payload),
+        Err(WalError::Failed { .. })
+    ));
+    assert_eq!(wal.committed_lsn(), 30);
+    fail::remove(fail_point);
+    drop(wal);
+
+    let (wal, report) = open(dir.path(), &cfg).expect("reopen after fault");
+    assert!(report.repaired.is_none());
+    let records = replay_all(&wal, 1);
+    assert!(records.len() >= durable.len());
+    assert!(
+        same(&records[..durable.len()], &durable),
+        "durable records damaged"
+    );
+    // Records past the durable prefix were never acknowledged; if any reached
+    // the disk they are intact records that were really appended.
+    for r in &records[durable.len()..] {
+        assert!(r.header.seq >= 1000 && r.header.seq < 2000 && r.payload.len() == 200);
+    }
+    // The reopened log accepts and acknowledges writes again.
+    assert_eq!(
+        append_all(&wal, &[input(5000, 10)]),
+        vec![records.len() as u64 + 1]
+    );
+    scenario.teardown();
+}
+
+#[test]
+fn fsync_failure_is_never_acknowledged_and_keeps_durable_records() {
+    acked_prefix_then_fault("wal::fsync");
+}
+
+#[test]
+fn disk_full_write_is_never_acknowledged_and_keeps_durable_records() {
+    acked_prefix_then_fault("wal::write");
+}
+
+#[test]
+fn partial_write_then_disk_full_leaves_a_torn_tail_only() {
+    acked_prefix_then_fault("wal::write_partial");
+}
+
+#[test]
+fn fsync_failure_while_rolling_segments_is_not_acknowledged() {
+    let scenario = fail::FailScenario::setup();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cfg = config(4096, Durability::Always);
+    let (wal, _) = open(dir.path(), &cfg).expect("open");
+    let durable: Vec<_> = (1..=5).map(|i| input(i, 500)).collect();
+    append_all(&wal, &durable);
+    // Fail the second fsync from now: the seal of the full segment or the new one.
+    fail::cfg("wal::fsync", "1*off->return").expect("cfg");
+    let big: Vec<_> = (100..120).map(|i| input(i, 500)).collect();
+    let tickets: Vec<_> = big
+        .iter()
+        .filter_map(|r| wal.append(r.header, &r.payload).ok())
+        .collect();
+    let results: Vec<_> = tickets.into_iter().map(|t| t.wait()).collect();
+    fail::remove("wal::fsync");
+    let first_err = results
+        .iter()
+        .position(|r| r.is_err())
+        .expect("some append must fail");
+    assert!(
+        results[first_err..].iter().all(|r| r.is_err()),
+        "ack after a failed fsync"
+    );
+    let acked = durable.len() + first_err;
+    drop(wal);
+    let (wal, _) = open(dir.path(), &cfg).expect("reopen");
+    let records = replay_all(&wal, 1);
+    let mut expected = durable.clone();
+    expected.extend(big[..first_err].iter().cloned());
+    assert!(records.len() >= acked);
+    assert!(same(&records[..acked], &expected));
+    scenario.teardown();
+}
+
+#[test]
+fn open_reports_io_errors_instead_of_panicking() {
+    let scenario = fail::FailScenario::setup();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cfg = config(4096, Durability::Always);
+    fail::cfg("wal::fsync", "return").expect("cfg");
+    assert!(matches!(open(dir.path(), &cfg), Err(WalError::Io { .. })));
+    fail::remove("wal::fsync");
+    assert!(open(dir.path(), &cfg).is_ok());
+    scenario.teardown();
+}
