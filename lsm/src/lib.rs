@@ -1,1 +1,41 @@
-//! placeholder
+//! # engram-lsm: the warm tier
+//!
+//! Engram's durable state lives in one RocksDB database with the column
+//! families `meta`, `episodes`, `edges`, `terms`, `vectors` and `cold`
+//! ([`Cf`]); their key encodings are documented and tested in [`keys`].
+//! Nothing above this crate sees a `rocksdb` type: callers speak in domain
+//! [`Mutation`]s grouped into [`Operation`]s (one per WAL record), read
+//! episodes, edges and postings, and take checkpoints.
+//!
+//! ## Contract
+//! - [`Store::apply`] writes a batch of operations as **one atomic
+//!   WriteBatch** that also stores each touched space's applied sequence
+//!   number and the last applied LSN. The caller applies records in LSN order
+//!   and skips those at or below [`Store::applied_seq`], which makes WAL replay
+//!   idempotent (invariant 4 of ARCHITECTURE.md: sequences never go back).
+//! - Column families never disagree after a crash (invariant 3): RocksDB's own
+//!   WAL stays on, unsynced, so a multi-family batch is recovered whole or not
+//!   at all, and RocksDB syncs that WAL before any flush when several families
+//!   exist. Engram's WAL is the durable log; before it releases segments the
+//!   engine calls [`Store::sync_wal`] so applied data no longer depends on them.
+//! - Dropping a space range-deletes its keys in every data family; its applied
+//!   sequence stays so old records are never re-applied.
+//! - Compression: lz4 on upper levels, zstd on the bottommost level and on
+//!   every level of `cold`; bloom filters and a shared block cache come from
+//!   [`StoreConfig`].
+
+mod config;
+mod error;
+pub mod keys;
+pub mod mutation;
+mod store;
+
+pub use config::StoreConfig;
+pub use error::StoreError;
+pub use mutation::{DecodeError, Mutation, Operation};
+pub use store::{Cf, Entry, Store};
+
+/// Numeric id of a memory space (assigned by the graph; below `u32::MAX`).
+pub type SpaceId = u32;
+/// Id of an episode (the 16 bytes of a ULID).
+pub type EpisodeId = [u8; 16];

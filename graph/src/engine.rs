@@ -1,0 +1,388 @@
+//! The durable engine: WAL + warm store + recovery, and the ordered write path.
+
+use std::collections::{HashMap, VecDeque};
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
+
+use engram_lsm::{Mutation, Operation, SpaceId, Store, StoreConfig, StoreError, mutation};
+use engram_wal::{OpenReport, RecordHeader, Wal, WalConfig, WalError, WalOptions};
+use prometheus::{Histogram, HistogramOpts, IntCounter, Registry};
+
+/// Settings of the storage engine.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EngineConfig {
+    /// Write-ahead log settings.
+    pub wal: WalConfig,
+    /// RocksDB settings.
+    pub store: StoreConfig,
+    /// After this many applied records the engine syncs RocksDB's WAL and
+    /// releases WAL segments that are no longer needed (default 16384).
+    pub wal_release_interval: u64,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        Self {
+            wal: WalConfig::default(),
+            store: StoreConfig::default(),
+            wal_release_interval: 16384,
+        }
+    }
+}
+
+/// How to open the engine (operator choices, not configuration).
+#[derive(Debug, Clone, Default)]
+pub struct OpenOptions {
+    /// Truncate WAL damage found before the tail instead of refusing to start.
+    pub repair: bool,
+    /// Registry for the engine's and the WAL's metrics.
+    pub registry: Option<Registry>,
+}
+
+/// Errors of the engine.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    /// The write-ahead log failed.
+    #[error(transparent)]
+    Wal(#[from] WalError),
+    /// The warm store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// A WAL record's payload is not a valid operation.
+    #[error("WAL record at LSN {lsn} has an undecodable payload: {error}")]
+    Payload {
+        /// Record LSN.
+        lsn: u64,
+        /// Decoder error.
+        error: mutation::DecodeError,
+    },
+    /// The WAL no longer holds records the store has not applied.
+    #[error(
+        "the WAL starts at LSN {wal_first} but the store has applied only up to {applied}: \
+         records in between are lost; restore from a backup or a replica"
+    )]
+    WalBehindStore {
+        /// First LSN in the WAL.
+        wal_first: u64,
+        /// Last LSN applied in the store.
+        applied: u64,
+    },
+    /// An earlier apply failed; the engine must be reopened (replay repairs it).
+    #[error("storage engine stopped after a failure ({0}); restart to recover")]
+    Failed(String),
+    /// Creating the data directory failed.
+    #[error("cannot create data directory {path}: {source}")]
+    DataDir {
+        /// Directory.
+        path: PathBuf,
+        /// Cause.
+        source: std::io::Error,
+    },
+    /// Metrics could not be registered.
+    #[error("engine metrics registration failed: {0}")]
+    Metrics(#[from] prometheus::Error),
+}
+
+/// What recovery found and did at open.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecoveryReport {
+    /// What the WAL found (segments, torn tail, repair).
+    pub wal: OpenReport,
+    /// LSN the store had applied before replay.
+    pub applied_before: u64,
+    /// Records replayed into the store.
+    pub replayed: u64,
+    /// Records skipped because the store already had them.
+    pub skipped: u64,
+    /// LSN applied after replay.
+    pub applied_after: u64,
+    /// Time spent opening and replaying.
+    pub elapsed: Duration,
+}
+
+/// Where an acknowledged write landed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Committed {
+    /// WAL LSN.
+    pub lsn: u64,
+    /// Per-space sequence number.
+    pub seq: u64,
+}
+
+struct Order {
+    next_seq: HashMap<SpaceId, u64>,
+    pending: VecDeque<Operation>,
+}
+
+struct Applied {
+    lsn: u64,
+    released_at: u64,
+}
+
+struct EngineMetrics {
+    apply_seconds: Histogram,
+    replayed: IntCounter,
+}
+
+/// The storage engine. See the crate documentation for the write path.
+pub struct Engine {
+    wal: Wal,
+    store: Store,
+    order: Mutex<Order>,
+    applied: Mutex<Applied>,
+    /// Set when an apply fails; a leaf lock (never held while taking another).
+    failed: Mutex<Option<String>>,
+    release_interval: u64,
+    metrics: EngineMetrics,
+}
+
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine").field("store", &self.store).finish()
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Records replayed per WriteBatch during recovery.
+const REPLAY_BATCH: usize = 1024;
+
+impl Engine {
+    /// Opens the engine on `data_dir` (`wal/` and `db/` inside it): opens the
+    /// store, opens the WAL (cutting a torn tail), replays every record after
+    /// the store's applied LSN, skipping those a space already has, and
+    /// releases WAL segments that are no longer needed.
+    pub fn open(
+        data_dir: &Path,
+        config: &EngineConfig,
+        options: OpenOptions,
+    ) -> Result<(Engine, RecoveryReport), EngineError> {
+        let started = Instant::now();
+        std::fs::create_dir_all(data_dir).map_err(|source| EngineError::DataDir {
+            path: data_dir.to_path_buf(),
+            source,
+        })?;
+        let store = Store::open(&data_dir.join("db"), &config.store)?;
+        let applied_before = store.applied_lsn()?;
+        let (wal, wal_report) = Wal::open(
+            &data_dir.join("wal"),
+            config.wal.clone(),
+            WalOptions {
+                repair: options.repair,
+                lsn_floor: applied_before + 1,
+                registry: options.registry.clone(),
+            },
+        )?;
+        let metrics = EngineMetrics {
+            apply_seconds: Histogram::with_opts(
+                HistogramOpts::new(
+                    "engram_store_apply_seconds",
+                    "Time to apply one WriteBatch of WAL records to RocksDB",
+                )
+                .buckets(prometheus::exponential_buckets(0.000_01, 2.5, 14)?),
+            )?,
+            replayed: IntCounter::new(
+                "engram_recovery_replayed_records_total",
+                "WAL records replayed into the store at startup",
+            )?,
+        };
+        if let Some(r) = &options.registry {
+            r.register(Box::new(metrics.apply_seconds.clone()))?;
+            r.register(Box::new(metrics.replayed.clone()))?;
+        }
+
+        let mut seqs: HashMap<SpaceId, u64> = store.applied_seqs()?.into_iter().collect();
+        let mut replayed = 0;
+        let mut skipped = 0;
+        let mut applied = applied_before;
+        let records = wal.replay(applied_before + 1).map_err(|e| match e {
+            WalError::Truncated { oldest, .. } => EngineError::WalBehindStore {
+                wal_first: oldest,
+                applied: applied_before,
+            },
+            e => e.into(),
+        })?;
+        let mut batch = Vec::with_capacity(REPLAY_BATCH);
+        for rec in records {
+            let rec = rec?;
+            let mutations = mutation::decode(&rec.payload).map_err(|error| {
+                EngineError::Payload {
+                    lsn: rec.lsn,
+                    error,
+                }
+            })?;
+            let space = rec.header.space;
+            let last = seqs.entry(space).or_insert(0);
+            if rec.header.seq <= *last {
+                skipped += 1;
+                continue;
+            }
+            *last = rec.header.seq;
+            batch.push(Operation {
+                lsn: rec.lsn,
+                space,
+                seq: rec.header.seq,
+                mutations,
+            });
+            applied = rec.lsn;
+            if batch.len() == REPLAY_BATCH {
+                store.apply(&batch)?;
+                replayed += batch.len() as u64;
+                batch.clear();
+            }
+        }
+        store.apply(&batch)?;
+        replayed += batch.len() as u64;
+        metrics.replayed.inc_by(replayed);
+        if replayed > 0 {
+            store.sync_wal()?;
+        }
+        wal.release_through(applied)?;
+
+        let report = RecoveryReport {
+            wal: wal_report,
+            applied_before,
+            replayed,
+            skipped,
+            applied_after: applied,
+            elapsed: started.elapsed(),
+        };
+        tracing::info!(
+            replayed,
+            skipped,
+            applied_lsn = applied,
+            torn_tail = report.wal.torn_tail.is_some(),
+            elapsed_ms = report.elapsed.as_millis() as u64,
+            "storage recovery complete"
+        );
+        let next_seq = seqs.into_iter().map(|(s, q)| (s, q + 1)).collect();
+        Ok((
+            Engine {
+                wal,
+                store,
+                order: Mutex::new(Order {
+                    next_seq,
+                    pending: VecDeque::new(),
+                }),
+                applied: Mutex::new(Applied {
+                    lsn: applied,
+                    released_at: applied,
+                }),
+                failed: Mutex::new(None),
+                release_interval: config.wal_release_interval.max(1),
+                metrics,
+            },
+            report,
+        ))
+    }
+
+    /// Appends `mutations` for `space` to the WAL as one record of `kind`,
+    /// waits until it is durable (group commit), applies it to the store in
+    /// LSN order, and returns its LSN and per-space sequence number.
+    ///
+    /// An error means the write was not acknowledged. (After an apply
+    /// failure the record may still be durable in the WAL and reappear after
+    /// a restart, like any commit whose acknowledgment was lost.)
+    pub fn submit(
+        &self,
+        space: SpaceId,
+        kind: u8,
+        mutations: Vec<Mutation>,
+    ) -> Result<Committed, EngineError> {
+        let payload = mutation::encode(&mutations);
+        let (ticket, seq) = {
+            let mut order = lock(&self.order);
+            self.check_failed()?;
+            let seq = order.next_seq.get(&space).copied().unwrap_or(1);
+            let ticket = self.wal.append(RecordHeader { space, seq, kind }, &payload)?;
+            order.next_seq.insert(space, seq + 1);
+            order.pending.push_back(Operation {
+                lsn: ticket.lsn(),
+                space,
+                seq,
+                mutations,
+            });
+            (ticket, seq)
+        };
+        let lsn = ticket.wait()?;
+        self.apply_through(lsn)?;
+        Ok(Committed { lsn, seq })
+    }
+
+    /// Applies every acknowledged pending record up to at least `lsn`, in
+    /// LSN order, as one WriteBatch (whoever gets here first applies for all).
+    fn apply_through(&self, lsn: u64) -> Result<(), EngineError> {
+        let mut applied = lock(&self.applied);
+        self.check_failed()?;
+        if applied.lsn >= lsn {
+            return Ok(());
+        }
+        let committed = self.wal.committed_lsn();
+        let batch: Vec<Operation> = {
+            let mut order = lock(&self.order);
+            let n = order
+                .pending
+                .iter()
+                .take_while(|op| op.lsn <= committed)
+                .count();
+            order.pending.drain(..n).collect()
+        };
+        let Some(last) = batch.last().map(|op| op.lsn) else {
+            return Ok(());
+        };
+        let t = Instant::now();
+        self.store.apply(&batch).map_err(|e| self.fail(e.into()))?;
+        self.metrics.apply_seconds.observe(t.elapsed().as_secs_f64());
+        applied.lsn = last;
+        if last - applied.released_at >= self.release_interval {
+            applied.released_at = last;
+            self.store.sync_wal().map_err(|e| self.fail(e.into()))?;
+            self.wal.release_through(last).map_err(|e| self.fail(e.into()))?;
+        }
+        Ok(())
+    }
+
+    fn check_failed(&self) -> Result<(), EngineError> {
+        match &*lock(&self.failed) {
+            Some(reason) => Err(EngineError::Failed(reason.clone())),
+            None => Ok(()),
+        }
+    }
+
+    fn fail(&self, e: EngineError) -> EngineError {
+        tracing::error!(error = %e, "storage engine apply failed; refusing writes until restart");
+        lock(&self.failed).get_or_insert_with(|| e.to_string());
+        e
+    }
+
+    /// Next sequence number `space` will get.
+    pub fn next_seq(&self, space: SpaceId) -> u64 {
+        lock(&self.order).next_seq.get(&space).copied().unwrap_or(1)
+    }
+
+    /// Highest LSN applied to the store.
+    pub fn applied_lsn(&self) -> u64 {
+        lock(&self.applied).lsn
+    }
+
+    /// The warm store, for reads.
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// The write-ahead log (status, pins, replay for replication).
+    pub fn wal(&self) -> &Wal {
+        &self.wal
+    }
+
+    /// Writes a consistent, openable copy of the store to `dir` (which must not
+    /// exist). Its applied LSN tells a restore where the WAL continues.
+    pub fn checkpoint(&self, dir: &Path) -> Result<(), EngineError> {
+        let _applied = lock(&self.applied);
+        self.store.checkpoint(dir)?;
+        Ok(())
+    }
+}

@@ -1,0 +1,183 @@
+//! Key encodings, in one place. Every data key starts with the 4-byte
+//! big-endian space id, and numeric parts are big-endian, so the keys of one
+//! space are contiguous (per-space scans and range deletion) and sort by id.
+//!
+//! | column family | key | value |
+//! |---|---|---|
+//! | `meta` | `0x00` `"applied_lsn"` | u64 BE: highest WAL LSN applied |
+//! | `meta` | `0x01` space(4) | u64 BE: highest per-space sequence applied |
+//! | `meta` | `0x02` space(4) | space record (opaque, owned by the graph) |
+//! | `episodes` | space(4) id(16) | episode record |
+//! | `edges` | space(4) from(16) to(16) | edge record |
+//! | `terms` | space(4) term length(2, BE) term(UTF-8) id(16) | posting value |
+//! | `vectors` | space(4) id(16) | embedding bytes |
+//! | `cold` | space(4) id(16) | archived episode record (zstd) |
+//!
+//! `applied` entries are kept when a space is dropped, so replaying that
+//! space's old records after a crash can never resurrect it.
+
+use crate::{EpisodeId, SpaceId, StoreError};
+
+/// Longest term (in bytes) a posting key can hold.
+pub const MAX_TERM_LEN: usize = 1024;
+
+pub(crate) const APPLIED_LSN: &[u8] = b"\x00applied_lsn";
+const APPLIED_SEQ: u8 = 0x01;
+const SPACE_RECORD: u8 = 0x02;
+
+/// Space ids must stay below this so that `space + 1` bounds a range delete.
+pub const MAX_SPACE_ID: SpaceId = u32::MAX - 1;
+
+pub(crate) fn check_space(space: SpaceId) -> Result<(), StoreError> {
+    if space > MAX_SPACE_ID {
+        return Err(StoreError::InvalidSpace(space));
+    }
+    Ok(())
+}
+
+pub(crate) fn applied_seq(space: SpaceId) -> [u8; 5] {
+    let mut k = [APPLIED_SEQ, 0, 0, 0, 0];
+    k[1..].copy_from_slice(&space.to_be_bytes());
+    k
+}
+
+pub(crate) fn space_record(space: SpaceId) -> [u8; 5] {
+    let mut k = [SPACE_RECORD, 0, 0, 0, 0];
+    k[1..].copy_from_slice(&space.to_be_bytes());
+    k
+}
+
+pub(crate) fn meta_prefix_applied() -> [u8; 1] {
+    [APPLIED_SEQ]
+}
+
+pub(crate) fn meta_prefix_spaces() -> [u8; 1] {
+    [SPACE_RECORD]
+}
+
+/// Space id of a `0x01`/`0x02` meta key.
+pub(crate) fn meta_space(key: &[u8]) -> Option<SpaceId> {
+    let b: [u8; 4] = key.get(1..5)?.try_into().ok()?;
+    Some(SpaceId::from_be_bytes(b))
+}
+
+/// All keys of `space` in a data column family lie in `[space_start, space_end)`.
+pub fn space_start(space: SpaceId) -> [u8; 4] {
+    space.to_be_bytes()
+}
+
+/// Exclusive end of `space`'s key range (valid for `space <= MAX_SPACE_ID`).
+pub fn space_end(space: SpaceId) -> [u8; 4] {
+    space.saturating_add(1).to_be_bytes()
+}
+
+/// `space | id` — key of an episode, a vector or a cold record.
+pub fn episode(space: SpaceId, id: &EpisodeId) -> [u8; 20] {
+    let mut k = [0; 20];
+    k[..4].copy_from_slice(&space.to_be_bytes());
+    k[4..].copy_from_slice(id);
+    k
+}
+
+/// `space | from | to` — key of an edge.
+pub fn edge(space: SpaceId, from: &EpisodeId, to: &EpisodeId) -> [u8; 36] {
+    let mut k = [0; 36];
+    k[..4].copy_from_slice(&space.to_be_bytes());
+    k[4..20].copy_from_slice(from);
+    k[20..].copy_from_slice(to);
+    k
+}
+
+/// `space | from` — prefix of every edge leaving `from`.
+pub fn edges_from(space: SpaceId, from: &EpisodeId) -> [u8; 20] {
+    episode(space, from)
+}
+
+/// `space | len | term` — prefix of every posting of `term`.
+pub fn term_prefix(space: SpaceId, term: &str) -> Result<Vec<u8>, StoreError> {
+    let len = term.len();
+    if len > MAX_TERM_LEN {
+        return Err(StoreError::TermTooLong { len });
+    }
+    let mut k = Vec::with_capacity(4 + 2 + len + 16);
+    k.extend_from_slice(&space.to_be_bytes());
+    k.extend_from_slice(&(len as u16).to_be_bytes());
+    k.extend_from_slice(term.as_bytes());
+    Ok(k)
+}
+
+/// `space | len | term | id` — key of one posting.
+pub fn posting(space: SpaceId, term: &str, id: &EpisodeId) -> Result<Vec<u8>, StoreError> {
+    let mut k = term_prefix(space, term)?;
+    k.extend_from_slice(id);
+    Ok(k)
+}
+
+/// Decodes an episode-shaped key (`space | id`).
+pub fn decode_episode(key: &[u8]) -> Option<(SpaceId, EpisodeId)> {
+    if key.len() != 20 {
+        return None;
+    }
+    let space = SpaceId::from_be_bytes(key[..4].try_into().ok()?);
+    Some((space, key[4..].try_into().ok()?))
+}
+
+/// Decodes an edge key.
+pub fn decode_edge(key: &[u8]) -> Option<(SpaceId, EpisodeId, EpisodeId)> {
+    if key.len() != 36 {
+        return None;
+    }
+    let space = SpaceId::from_be_bytes(key[..4].try_into().ok()?);
+    Some((space, key[4..20].try_into().ok()?, key[20..].try_into().ok()?))
+}
+
+/// Decodes a posting key into (space, term, id).
+pub fn decode_posting(key: &[u8]) -> Option<(SpaceId, String, EpisodeId)> {
+    let space = SpaceId::from_be_bytes(key.get(..4)?.try_into().ok()?);
+    let len = u16::from_be_bytes(key.get(4..6)?.try_into().ok()?) as usize;
+    if key.len() != 6 + len + 16 {
+        return None;
+    }
+    let term = std::str::from_utf8(&key[6..6 + len]).ok()?.to_owned();
+    Some((space, term, key[6 + len..].try_into().ok()?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn keys_round_trip(space in 0..=MAX_SPACE_ID, a in any::<[u8; 16]>(), b in any::<[u8; 16]>(), term in "\\PC{0,40}") {
+            prop_assert_eq!(decode_episode(&episode(space, &a)), Some((space, a)));
+            prop_assert_eq!(decode_edge(&edge(space, &a, &b)), Some((space, a, b)));
+            let p = posting(space, &term, &a).expect("posting key");
+            prop_assert_eq!(decode_posting(&p), Some((space, term.clone(), a)));
+            prop_assert!(p.starts_with(&term_prefix(space, &term).expect("prefix")));
+        }
+
+        #[test]
+        fn every_key_of_a_space_sorts_inside_its_range(space in 0..=MAX_SPACE_ID, a in any::<[u8; 16]>(), b in any::<[u8; 16]>(), term in "\\PC{0,40}") {
+            let start = space_start(space);
+            let end = space_end(space);
+            let keys = [episode(space, &a).to_vec(), edge(space, &a, &b).to_vec(), posting(space, &term, &a).expect("key")];
+            for k in keys {
+                prop_assert!(k.as_slice() >= start.as_slice() && k.as_slice() < end.as_slice());
+            }
+        }
+
+        #[test]
+        fn ids_sort_numerically_within_a_space(space in 0..=MAX_SPACE_ID, x in any::<u128>(), y in any::<u128>()) {
+            let (kx, ky) = (episode(space, &x.to_be_bytes()), episode(space, &y.to_be_bytes()));
+            prop_assert_eq!(kx.cmp(&ky), x.cmp(&y));
+        }
+    }
+
+    #[test]
+    fn overlong_terms_and_reserved_space_are_refused() {
+        assert!(matches!(term_prefix(1, &"x".repeat(MAX_TERM_LEN + 1)), Err(StoreError::TermTooLong { .. })));
+        assert!(check_space(u32::MAX).is_err());
+        assert!(check_space(MAX_SPACE_ID).is_ok());
+    }
+}
