@@ -139,7 +139,9 @@ pub struct Engine {
 
 impl std::fmt::Debug for Engine {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Engine").field("store", &self.store).finish()
+        f.debug_struct("Engine")
+            .field("store", &self.store)
+            .finish()
     }
 }
 
@@ -208,12 +210,11 @@ impl Engine {
         let mut batch = Vec::with_capacity(REPLAY_BATCH);
         for rec in records {
             let rec = rec?;
-            let mutations = mutation::decode(&rec.payload).map_err(|error| {
-                EngineError::Payload {
+            let mutations =
+                mutation::decode(&rec.payload).map_err(|error| EngineError::Payload {
                     lsn: rec.lsn,
                     error,
-                }
-            })?;
+                })?;
             let space = rec.header.space;
             let last = seqs.entry(space).or_insert(0);
             if rec.header.seq <= *last {
@@ -297,7 +298,9 @@ impl Engine {
             let mut order = lock(&self.order);
             self.check_failed()?;
             let seq = order.next_seq.get(&space).copied().unwrap_or(1);
-            let ticket = self.wal.append(RecordHeader { space, seq, kind }, &payload)?;
+            let ticket = self
+                .wal
+                .append(RecordHeader { space, seq, kind }, &payload)?;
             order.next_seq.insert(space, seq + 1);
             order.pending.push_back(Operation {
                 lsn: ticket.lsn(),
@@ -335,12 +338,16 @@ impl Engine {
         };
         let t = Instant::now();
         self.store.apply(&batch).map_err(|e| self.fail(e.into()))?;
-        self.metrics.apply_seconds.observe(t.elapsed().as_secs_f64());
+        self.metrics
+            .apply_seconds
+            .observe(t.elapsed().as_secs_f64());
         applied.lsn = last;
         if last - applied.released_at >= self.release_interval {
             applied.released_at = last;
             self.store.sync_wal().map_err(|e| self.fail(e.into()))?;
-            self.wal.release_through(last).map_err(|e| self.fail(e.into()))?;
+            self.wal
+                .release_through(last)
+                .map_err(|e| self.fail(e.into()))?;
         }
         Ok(())
     }

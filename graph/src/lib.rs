@@ -28,6 +28,4 @@
 
 mod engine;
 
-pub use engine::{
-    Committed, Engine, EngineConfig, EngineError, OpenOptions, RecoveryReport,
-};
+pub use engine::{Committed, Engine, EngineConfig, EngineError, OpenOptions, RecoveryReport};

@@ -28,7 +28,11 @@ const CHILD_ENV: &str = "ENGRAM_CRASH_CHILD_DIR";
 
 fn config() -> EngineConfig {
     EngineConfig {
-        wal: WalConfig { segment_size: 64 * 1024, ..WalConfig::default() },
+        wal: WalConfig {
+            segment_size: 64 * 1024,
+            max_payload: 16 * 1024,
+            ..WalConfig::default()
+        },
         wal_release_interval: 64,
         ..EngineConfig::default()
     }
@@ -51,22 +55,49 @@ fn term(seq: u64) -> String {
 fn mutations(space: u32, seq: u64) -> Vec<Mutation> {
     let me = id(space, seq);
     let mut m = vec![
-        Mutation::PutEpisode { id: me, record: vec![(seq % 251) as u8; 100 + (seq % 200) as usize] },
-        Mutation::PutPosting { term: term(seq), id: me, value: seq.to_be_bytes().to_vec() },
-        Mutation::PutVector { id: me, vector: vec![space as u8; 64] },
+        Mutation::PutEpisode {
+            id: me,
+            record: vec![(seq % 251) as u8; 100 + (seq % 200) as usize],
+        },
+        Mutation::PutPosting {
+            term: term(seq),
+            id: me,
+            value: seq.to_be_bytes().to_vec(),
+        },
+        Mutation::PutVector {
+            id: me,
+            vector: vec![space as u8; 64],
+        },
     ];
     if seq > 1 {
-        m.push(Mutation::PutEdge { from: id(space, seq - 1), to: me, record: vec![1] });
+        m.push(Mutation::PutEdge {
+            from: id(space, seq - 1),
+            to: me,
+            record: vec![1],
+        });
     }
     if seq % 5 == 0 && seq > 3 {
         let gone = seq - 3;
-        m.push(Mutation::DeleteEpisode { id: id(space, gone) });
-        m.push(Mutation::DeletePosting { term: term(gone), id: id(space, gone) });
-        m.push(Mutation::DeleteVector { id: id(space, gone) });
+        m.push(Mutation::DeleteEpisode {
+            id: id(space, gone),
+        });
+        m.push(Mutation::DeletePosting {
+            term: term(gone),
+            id: id(space, gone),
+        });
+        m.push(Mutation::DeleteVector {
+            id: id(space, gone),
+        });
         if gone > 1 {
-            m.push(Mutation::DeleteEdge { from: id(space, gone - 1), to: id(space, gone) });
+            m.push(Mutation::DeleteEdge {
+                from: id(space, gone - 1),
+                to: id(space, gone),
+            });
         }
-        m.push(Mutation::DeleteEdge { from: id(space, gone), to: id(space, gone + 1) });
+        m.push(Mutation::DeleteEdge {
+            from: id(space, gone),
+            to: id(space, gone + 1),
+        });
     }
     m
 }
@@ -79,14 +110,34 @@ fn model(space: u32, applied: u64) -> Model {
     for seq in 1..=applied {
         for m in mutations(space, seq) {
             let (cf, key, put) = match m {
-                Mutation::PutEpisode { id, .. } => (Cf::Episodes, keys::episode(space, &id).to_vec(), true),
-                Mutation::DeleteEpisode { id } => (Cf::Episodes, keys::episode(space, &id).to_vec(), false),
-                Mutation::PutVector { id, .. } => (Cf::Vectors, keys::episode(space, &id).to_vec(), true),
-                Mutation::DeleteVector { id } => (Cf::Vectors, keys::episode(space, &id).to_vec(), false),
-                Mutation::PutPosting { term, id, .. } => (Cf::Terms, keys::posting(space, &term, &id).expect("key"), true),
-                Mutation::DeletePosting { term, id } => (Cf::Terms, keys::posting(space, &term, &id).expect("key"), false),
-                Mutation::PutEdge { from, to, .. } => (Cf::Edges, keys::edge(space, &from, &to).to_vec(), true),
-                Mutation::DeleteEdge { from, to } => (Cf::Edges, keys::edge(space, &from, &to).to_vec(), false),
+                Mutation::PutEpisode { id, .. } => {
+                    (Cf::Episodes, keys::episode(space, &id).to_vec(), true)
+                }
+                Mutation::DeleteEpisode { id } => {
+                    (Cf::Episodes, keys::episode(space, &id).to_vec(), false)
+                }
+                Mutation::PutVector { id, .. } => {
+                    (Cf::Vectors, keys::episode(space, &id).to_vec(), true)
+                }
+                Mutation::DeleteVector { id } => {
+                    (Cf::Vectors, keys::episode(space, &id).to_vec(), false)
+                }
+                Mutation::PutPosting { term, id, .. } => (
+                    Cf::Terms,
+                    keys::posting(space, &term, &id).expect("key"),
+                    true,
+                ),
+                Mutation::DeletePosting { term, id } => (
+                    Cf::Terms,
+                    keys::posting(space, &term, &id).expect("key"),
+                    false,
+                ),
+                Mutation::PutEdge { from, to, .. } => {
+                    (Cf::Edges, keys::edge(space, &from, &to).to_vec(), true)
+                }
+                Mutation::DeleteEdge { from, to } => {
+                    (Cf::Edges, keys::edge(space, &from, &to).to_vec(), false)
+                }
                 other => panic!("model does not use {other:?}"),
             };
             let set = cfs.get_mut(&cf).expect("cf");
@@ -121,7 +172,8 @@ fn crash_child_process() {
     let Ok(dir) = std::env::var(CHILD_ENV) else {
         return;
     };
-    let (engine, _) = Engine::open(Path::new(&dir), &config(), OpenOptions::default()).expect("child open");
+    let (engine, _) =
+        Engine::open(Path::new(&dir), &config(), OpenOptions::default()).expect("child open");
     let engine = Arc::new(engine);
     println!("READY");
     let workers: Vec<_> = (1..=SPACES)
@@ -130,7 +182,9 @@ fn crash_child_process() {
             std::thread::spawn(move || {
                 loop {
                     let seq = engine.next_seq(space);
-                    let c = engine.submit(space, 1, mutations(space, seq)).expect("submit");
+                    let c = engine
+                        .submit(space, 1, mutations(space, seq))
+                        .expect("submit");
                     assert_eq!(c.seq, seq);
                     println!("ACK {space} {seq}");
                 }
@@ -169,7 +223,13 @@ fn acked_writes_survive_kill9() {
     for iteration in 0..iterations {
         let ctx = format!("iteration {iteration}, ENGRAM_CRASH_SEED={seed}");
         let mut child = Command::new(&exe)
-            .args(["crash_child_process", "--exact", "--ignored", "--nocapture", "--test-threads=1"])
+            .args([
+                "crash_child_process",
+                "--exact",
+                "--ignored",
+                "--nocapture",
+                "--test-threads=1",
+            ])
             .env(CHILD_ENV, dir.path())
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
@@ -195,7 +255,11 @@ fn acked_writes_survive_kill9() {
             })
         };
         // Sometimes during startup and recovery, mostly while writing.
-        let delay = if rng.random_bool(0.15) { rng.random_range(0..40) } else { rng.random_range(40..200) };
+        let delay = if rng.random_bool(0.15) {
+            rng.random_range(0..40)
+        } else {
+            rng.random_range(40..200)
+        };
         std::thread::sleep(Duration::from_millis(delay));
         child.kill().expect("kill -9");
         child.wait().expect("reap child");
@@ -211,15 +275,22 @@ fn acked_writes_survive_kill9() {
         if rng.random_bool(0.25) && iteration + 1 < iterations {
             continue;
         }
-        let (engine, report) =
-            Engine::open(dir.path(), &config(), OpenOptions::default()).unwrap_or_else(|e| panic!("{ctx}: recovery failed: {e}"));
+        let (engine, report) = Engine::open(dir.path(), &config(), OpenOptions::default())
+            .unwrap_or_else(|e| panic!("{ctx}: recovery failed: {e}"));
         torn_tails += usize::from(report.wal.torn_tail.is_some());
         replayed += report.replayed;
         for space in 1..=SPACES {
             let applied = engine.store().applied_seq(space).expect("applied seq");
             let want = acked.get(&space).copied().unwrap_or(0);
-            assert!(applied >= want, "{ctx}: space {space} acknowledged seq {want} but only {applied} survived");
-            assert_eq!(engine.next_seq(space), applied + 1, "{ctx}: sequence must continue after recovery");
+            assert!(
+                applied >= want,
+                "{ctx}: space {space} acknowledged seq {want} but only {applied} survived"
+            );
+            assert_eq!(
+                engine.next_seq(space),
+                applied + 1,
+                "{ctx}: sequence must continue after recovery"
+            );
             let expected = model(space, applied);
             let found = actual(engine.store(), space);
             for cf in Cf::DATA {
@@ -229,7 +300,11 @@ fn acked_writes_survive_kill9() {
                     "{ctx}: space {space} column family {} disagrees with applied seq {applied}",
                     cf.name()
                 );
-                assert!(found[&cf] == expected[&cf], "{ctx}: space {space} cf {} has wrong keys", cf.name());
+                assert!(
+                    found[&cf] == expected[&cf],
+                    "{ctx}: space {space} cf {} has wrong keys",
+                    cf.name()
+                );
             }
         }
         drop(engine);
@@ -237,5 +312,8 @@ fn acked_writes_survive_kill9() {
     eprintln!(
         "crash test: {total_acked} acknowledged writes checked, {replayed} records replayed, {torn_tails} torn tails cut"
     );
-    assert!(total_acked > 0, "the child never acknowledged a write (seed {seed})");
+    assert!(
+        total_acked > 0,
+        "the child never acknowledged a write (seed {seed})"
+    );
 }

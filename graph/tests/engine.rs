@@ -9,7 +9,10 @@ use engram_wal::WalConfig;
 fn put(n: u8) -> Vec<Mutation> {
     let mut id = [0; 16];
     id[15] = n;
-    vec![Mutation::PutEpisode { id, record: vec![n] }]
+    vec![Mutation::PutEpisode {
+        id,
+        record: vec![n],
+    }]
 }
 
 fn open(dir: &Path, config: &EngineConfig) -> (Engine, engram_graph::RecoveryReport) {
@@ -27,7 +30,22 @@ fn sequences_are_per_space_and_continue_after_restart() {
     let a2 = engine.submit(1, 1, put(3)).expect("submit");
     assert_eq!((a1.seq, b1.seq, a2.seq), (1, 1, 2));
     assert_eq!((a1.lsn, b1.lsn, a2.lsn), (1, 2, 3));
-    assert_eq!(engine.store().episode(1, &[0; 15].iter().chain(&[3]).copied().collect::<Vec<_>>().try_into().expect("id")).expect("get"), Some(vec![3]));
+    assert_eq!(
+        engine
+            .store()
+            .episode(
+                1,
+                &[0; 15]
+                    .iter()
+                    .chain(&[3])
+                    .copied()
+                    .collect::<Vec<_>>()
+                    .try_into()
+                    .expect("id")
+            )
+            .expect("get"),
+        Some(vec![3])
+    );
     drop(engine);
     let (engine, report) = open(dir.path(), &cfg);
     assert_eq!(report.applied_before, 3);
@@ -65,7 +83,11 @@ fn replay_onto_an_older_store_is_idempotent() {
 fn released_wal_behind_an_older_store_is_refused() {
     let dir = tempfile::tempdir().expect("tempdir");
     let cfg = EngineConfig {
-        wal: WalConfig { segment_size: 4096, ..WalConfig::default() },
+        wal: WalConfig {
+            segment_size: 4096,
+            max_payload: 1024,
+            ..WalConfig::default()
+        },
         wal_release_interval: 1,
         ..EngineConfig::default()
     };
@@ -74,20 +96,37 @@ fn released_wal_behind_an_older_store_is_refused() {
     let old = dir.path().join("old-db");
     engine.checkpoint(&old).expect("checkpoint");
     for n in 2..=200 {
-        engine.submit(1, 1, vec![Mutation::PutSpace { record: vec![n as u8; 100] }]).expect("submit");
+        engine
+            .submit(
+                1,
+                1,
+                vec![Mutation::PutSpace {
+                    record: vec![n as u8; 100],
+                }],
+            )
+            .expect("submit");
     }
-    assert!(engine.wal().first_retained_lsn() > 2, "retention must have released segments");
+    assert!(
+        engine.wal().first_retained_lsn() > 2,
+        "retention must have released segments"
+    );
     drop(engine);
     std::fs::remove_dir_all(dir.path().join("db")).expect("rm db");
     std::fs::rename(&old, dir.path().join("db")).expect("restore old db");
     let err = Engine::open(dir.path(), &cfg, OpenOptions::default()).expect_err("must refuse");
-    assert!(matches!(err, EngineError::WalBehindStore { applied: 1, .. }), "{err}");
+    assert!(
+        matches!(err, EngineError::WalBehindStore { applied: 1, .. }),
+        "{err}"
+    );
 }
 
 #[test]
 fn corruption_before_the_tail_stops_open_until_repair() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let cfg = EngineConfig { wal_release_interval: u64::MAX, ..EngineConfig::default() };
+    let cfg = EngineConfig {
+        wal_release_interval: u64::MAX,
+        ..EngineConfig::default()
+    };
     let (engine, _) = open(dir.path(), &cfg);
     for n in 1..=5 {
         engine.submit(1, 1, put(n)).expect("submit");
@@ -105,12 +144,31 @@ fn corruption_before_the_tail_stops_open_until_repair() {
     let frame_len = 36 + engram_lsm::mutation::encode(&put(1)).len();
     data[frame_len + 40] ^= 0x10;
     std::fs::write(&seg, data).expect("write");
-    let err = Engine::open(dir.path(), &cfg, OpenOptions::default()).expect_err("corruption must stop open");
+    let err = Engine::open(dir.path(), &cfg, OpenOptions::default())
+        .expect_err("corruption must stop open");
     let msg = err.to_string();
-    assert!(msg.contains("corrupt") && msg.contains(&format!("offset {frame_len}")), "{msg}");
-    let (_, report) = Engine::open(dir.path(), &cfg, OpenOptions { repair: true, ..OpenOptions::default() })
-        .expect("repair opens");
+    assert!(
+        msg.contains("corrupt") && msg.contains(&format!("offset {frame_len}")),
+        "{msg}"
+    );
+    let (_, report) = Engine::open(
+        dir.path(),
+        &cfg,
+        OpenOptions {
+            repair: true,
+            ..OpenOptions::default()
+        },
+    )
+    .expect("repair opens");
     let repaired = report.wal.repaired.expect("repair reported");
     assert_eq!(repaired.offset, frame_len as u64);
-    assert!(dir.path().join("wal").join("corrupt").read_dir().expect("corrupt dir").count() > 0);
+    assert!(
+        dir.path()
+            .join("wal")
+            .join("corrupt")
+            .read_dir()
+            .expect("corrupt dir")
+            .count()
+            > 0
+    );
 }

@@ -39,7 +39,9 @@ impl StoreConfig {
     /// Checks the settings are coherent.
     pub fn validate(&self) -> Result<(), StoreError> {
         if self.write_buffer_mb == 0 {
-            return Err(StoreError::Config("write_buffer_mb must be at least 1".into()));
+            return Err(StoreError::Config(
+                "write_buffer_mb must be at least 1".into(),
+            ));
         }
         if !(0.0..=64.0).contains(&self.bloom_bits_per_key) {
             return Err(StoreError::Config(format!(
@@ -48,7 +50,9 @@ impl StoreConfig {
             )));
         }
         if self.max_background_jobs < 1 {
-            return Err(StoreError::Config("max_background_jobs must be at least 1".into()));
+            return Err(StoreError::Config(
+                "max_background_jobs must be at least 1".into(),
+            ));
         }
         if !(1..=22).contains(&self.zstd_level) {
             return Err(StoreError::Config(format!(

@@ -17,7 +17,10 @@ pub enum StoreError {
     #[error("space id {0} is reserved")]
     InvalidSpace(u32),
     /// A term is longer than a posting key can hold.
-    #[error("term of {len} bytes exceeds the limit of {} bytes", crate::keys::MAX_TERM_LEN)]
+    #[error(
+        "term of {len} bytes exceeds the limit of {} bytes",
+        crate::keys::MAX_TERM_LEN
+    )]
     TermTooLong {
         /// Its length.
         len: usize,

@@ -128,7 +128,11 @@ pub fn decode_edge(key: &[u8]) -> Option<(SpaceId, EpisodeId, EpisodeId)> {
         return None;
     }
     let space = SpaceId::from_be_bytes(key[..4].try_into().ok()?);
-    Some((space, key[4..20].try_into().ok()?, key[20..].try_into().ok()?))
+    Some((
+        space,
+        key[4..20].try_into().ok()?,
+        key[20..].try_into().ok()?,
+    ))
 }
 
 /// Decodes a posting key into (space, term, id).
@@ -176,7 +180,10 @@ mod tests {
 
     #[test]
     fn overlong_terms_and_reserved_space_are_refused() {
-        assert!(matches!(term_prefix(1, &"x".repeat(MAX_TERM_LEN + 1)), Err(StoreError::TermTooLong { .. })));
+        assert!(matches!(
+            term_prefix(1, &"x".repeat(MAX_TERM_LEN + 1)),
+            Err(StoreError::TermTooLong { .. })
+        ));
         assert!(check_space(u32::MAX).is_err());
         assert!(check_space(MAX_SPACE_ID).is_ok());
     }

@@ -319,13 +319,23 @@ mod tests {
         let id = any::<[u8; 16]>();
         let bytes = prop::collection::vec(any::<u8>(), 0..64);
         prop_oneof![
-            bytes.clone().prop_map(|record| Mutation::PutSpace { record }),
+            bytes
+                .clone()
+                .prop_map(|record| Mutation::PutSpace { record }),
             Just(Mutation::DropSpace),
             (id, bytes.clone()).prop_map(|(id, record)| Mutation::PutEpisode { id, record }),
             id.prop_map(|id| Mutation::DeleteEpisode { id }),
-            (id, id, bytes.clone()).prop_map(|(from, to, record)| Mutation::PutEdge { from, to, record }),
+            (id, id, bytes.clone()).prop_map(|(from, to, record)| Mutation::PutEdge {
+                from,
+                to,
+                record
+            }),
             (id, id).prop_map(|(from, to)| Mutation::DeleteEdge { from, to }),
-            ("\\PC{0,20}", id, bytes.clone()).prop_map(|(term, id, value)| Mutation::PutPosting { term, id, value }),
+            ("\\PC{0,20}", id, bytes.clone()).prop_map(|(term, id, value)| Mutation::PutPosting {
+                term,
+                id,
+                value
+            }),
             ("\\PC{0,20}", id).prop_map(|(term, id)| Mutation::DeletePosting { term, id }),
             (id, bytes.clone()).prop_map(|(id, vector)| Mutation::PutVector { id, vector }),
             id.prop_map(|id| Mutation::DeleteVector { id }),

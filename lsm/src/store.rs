@@ -11,7 +11,7 @@ use crate::keys;
 use crate::{EpisodeId, Mutation, Operation, SpaceId, StoreConfig, StoreError};
 
 /// Column families. Names are part of the on-disk format.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Cf {
     /// Applied sequence numbers and space records.
     Meta,
@@ -29,7 +29,14 @@ pub enum Cf {
 
 impl Cf {
     /// Every column family.
-    pub const ALL: [Cf; 6] = [Cf::Meta, Cf::Episodes, Cf::Edges, Cf::Terms, Cf::Vectors, Cf::Cold];
+    pub const ALL: [Cf; 6] = [
+        Cf::Meta,
+        Cf::Episodes,
+        Cf::Edges,
+        Cf::Terms,
+        Cf::Vectors,
+        Cf::Cold,
+    ];
     /// Column families holding per-space data (all but `meta`).
     pub const DATA: [Cf; 5] = [Cf::Episodes, Cf::Edges, Cf::Terms, Cf::Vectors, Cf::Cold];
 
@@ -131,10 +138,12 @@ impl Store {
     }
 
     fn handle(&self, cf: Cf) -> Result<&ColumnFamily, StoreError> {
-        self.db.cf_handle(cf.name()).ok_or_else(|| StoreError::Rocks {
-            path: self.path.clone(),
-            message: format!("column family {} missing", cf.name()),
-        })
+        self.db
+            .cf_handle(cf.name())
+            .ok_or_else(|| StoreError::Rocks {
+                path: self.path.clone(),
+                message: format!("column family {} missing", cf.name()),
+            })
     }
 
     /// Applies `ops` in order as one atomic WriteBatch that also records each
@@ -155,7 +164,9 @@ impl Store {
             batch.put_cf(meta, keys::applied_seq(op.space), op.seq.to_be_bytes());
         }
         batch.put_cf(meta, keys::APPLIED_LSN, last.lsn.to_be_bytes());
-        self.db.write_opt(batch, &self.write_opts).map_err(|e| self.err(e))
+        self.db
+            .write_opt(batch, &self.write_opts)
+            .map_err(|e| self.err(e))
     }
 
     fn add(&self, b: &mut WriteBatch, space: SpaceId, m: &Mutation) -> Result<(), StoreError> {
@@ -185,9 +196,11 @@ impl Store {
             Mutation::DeleteEdge { from, to } => {
                 b.delete_cf(self.handle(Cf::Edges)?, keys::edge(space, from, to))
             }
-            Mutation::PutPosting { term, id, value } => {
-                b.put_cf(self.handle(Cf::Terms)?, keys::posting(space, term, id)?, value)
-            }
+            Mutation::PutPosting { term, id, value } => b.put_cf(
+                self.handle(Cf::Terms)?,
+                keys::posting(space, term, id)?,
+                value,
+            ),
             Mutation::DeletePosting { term, id } => {
                 b.delete_cf(self.handle(Cf::Terms)?, keys::posting(space, term, id)?)
             }
@@ -294,11 +307,11 @@ impl Store {
 
     /// Every key/value of `space` in a data column family, in key order
     /// (decode keys with the functions in [`crate::keys`]).
-    pub fn scan_space(
-        &self,
+    pub fn scan_space<'a>(
+        &'a self,
         cf: Cf,
         space: SpaceId,
-    ) -> Result<impl Iterator<Item = Result<Entry, StoreError>> + '_, StoreError> {
+    ) -> Result<impl Iterator<Item = Result<Entry, StoreError>> + use<'a>, StoreError> {
         keys::check_space(space)?;
         self.scan_range(cf, &keys::space_start(space), &keys::space_end(space))
     }
@@ -343,11 +356,11 @@ impl Store {
             .collect()
     }
 
-    fn scan_prefix(
-        &self,
+    fn scan_prefix<'a>(
+        &'a self,
         cf: Cf,
         prefix: &[u8],
-    ) -> Result<impl Iterator<Item = Result<Entry, StoreError>> + '_, StoreError> {
+    ) -> Result<impl Iterator<Item = Result<Entry, StoreError>> + use<'a>, StoreError> {
         let mut end = prefix.to_vec();
         // The smallest key greater than every key starting with `prefix`.
         while let Some(last) = end.pop() {
@@ -359,12 +372,12 @@ impl Store {
         self.scan_range(cf, prefix, &end)
     }
 
-    fn scan_range(
-        &self,
+    fn scan_range<'a>(
+        &'a self,
         cf: Cf,
         start: &[u8],
         end: &[u8],
-    ) -> Result<impl Iterator<Item = Result<Entry, StoreError>> + '_, StoreError> {
+    ) -> Result<impl Iterator<Item = Result<Entry, StoreError>> + use<'a>, StoreError> {
         let mut opts = ReadOptions::default();
         if !end.is_empty() {
             opts.set_iterate_upper_bound(end.to_vec());
@@ -389,7 +402,9 @@ impl Store {
             .iter()
             .map(|cf| self.handle(*cf))
             .collect::<Result<_, _>>()?;
-        self.db.flush_cfs_opt(&cfs, &rocksdb::FlushOptions::default()).map_err(|e| self.err(e))
+        self.db
+            .flush_cfs_opt(&cfs, &rocksdb::FlushOptions::default())
+            .map_err(|e| self.err(e))
     }
 
     /// Writes a consistent, openable copy of the store to `dir` (which must
