@@ -63,6 +63,11 @@
 //! `engram_wal_group_commit_records` (histogram), `engram_wal_failed`,
 //! `engram_wal_segments`.
 
+/// Largest LSN the log hands out or accepts in a segment name (2^62): far
+/// beyond any real log, and low enough that LSN arithmetic never overflows
+/// even on damaged input.
+pub const MAX_LSN: u64 = 1 << 62;
+
 mod config;
 mod error;
 pub mod frame;

@@ -208,6 +208,13 @@ impl Wal {
         options: WalOptions,
     ) -> Result<(Wal, OpenReport), WalError> {
         config.validate()?;
+        if options.lsn_floor > crate::MAX_LSN {
+            return Err(WalError::Config(format!(
+                "lsn_floor {} is beyond the largest LSN {}",
+                options.lsn_floor,
+                crate::MAX_LSN
+            )));
+        }
         match config.durability {
             Durability::None => tracing::warn!(
                 dir = %dir.display(),

@@ -28,7 +28,7 @@ fn parse_name(name: &str) -> Option<u64> {
     if digits.len() != 20 || !digits.bytes().all(|b| b.is_ascii_digit()) {
         return None;
     }
-    digits.parse().ok()
+    digits.parse().ok().filter(|lsn| *lsn <= crate::MAX_LSN)
 }
 
 /// Segment files in `dir`, ordered by first LSN. Other entries are ignored.
@@ -138,6 +138,7 @@ mod tests {
         assert_eq!(parse_name(&segment_name(42)), Some(42));
         assert_eq!(parse_name("00000000000000000042.wal.tmp"), None);
         assert_eq!(parse_name("42.wal"), None);
+        assert_eq!(parse_name(&segment_name(u64::MAX)), None, "beyond MAX_LSN");
         let dir = tempfile::tempdir().expect("tempdir");
         for lsn in [100, 7, 12345] {
             create(dir.path(), lsn, 4096, true).expect("create");
