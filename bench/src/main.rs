@@ -42,7 +42,9 @@ fn parse_args() -> Result<Args, String> {
                 args.seconds = value()?.parse().map_err(|e| format!("--seconds: {e}"))?
             }
             "--record-bytes" => {
-                args.record = value()?.parse().map_err(|e| format!("--record-bytes: {e}"))?
+                args.record = value()?
+                    .parse()
+                    .map_err(|e| format!("--record-bytes: {e}"))?
             }
             "--appenders" => {
                 args.appenders = value()?
@@ -132,7 +134,14 @@ fn fresh(dir: &Path, name: &str) -> PathBuf {
 
 /// The disk's ceiling: one thread, `pwrite` of one record then `fdatasync`.
 fn raw_fdatasync(dir: &Path, record: usize, seconds: f64, preallocate: bool) -> Outcome {
-    let d = fresh(dir, if preallocate { "raw-prealloc" } else { "raw-append" });
+    let d = fresh(
+        dir,
+        if preallocate {
+            "raw-prealloc"
+        } else {
+            "raw-append"
+        },
+    );
     let file = OpenOptions::new()
         .create(true)
         .truncate(true)
@@ -236,11 +245,17 @@ fn main() {
             std::process::exit(2);
         }
     };
-    let root = args.dir.join(format!("engram-wal-bench-{}", std::process::id()));
+    let root = args
+        .dir
+        .join(format!("engram-wal-bench-{}", std::process::id()));
     std::fs::create_dir_all(&root).expect("create bench root");
     let s = args.seconds;
     let r = args.record;
-    eprintln!("wal-bench: {} s per case, {r}-byte records, in {}", s, root.display());
+    eprintln!(
+        "wal-bench: {} s per case, {r}-byte records, in {}",
+        s,
+        root.display()
+    );
 
     let raw_pre = raw_fdatasync(&root, r, s, true);
     let raw_grow = raw_fdatasync(&root, r, s, false);
@@ -257,14 +272,24 @@ fn main() {
         rows.push(("RocksDB put, sync=true".into(), a, o));
     }
     for &a in &args.appenders {
-        rows.push(("engram-wal append (fsync before ack)".into(), a, wal_append(&root, r, s, a)));
+        rows.push((
+            "engram-wal append (fsync before ack)".into(),
+            a,
+            wal_append(&root, r, s, a),
+        ));
     }
     for &a in &args.appenders {
-        rows.push(("engine submit (WAL + RocksDB apply)".into(), a, engine_submit(&root, r, s, a)));
+        rows.push((
+            "engine submit (WAL + RocksDB apply)".into(),
+            a,
+            engine_submit(&root, r, s, a),
+        ));
     }
     let _ = std::fs::remove_dir_all(&root);
 
-    println!("| case | appenders | ops/s | p50 µs | p99 µs | × raw fdatasync | × RocksDB sync put |");
+    println!(
+        "| case | appenders | ops/s | p50 µs | p99 µs | × raw fdatasync | × RocksDB sync put |"
+    );
     println!("|---|---:|---:|---:|---:|---:|---:|");
     for (name, a, o) in &rows {
         let vs_rocks = rocks_rate

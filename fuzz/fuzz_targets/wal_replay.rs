@@ -11,7 +11,8 @@ use libfuzzer_sys::fuzz_target;
 
 fn root() -> &'static std::path::Path {
     static DIR: OnceLock<tempfile::TempDir> = OnceLock::new();
-    DIR.get_or_init(|| tempfile::tempdir().expect("tempdir")).path()
+    DIR.get_or_init(|| tempfile::tempdir().expect("tempdir"))
+        .path()
 }
 
 fn segments(mut data: &[u8]) -> Vec<(u64, Vec<u8>)> {
@@ -41,7 +42,10 @@ fuzz_target!(|data: &[u8]| {
         preallocate: false,
     };
     for repair in [false, true] {
-        let options = WalOptions { repair, ..WalOptions::default() };
+        let options = WalOptions {
+            repair,
+            ..WalOptions::default()
+        };
         if let Ok((wal, report)) = Wal::open(&dir, config.clone(), options) {
             let mut expected = report.first_lsn;
             if let Ok(records) = wal.replay(1) {
