@@ -1,9 +1,30 @@
-//! # engram-graph
+//! # engram-graph: the memory model
 //!
-//! The memory model (spaces, episodes, edges, recall) is built here on top of
-//! the durable [`Engine`], which this crate owns today: it joins the WAL
-//! (`engram-wal`) and the warm store (`engram-lsm`) into one write path and
-//! recovers them together.
+//! Agents *remember* episodes into isolated memory spaces and *recall* them
+//! from a partial cue ([`Graph`]). Everything is built on the durable
+//! [`Engine`] this crate also owns, which joins the WAL (`engram-wal`) and the
+//! warm store (`engram-lsm`) into one write path and recovers them together.
+//!
+//! ## Memory model ([`Graph`])
+//! - **Spaces** (names `[a-z0-9][a-z0-9_-]{0,62}`; `default` always exists)
+//!   are created and deleted through WAL records. A space's data is reachable
+//!   only through its own name (invariant 5): every index is per space.
+//! - **remember** writes one WAL record holding the episode, its BM25
+//!   postings, its embedding and its edges (temporal: previous episode of the
+//!   same session; explicit: requested links). Two different texts are always
+//!   two memories; identical content is merged only with `dedupe`.
+//! - **forget** writes one record deleting content, embedding, postings,
+//!   archived copy and every edge in both directions (invariant 6).
+//! - **recall**: filters (tags, time range, decayed confidence) apply
+//!   *before* ranking; BM25 and cosine seeds are fused by normalised score
+//!   (each divided by the best of its kind; the mean of both when the cue
+//!   has text and an embedding), so the best seed has activation 1;
+//!   activation then spreads along edges ([`activation`]); the score is
+//!   `activation × (0.5 + 0.5 × decayed confidence) × (0.8 + 0.2 × recency)`,
+//!   recency `exp(-age_days / 30)`. Decayed confidence follows a power-law
+//!   forgetting curve ([`activation::retention`]).
+//! - At open, each space's indexes and adjacency are rebuilt from the warm
+//!   store after WAL replay, so recall after a crash equals recall before it.
 //!
 //! ## Write path ([`Engine::submit`])
 //! 1. The next per-space sequence number is assigned and the record is queued
@@ -26,6 +47,15 @@
 //! Every `wal_release_interval` applied records, RocksDB's WAL is synced and
 //! WAL segments wholly at or below the applied LSN are deleted (unless pinned).
 
+pub mod activation;
 mod engine;
+mod memory;
+pub mod record;
+pub mod text;
 
+pub use activation::Spread;
 pub use engine::{Committed, Engine, EngineConfig, EngineError, OpenOptions, RecoveryReport};
+pub use memory::{
+    Cue, DEFAULT_SPACE, Graph, GraphConfig, GraphError, Limits, LinkSpec, Memory, Recalled,
+    RememberRequest, Remembered, SpaceStats, Via, kind, valid_space_name,
+};

@@ -1,0 +1,1220 @@
+//! The memory model: spaces, remember / get / forget / link, and recall.
+
+use std::collections::{HashMap, HashSet};
+use std::hash::{Hash, Hasher};
+use std::path::Path;
+use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use engram_lsm::{Cf, EpisodeId, Mutation, SpaceId, keys};
+use serde_json::{Map, Value};
+
+use crate::activation::{self, Spread};
+use crate::record::{self, EdgeKind, EdgeRecord, EpisodeRecord, SpaceRecord};
+use crate::text::{self, LexicalIndex};
+use crate::{Engine, EngineConfig, EngineError, OpenOptions, RecoveryReport};
+
+/// WAL operation kinds written by the graph.
+pub mod kind {
+    /// Space creation.
+    pub const CREATE_SPACE: u8 = 1;
+    /// Space deletion.
+    pub const DROP_SPACE: u8 = 2;
+    /// Remember.
+    pub const REMEMBER: u8 = 3;
+    /// Forget.
+    pub const FORGET: u8 = 4;
+    /// Link.
+    pub const LINK: u8 = 5;
+}
+
+/// Name of the space that always exists.
+pub const DEFAULT_SPACE: &str = "default";
+
+/// Input limits. Exceeding one is a typed error naming the limit.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Limits {
+    /// Content bytes (default 64 KiB).
+    pub max_content_bytes: usize,
+    /// Metadata bytes as JSON text (default 16 KiB).
+    pub max_metadata_bytes: usize,
+    /// Tags per memory (default 32).
+    pub max_tags: usize,
+    /// Bytes per tag (default 128).
+    pub max_tag_bytes: usize,
+    /// Embedding dimension (default 4096).
+    pub max_embedding_dim: usize,
+    /// Results per recall (default 1000).
+    pub max_recall_limit: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_content_bytes: 64 * 1024,
+            max_metadata_bytes: 16 * 1024,
+            max_tags: 32,
+            max_tag_bytes: 128,
+            max_embedding_dim: 4096,
+            max_recall_limit: 1000,
+        }
+    }
+}
+
+/// Settings of the memory graph.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GraphConfig {
+    /// Storage engine settings.
+    pub engine: EngineConfig,
+    /// Input limits.
+    pub limits: Limits,
+    /// Confidence of a memory remembered without one (default 0.7).
+    pub default_confidence: f32,
+    /// Spaces created at start if missing (besides `default`).
+    pub bootstrap_spaces: Vec<String>,
+    /// Stability of the forgetting curve in days (default 7): a memory keeps
+    /// half its confidence after 27 × stability days.
+    pub stability_days: f64,
+    /// Weight of the temporal edge between consecutive episodes of a session (default 0.7).
+    pub temporal_weight: f32,
+}
+
+impl Default for GraphConfig {
+    fn default() -> Self {
+        Self {
+            engine: EngineConfig::default(),
+            limits: Limits::default(),
+            default_confidence: 0.7,
+            bootstrap_spaces: Vec::new(),
+            stability_days: 7.0,
+            temporal_weight: 0.7,
+        }
+    }
+}
+
+/// Errors of the memory graph; each maps to one stable API error code.
+#[derive(Debug, thiserror::Error)]
+pub enum GraphError {
+    /// Space names are `[a-z0-9][a-z0-9_-]{0,62}`.
+    #[error(
+        "invalid space name {0:?}: use 1-63 characters of a-z, 0-9, '_' or '-', starting with a letter or digit"
+    )]
+    InvalidSpaceName(String),
+    /// The space exists already.
+    #[error("space {0:?} already exists")]
+    SpaceExists(String),
+    /// No such space.
+    #[error("space {0:?} does not exist")]
+    SpaceNotFound(String),
+    /// The default space cannot be deleted.
+    #[error("the default space cannot be deleted")]
+    DefaultSpace,
+    /// No such memory in this space.
+    #[error("memory {0} does not exist in this space")]
+    MemoryNotFound(String),
+    /// Not a ULID.
+    #[error("invalid memory id {0:?}: expected a 26-character ULID")]
+    InvalidId(String),
+    /// Some input is out of range or too large; `field` names it.
+    #[error("invalid {field}: {message}")]
+    Invalid {
+        /// The offending field.
+        field: &'static str,
+        /// What is wrong, with the limit when there is one.
+        message: String,
+    },
+    /// The storage engine failed.
+    #[error(transparent)]
+    Storage(#[from] EngineError),
+    /// Stored data could not be decoded.
+    #[error("stored data is corrupt: {0}")]
+    Corrupt(String),
+}
+
+impl From<engram_lsm::StoreError> for GraphError {
+    fn from(e: engram_lsm::StoreError) -> Self {
+        GraphError::Storage(EngineError::Store(e))
+    }
+}
+
+fn invalid(field: &'static str, message: impl Into<String>) -> GraphError {
+    GraphError::Invalid {
+        field,
+        message: message.into(),
+    }
+}
+
+/// A link requested at remember time or by `link`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LinkSpec {
+    /// Target memory id (ULID).
+    pub target: String,
+    /// Weight in (0, 1] (default 0.9).
+    pub weight: Option<f32>,
+}
+
+/// What to remember.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct RememberRequest {
+    /// UTF-8 text, non-empty.
+    pub content: String,
+    /// Confidence in [0, 1]; the configured default when absent.
+    pub confidence: Option<f32>,
+    /// Embedding of the space's dimension.
+    pub embedding: Option<Vec<f32>>,
+    /// Tags.
+    pub tags: Vec<String>,
+    /// Metadata object.
+    pub metadata: Map<String, Value>,
+    /// When it happened (ms since the epoch); now when absent.
+    pub occurred_at_ms: Option<i64>,
+    /// Stream id: consecutive episodes of a session are linked by temporal edges.
+    pub session: Option<String>,
+    /// Explicit links to existing memories of the same space.
+    pub links: Vec<LinkSpec>,
+    /// Return the existing memory instead of storing an identical content twice.
+    pub dedupe: bool,
+}
+
+/// Outcome of remember.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Remembered {
+    /// Memory id (ULID).
+    pub id: String,
+    /// Space name.
+    pub space: String,
+    /// Per-space sequence number of the write (of the existing memory's
+    /// write is not known after dedupe: then 0).
+    pub sequence: u64,
+    /// Stored confidence.
+    pub confidence: f32,
+    /// Storage time, ms since the epoch.
+    pub stored_at_ms: i64,
+    /// `true` when `dedupe` found an identical memory and nothing was written.
+    pub deduplicated: bool,
+}
+
+/// A memory as returned to clients.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Memory {
+    /// ULID.
+    pub id: String,
+    /// Space name.
+    pub space: String,
+    /// Content.
+    pub content: String,
+    /// Stored confidence.
+    pub confidence: f32,
+    /// Tags.
+    pub tags: Vec<String>,
+    /// Metadata.
+    pub metadata: Map<String, Value>,
+    /// Session.
+    pub session: Option<String>,
+    /// When it happened.
+    pub occurred_at_ms: i64,
+    /// When it was stored.
+    pub stored_at_ms: i64,
+    /// Embedding, when asked for and present.
+    pub embedding: Option<Vec<f32>>,
+}
+
+/// What to recall by.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Cue {
+    /// Text matched lexically (BM25).
+    pub text: Option<String>,
+    /// Embedding matched by cosine similarity.
+    pub embedding: Option<Vec<f32>>,
+    /// Every one of these tags must be present.
+    pub tags: Vec<String>,
+    /// Earliest `occurred_at` (inclusive).
+    pub from_ms: Option<i64>,
+    /// Latest `occurred_at` (inclusive).
+    pub to_ms: Option<i64>,
+    /// Minimum confidence after forgetting-curve decay.
+    pub min_confidence: Option<f32>,
+}
+
+/// How a result was reached.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Via {
+    /// Seed from the lexical index.
+    Lexical,
+    /// Seed from vector similarity.
+    Vector,
+    /// Reached by spreading activation along this path of ids (seed first).
+    Edge {
+        /// Ids from the seed to the result.
+        path: Vec<String>,
+    },
+}
+
+/// One recall result.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Recalled {
+    /// The memory.
+    pub memory: Memory,
+    /// Final score.
+    pub score: f32,
+    /// Activation (seed strength, or what spreading delivered).
+    pub activation: f32,
+    /// Confidence after forgetting-curve decay.
+    pub confidence: f32,
+    /// Why it was returned.
+    pub via: Via,
+}
+
+/// Space statistics.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SpaceStats {
+    /// Name.
+    pub name: String,
+    /// Memories.
+    pub memories: usize,
+    /// Embedding dimension.
+    pub embedding_dim: Option<u32>,
+    /// Edges.
+    pub edges: usize,
+    /// Distinct lexical terms.
+    pub terms: usize,
+}
+
+#[derive(Debug, Clone)]
+struct EpisodeMeta {
+    confidence: f32,
+    tags: Vec<String>,
+    occurred_at_ms: i64,
+    stored_at_ms: i64,
+    content_hash: u64,
+}
+
+#[derive(Debug, Default)]
+struct SpaceState {
+    episodes: HashMap<EpisodeId, EpisodeMeta>,
+    lexical: LexicalIndex,
+    vectors: HashMap<EpisodeId, Vec<f32>>,
+    out_edges: HashMap<EpisodeId, HashMap<EpisodeId, EdgeRecord>>,
+    in_edges: HashMap<EpisodeId, HashSet<EpisodeId>>,
+    sessions: HashMap<String, EpisodeId>,
+    by_hash: HashMap<u64, Vec<EpisodeId>>,
+}
+
+impl SpaceState {
+    fn add_edge(&mut self, from: EpisodeId, to: EpisodeId, e: EdgeRecord) {
+        self.out_edges.entry(from).or_default().insert(to, e);
+        self.in_edges.entry(to).or_default().insert(from);
+    }
+
+    fn edge_count(&self) -> usize {
+        self.out_edges.values().map(HashMap::len).sum()
+    }
+}
+
+#[derive(Debug)]
+struct Space {
+    id: SpaceId,
+    record: SpaceRecord,
+    state: RwLock<SpaceState>,
+}
+
+fn read<T>(l: &RwLock<T>) -> RwLockReadGuard<'_, T> {
+    l.read().unwrap_or_else(PoisonError::into_inner)
+}
+
+fn write<T>(l: &RwLock<T>) -> RwLockWriteGuard<'_, T> {
+    l.write().unwrap_or_else(PoisonError::into_inner)
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+fn content_hash(content: &str) -> u64 {
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    content.hash(&mut h);
+    h.finish()
+}
+
+fn id_string(id: &EpisodeId) -> String {
+    ulid::Ulid::from_bytes(*id).to_string()
+}
+
+fn parse_id(s: &str) -> Result<EpisodeId, GraphError> {
+    ulid::Ulid::from_string(s)
+        .map(|u| u.to_bytes())
+        .map_err(|_| GraphError::InvalidId(s.to_owned()))
+}
+
+/// Checks a space name against `[a-z0-9][a-z0-9_-]{0,62}`.
+pub fn valid_space_name(name: &str) -> bool {
+    let b = name.as_bytes();
+    !b.is_empty()
+        && b.len() <= 63
+        && (b[0].is_ascii_lowercase() || b[0].is_ascii_digit())
+        && b.iter()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'_' || *c == b'-')
+}
+
+/// The memory graph of one node: every space, on one durable engine.
+#[derive(Debug)]
+pub struct Graph {
+    engine: Engine,
+    config: GraphConfig,
+    spaces: RwLock<HashMap<String, Arc<Space>>>,
+    next_space_id: std::sync::Mutex<SpaceId>,
+}
+
+impl Graph {
+    /// Opens the graph on `data_dir`: recovers the engine, loads every
+    /// space's indexes and adjacency from the warm store, and creates
+    /// `default` and the configured bootstrap spaces if missing.
+    pub fn open(
+        data_dir: &Path,
+        config: GraphConfig,
+        options: OpenOptions,
+    ) -> Result<(Graph, RecoveryReport), GraphError> {
+        if !(0.0..=1.0).contains(&config.default_confidence) {
+            return Err(invalid("default_confidence", "must be within [0, 1]"));
+        }
+        if !(config.temporal_weight > 0.0 && config.temporal_weight <= 1.0) {
+            return Err(invalid("temporal_weight", "must be within (0, 1]"));
+        }
+        if config.stability_days.is_nan() || config.stability_days <= 0.0 {
+            return Err(invalid("stability_days", "must be positive"));
+        }
+        for name in &config.bootstrap_spaces {
+            if !valid_space_name(name) {
+                return Err(GraphError::InvalidSpaceName(name.clone()));
+            }
+        }
+        let (engine, report) = Engine::open(data_dir, &config.engine, options)?;
+        let store = engine.store();
+        let mut max_id = 0;
+        for (space, _) in store.applied_seqs()? {
+            max_id = max_id.max(space);
+        }
+        let mut spaces = HashMap::new();
+        for (id, bytes) in store.spaces()? {
+            max_id = max_id.max(id);
+            let record: SpaceRecord = record::decode(&bytes, "space record")?;
+            let state = load_space(&engine, id)?;
+            spaces.insert(
+                record.name.clone(),
+                Arc::new(Space {
+                    id,
+                    record,
+                    state: RwLock::new(state),
+                }),
+            );
+        }
+        let graph = Graph {
+            engine,
+            config,
+            spaces: RwLock::new(spaces),
+            next_space_id: std::sync::Mutex::new(max_id + 1),
+        };
+        let mut wanted = vec![DEFAULT_SPACE.to_owned()];
+        wanted.extend(graph.config.bootstrap_spaces.iter().cloned());
+        for name in wanted {
+            if !read(&graph.spaces).contains_key(&name) {
+                graph.create_space(&name, None)?;
+            }
+        }
+        Ok((graph, report))
+    }
+
+    /// The storage engine underneath (status, checkpoints).
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
+    fn space(&self, name: &str) -> Result<Arc<Space>, GraphError> {
+        read(&self.spaces)
+            .get(name)
+            .cloned()
+            .ok_or_else(|| GraphError::SpaceNotFound(name.to_owned()))
+    }
+
+    /// Creates a space, durably.
+    pub fn create_space(&self, name: &str, embedding_dim: Option<u32>) -> Result<(), GraphError> {
+        if !valid_space_name(name) {
+            return Err(GraphError::InvalidSpaceName(name.to_owned()));
+        }
+        if let Some(d) = embedding_dim {
+            if d == 0 || d as usize > self.config.limits.max_embedding_dim {
+                return Err(invalid(
+                    "embedding_dim",
+                    format!(
+                        "must be within 1..={}",
+                        self.config.limits.max_embedding_dim
+                    ),
+                ));
+            }
+        }
+        let mut spaces = write(&self.spaces);
+        if spaces.contains_key(name) {
+            return Err(GraphError::SpaceExists(name.to_owned()));
+        }
+        let id = {
+            let mut next = self
+                .next_space_id
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            let id = *next;
+            if id > keys::MAX_SPACE_ID {
+                return Err(invalid("space", "space ids exhausted"));
+            }
+            *next += 1;
+            id
+        };
+        let record = SpaceRecord {
+            name: name.to_owned(),
+            embedding_dim,
+            created_at_ms: now_ms(),
+        };
+        self.engine.submit(
+            id,
+            kind::CREATE_SPACE,
+            vec![Mutation::PutSpace {
+                record: record::encode(&record),
+            }],
+        )?;
+        spaces.insert(
+            name.to_owned(),
+            Arc::new(Space {
+                id,
+                record,
+                state: RwLock::new(SpaceState::default()),
+            }),
+        );
+        Ok(())
+    }
+
+    /// Deletes a space and all its data, durably.
+    pub fn delete_space(&self, name: &str) -> Result<(), GraphError> {
+        if name == DEFAULT_SPACE {
+            return Err(GraphError::DefaultSpace);
+        }
+        let mut spaces = write(&self.spaces);
+        let space = spaces
+            .get(name)
+            .cloned()
+            .ok_or_else(|| GraphError::SpaceNotFound(name.to_owned()))?;
+        self.engine
+            .submit(space.id, kind::DROP_SPACE, vec![Mutation::DropSpace])?;
+        spaces.remove(name);
+        Ok(())
+    }
+
+    /// Every space with its statistics, by name.
+    pub fn spaces(&self) -> Vec<SpaceStats> {
+        let mut out: Vec<SpaceStats> = read(&self.spaces).values().map(|s| stats(s)).collect();
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        out
+    }
+
+    /// Statistics of one space.
+    pub fn space_stats(&self, name: &str) -> Result<SpaceStats, GraphError> {
+        Ok(stats(&*self.space(name)?))
+    }
+
+    fn validate(&self, space: &Space, req: &RememberRequest) -> Result<(), GraphError> {
+        let l = &self.config.limits;
+        if req.content.trim().is_empty() {
+            return Err(invalid("content", "must not be empty"));
+        }
+        if req.content.len() > l.max_content_bytes {
+            return Err(invalid(
+                "content",
+                format!(
+                    "{} bytes exceeds the limit of {}",
+                    req.content.len(),
+                    l.max_content_bytes
+                ),
+            ));
+        }
+        if let Some(c) = req.confidence {
+            if !(0.0..=1.0).contains(&c) {
+                return Err(invalid("confidence", format!("{c} is outside [0, 1]")));
+            }
+        }
+        if req.tags.len() > l.max_tags {
+            return Err(invalid(
+                "tags",
+                format!("{} tags exceed the limit of {}", req.tags.len(), l.max_tags),
+            ));
+        }
+        if let Some(t) = req
+            .tags
+            .iter()
+            .find(|t| t.is_empty() || t.len() > l.max_tag_bytes)
+        {
+            return Err(invalid(
+                "tags",
+                format!("tag {t:?} must be 1..={} bytes", l.max_tag_bytes),
+            ));
+        }
+        let meta_len = serde_json::to_string(&req.metadata)
+            .map(|s| s.len())
+            .unwrap_or(usize::MAX);
+        if meta_len > l.max_metadata_bytes {
+            return Err(invalid(
+                "metadata",
+                format!(
+                    "{meta_len} bytes exceeds the limit of {}",
+                    l.max_metadata_bytes
+                ),
+            ));
+        }
+        self.check_embedding(space, req.embedding.as_deref())?;
+        for link in &req.links {
+            if let Some(w) = link.weight {
+                if !(w > 0.0 && w <= 1.0) {
+                    return Err(invalid("links", format!("weight {w} is outside (0, 1]")));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn check_embedding(&self, space: &Space, e: Option<&[f32]>) -> Result<(), GraphError> {
+        let Some(e) = e else { return Ok(()) };
+        let Some(dim) = space.record.embedding_dim else {
+            return Err(invalid(
+                "embedding",
+                format!(
+                    "space {:?} was created without embeddings",
+                    space.record.name
+                ),
+            ));
+        };
+        if e.len() != dim as usize {
+            return Err(invalid(
+                "embedding",
+                format!("dimension {} does not match the space's {dim}", e.len()),
+            ));
+        }
+        if e.iter().any(|x| !x.is_finite()) {
+            return Err(invalid("embedding", "values must be finite numbers"));
+        }
+        Ok(())
+    }
+
+    /// Stores a memory durably (acknowledged after the WAL fsync and apply).
+    pub fn remember(
+        &self,
+        space_name: &str,
+        req: RememberRequest,
+    ) -> Result<Remembered, GraphError> {
+        let space = self.space(space_name)?;
+        self.validate(&space, &req)?;
+        let hash = content_hash(&req.content);
+        if req.dedupe {
+            if let Some(found) = self.find_duplicate(&space, hash, &req.content)? {
+                return Ok(found);
+            }
+        }
+        let confidence = req.confidence.unwrap_or(self.config.default_confidence);
+        let stored_at_ms = now_ms();
+        let occurred_at_ms = req.occurred_at_ms.unwrap_or(stored_at_ms);
+        let id = ulid::Ulid::new().to_bytes();
+        let (tf, len) = text::term_frequencies(&req.content);
+        let mut links = Vec::new();
+        {
+            let state = read(&space.state);
+            for l in &req.links {
+                let target = parse_id(&l.target)?;
+                if !state.episodes.contains_key(&target) {
+                    return Err(GraphError::MemoryNotFound(l.target.clone()));
+                }
+                links.push((target, l.weight.unwrap_or(0.9)));
+            }
+        }
+        let record = EpisodeRecord {
+            content: req.content,
+            confidence,
+            tags: req.tags,
+            metadata_json: serde_json::to_string(&req.metadata).unwrap_or_else(|_| "{}".into()),
+            session: req.session,
+            occurred_at_ms,
+            stored_at_ms,
+            terms: len,
+        };
+        let mut m = vec![Mutation::PutEpisode {
+            id,
+            record: record::encode(&record),
+        }];
+        for (term, f) in &tf {
+            m.push(Mutation::PutPosting {
+                term: term.clone(),
+                id,
+                value: f.to_be_bytes().to_vec(),
+            });
+        }
+        if let Some(e) = &req.embedding {
+            m.push(Mutation::PutVector {
+                id,
+                vector: record::vector_bytes(e),
+            });
+        }
+        let mut edges = Vec::new();
+        for (target, weight) in links {
+            edges.push((
+                id,
+                target,
+                EdgeRecord {
+                    weight,
+                    kind: EdgeKind::Explicit,
+                },
+            ));
+        }
+        // The session's previous episode is read and replaced under the
+        // space's lock so concurrent writers of one session form a chain.
+        let previous = record.session.as_ref().and_then(|s| {
+            let mut state = write(&space.state);
+            state.sessions.insert(s.clone(), id)
+        });
+        if let Some(prev) = previous {
+            let e = EdgeRecord {
+                weight: self.config.temporal_weight,
+                kind: EdgeKind::Temporal,
+            };
+            edges.push((prev, id, e));
+        }
+        for (from, to, e) in &edges {
+            m.push(Mutation::PutEdge {
+                from: *from,
+                to: *to,
+                record: record::encode(e),
+            });
+        }
+        let committed = self.engine.submit(space.id, kind::REMEMBER, m)?;
+
+        let mut state = write(&space.state);
+        for (term, f) in tf {
+            state.lexical.add_posting(&term, id, f);
+        }
+        state.lexical.set_length(id, len);
+        if let Some(e) = req.embedding {
+            state.vectors.insert(id, e);
+        }
+        for (from, to, e) in edges {
+            state.add_edge(from, to, e);
+        }
+        state.by_hash.entry(hash).or_default().push(id);
+        state.episodes.insert(
+            id,
+            EpisodeMeta {
+                confidence,
+                tags: record.tags,
+                occurred_at_ms,
+                stored_at_ms,
+                content_hash: hash,
+            },
+        );
+        Ok(Remembered {
+            id: id_string(&id),
+            space: space.record.name.clone(),
+            sequence: committed.seq,
+            confidence,
+            stored_at_ms,
+            deduplicated: false,
+        })
+    }
+
+    fn find_duplicate(
+        &self,
+        space: &Space,
+        hash: u64,
+        content: &str,
+    ) -> Result<Option<Remembered>, GraphError> {
+        let candidates: Vec<(EpisodeId, EpisodeMeta)> = {
+            let state = read(&space.state);
+            state
+                .by_hash
+                .get(&hash)
+                .into_iter()
+                .flatten()
+                .filter_map(|id| state.episodes.get(id).map(|m| (*id, m.clone())))
+                .collect()
+        };
+        for (id, meta) in candidates {
+            if let Some(bytes) = self.engine.store().episode(space.id, &id)? {
+                let rec: EpisodeRecord = record::decode(&bytes, "episode")?;
+                if rec.content == content {
+                    return Ok(Some(Remembered {
+                        id: id_string(&id),
+                        space: space.record.name.clone(),
+                        sequence: 0,
+                        confidence: meta.confidence,
+                        stored_at_ms: meta.stored_at_ms,
+                        deduplicated: true,
+                    }));
+                }
+            }
+        }
+        Ok(None)
+    }
+
+    /// One memory by id.
+    pub fn get(
+        &self,
+        space_name: &str,
+        id: &str,
+        with_embedding: bool,
+    ) -> Result<Memory, GraphError> {
+        let space = self.space(space_name)?;
+        let eid = parse_id(id)?;
+        if !read(&space.state).episodes.contains_key(&eid) {
+            return Err(GraphError::MemoryNotFound(id.to_owned()));
+        }
+        self.load_memory(&space, &eid, with_embedding)?
+            .ok_or_else(|| GraphError::MemoryNotFound(id.to_owned()))
+    }
+
+    fn load_memory(
+        &self,
+        space: &Space,
+        id: &EpisodeId,
+        with_embedding: bool,
+    ) -> Result<Option<Memory>, GraphError> {
+        let Some(bytes) = self.engine.store().episode(space.id, id)? else {
+            return Ok(None);
+        };
+        let rec: EpisodeRecord = record::decode(&bytes, "episode")?;
+        let metadata = match serde_json::from_str::<Value>(&rec.metadata_json) {
+            Ok(Value::Object(m)) => m,
+            _ => {
+                return Err(GraphError::Corrupt(format!(
+                    "metadata of {}",
+                    id_string(id)
+                )));
+            }
+        };
+        let embedding = if with_embedding {
+            read(&space.state).vectors.get(id).cloned()
+        } else {
+            None
+        };
+        Ok(Some(Memory {
+            id: id_string(id),
+            space: space.record.name.clone(),
+            content: rec.content,
+            confidence: rec.confidence,
+            tags: rec.tags,
+            metadata,
+            session: rec.session,
+            occurred_at_ms: rec.occurred_at_ms,
+            stored_at_ms: rec.stored_at_ms,
+            embedding,
+        }))
+    }
+
+    /// Forgets a memory everywhere: content, embedding, postings, edges in
+    /// both directions, archived copy, in-memory indexes. Durable.
+    pub fn forget(&self, space_name: &str, id: &str) -> Result<(), GraphError> {
+        let space = self.space(space_name)?;
+        let eid = parse_id(id)?;
+        let mut state = write(&space.state);
+        if !state.episodes.contains_key(&eid) {
+            return Err(GraphError::MemoryNotFound(id.to_owned()));
+        }
+        let rec: EpisodeRecord = match self.engine.store().episode(space.id, &eid)? {
+            Some(b) => record::decode(&b, "episode")?,
+            None => return Err(GraphError::MemoryNotFound(id.to_owned())),
+        };
+        let (tf, _) = text::term_frequencies(&rec.content);
+        let mut m = vec![
+            Mutation::DeleteEpisode { id: eid },
+            Mutation::DeleteVector { id: eid },
+            Mutation::DeleteCold { id: eid },
+        ];
+        for term in tf.keys() {
+            m.push(Mutation::DeletePosting {
+                term: term.clone(),
+                id: eid,
+            });
+        }
+        let outs: Vec<EpisodeId> = state
+            .out_edges
+            .get(&eid)
+            .map(|e| e.keys().copied().collect())
+            .unwrap_or_default();
+        let ins: Vec<EpisodeId> = state
+            .in_edges
+            .get(&eid)
+            .map(|e| e.iter().copied().collect())
+            .unwrap_or_default();
+        for to in &outs {
+            m.push(Mutation::DeleteEdge { from: eid, to: *to });
+        }
+        for from in &ins {
+            m.push(Mutation::DeleteEdge {
+                from: *from,
+                to: eid,
+            });
+        }
+        self.engine.submit(space.id, kind::FORGET, m)?;
+
+        if let Some(meta) = state.episodes.remove(&eid) {
+            if let Some(v) = state.by_hash.get_mut(&meta.content_hash) {
+                v.retain(|x| *x != eid);
+                if v.is_empty() {
+                    state.by_hash.remove(&meta.content_hash);
+                }
+            }
+        }
+        state.lexical.remove(&eid, tf.into_keys());
+        state.vectors.remove(&eid);
+        for to in outs {
+            if let Some(s) = state.in_edges.get_mut(&to) {
+                s.remove(&eid);
+            }
+        }
+        for from in ins {
+            if let Some(s) = state.out_edges.get_mut(&from) {
+                s.remove(&eid);
+            }
+        }
+        state.out_edges.remove(&eid);
+        state.in_edges.remove(&eid);
+        state.sessions.retain(|_, last| *last != eid);
+        Ok(())
+    }
+
+    /// Adds (or re-weights) an explicit edge between two memories of a space.
+    pub fn link(
+        &self,
+        space_name: &str,
+        from: &str,
+        to: &str,
+        weight: Option<f32>,
+    ) -> Result<(), GraphError> {
+        let space = self.space(space_name)?;
+        let (f, t) = (parse_id(from)?, parse_id(to)?);
+        let weight = weight.unwrap_or(0.9);
+        if !(weight > 0.0 && weight <= 1.0) {
+            return Err(invalid("weight", format!("{weight} is outside (0, 1]")));
+        }
+        if f == t {
+            return Err(invalid("target", "a memory cannot link to itself"));
+        }
+        let mut state = write(&space.state);
+        for (s, i) in [(from, &f), (to, &t)] {
+            if !state.episodes.contains_key(i) {
+                return Err(GraphError::MemoryNotFound(s.to_owned()));
+            }
+        }
+        let e = EdgeRecord {
+            weight,
+            kind: EdgeKind::Explicit,
+        };
+        self.engine.submit(
+            space.id,
+            kind::LINK,
+            vec![Mutation::PutEdge {
+                from: f,
+                to: t,
+                record: record::encode(&e),
+            }],
+        )?;
+        state.add_edge(f, t, e);
+        Ok(())
+    }
+
+    /// Recalls memories of one space from a cue: lexical and vector seeds
+    /// fused by reciprocal rank, filtered before ranking, then spreading
+    /// activation, then scoring. `spread.depth == 0` disables spreading.
+    pub fn recall(
+        &self,
+        space_name: &str,
+        cue: &Cue,
+        limit: usize,
+        spread: &Spread,
+    ) -> Result<Vec<Recalled>, GraphError> {
+        let space = self.space(space_name)?;
+        let l = &self.config.limits;
+        if limit == 0 || limit > l.max_recall_limit {
+            return Err(invalid(
+                "limit",
+                format!("must be within 1..={}", l.max_recall_limit),
+            ));
+        }
+        if spread.depth > activation::MAX_DEPTH {
+            return Err(invalid(
+                "spread.depth",
+                format!("must be at most {}", activation::MAX_DEPTH),
+            ));
+        }
+        if !(spread.decay > 0.0 && spread.decay <= 1.0) {
+            return Err(invalid("spread.decay", "must be within (0, 1]"));
+        }
+        if !(0.0..=1.0).contains(&spread.threshold) {
+            return Err(invalid("spread.threshold", "must be within [0, 1]"));
+        }
+        self.check_embedding(&space, cue.embedding.as_deref())?;
+        if cue.text.as_deref().is_none_or(|t| t.trim().is_empty())
+            && cue.embedding.is_none()
+            && cue.tags.is_empty()
+            && cue.from_ms.is_none()
+            && cue.to_ms.is_none()
+        {
+            return Err(invalid(
+                "cue",
+                "give at least one of text, embedding, tags, from or to",
+            ));
+        }
+        let now = now_ms();
+        let stability = self.config.stability_days;
+        let state = read(&space.state);
+        let decayed = |m: &EpisodeMeta| {
+            let age = (now - m.stored_at_ms).max(0) as f64 / 86_400_000.0;
+            (f64::from(m.confidence) * activation::retention(age, stability)) as f32
+        };
+        let accept = |id: &EpisodeId| {
+            let Some(m) = state.episodes.get(id) else {
+                return false;
+            };
+            cue.tags.iter().all(|t| m.tags.contains(t))
+                && cue.from_ms.is_none_or(|f| m.occurred_at_ms >= f)
+                && cue.to_ms.is_none_or(|t| m.occurred_at_ms <= t)
+                && cue.min_confidence.is_none_or(|c| decayed(m) >= c)
+        };
+        let pool = (limit * 4).max(32);
+        // Normalised-score fusion: BM25 scores divided by the best BM25
+        // score, cosine similarities (clamped at 0) divided by the best one;
+        // with both kinds of cue a memory gets the mean of its two values.
+        let lexical: Vec<(EpisodeId, f64)> = match cue.text.as_deref() {
+            Some(t) => state
+                .lexical
+                .search(t, accept)
+                .into_iter()
+                .take(pool)
+                .collect(),
+            None => Vec::new(),
+        };
+        let vector: Vec<(EpisodeId, f64)> = match &cue.embedding {
+            Some(q) => nearest(&state.vectors, q, pool, &accept),
+            None => Vec::new(),
+        };
+        let sources = f64::from(u8::from(cue.text.is_some()) + u8::from(cue.embedding.is_some()));
+        let mut fused: HashMap<EpisodeId, (f64, f64, Via)> = HashMap::new();
+        for (list, via) in [(&lexical, Via::Lexical), (&vector, Via::Vector)] {
+            let best = list.first().map_or(0.0, |x| x.1);
+            if best <= 0.0 {
+                continue;
+            }
+            for (id, score) in list {
+                let part = (score / best).max(0.0) / sources;
+                let e = fused.entry(*id).or_insert((0.0, 0.0, via.clone()));
+                e.0 += part;
+                if part > e.1 {
+                    e.1 = part;
+                    e.2 = via.clone();
+                }
+            }
+        }
+        if cue.text.is_none() && cue.embedding.is_none() {
+            // A filter-only cue seeds the most recent matching memories.
+            let mut all: Vec<(&EpisodeId, &EpisodeMeta)> =
+                state.episodes.iter().filter(|(id, _)| accept(id)).collect();
+            all.sort_by(|a, b| {
+                b.1.occurred_at_ms
+                    .cmp(&a.1.occurred_at_ms)
+                    .then(a.0.cmp(b.0))
+            });
+            for (id, _) in all.into_iter().take(pool) {
+                fused.insert(*id, (1.0, 1.0, Via::Lexical));
+            }
+        }
+        let seeds: Vec<(EpisodeId, f32)> = fused.iter().map(|(id, v)| (*id, v.0 as f32)).collect();
+        let empty = HashMap::new();
+        let reached = activation::spread(
+            &seeds,
+            spread,
+            |n| {
+                let outs = state
+                    .out_edges
+                    .get(n)
+                    .unwrap_or(&empty)
+                    .iter()
+                    .map(|(t, e)| (t, e.weight));
+                let ins = state.in_edges.get(n).into_iter().flatten().filter_map(|f| {
+                    state
+                        .out_edges
+                        .get(f)
+                        .and_then(|o| o.get(n))
+                        .map(|e| (f, e.weight))
+                });
+                outs.chain(ins).collect::<Vec<_>>().into_iter()
+            },
+            accept,
+        );
+        let mut ranked: Vec<(EpisodeId, f32, f32, f32, Via)> = reached
+            .into_iter()
+            .filter_map(|(id, r)| {
+                let m = state.episodes.get(&id)?;
+                let conf = decayed(m);
+                let age_days = (now - m.occurred_at_ms).max(0) as f64 / 86_400_000.0;
+                let recency = (-age_days / 30.0).exp() as f32;
+                let via = if r.path.len() > 1 {
+                    Via::Edge {
+                        path: r.path.iter().map(id_string).collect(),
+                    }
+                } else {
+                    fused.get(&id).map(|f| f.2.clone()).unwrap_or(Via::Lexical)
+                };
+                Some((
+                    id,
+                    activation::score(r.activation, conf, recency),
+                    r.activation,
+                    conf,
+                    via,
+                ))
+            })
+            .collect();
+        ranked.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+        ranked.truncate(limit);
+        drop(state);
+        let mut out = Vec::with_capacity(ranked.len());
+        for (id, score, act, conf, via) in ranked {
+            if let Some(memory) = self.load_memory(&space, &id, false)? {
+                out.push(Recalled {
+                    memory,
+                    score,
+                    activation: act,
+                    confidence: conf,
+                    via,
+                });
+            }
+        }
+        Ok(out)
+    }
+
+    /// `true` if any in-memory structure of the space still mentions `id`
+    /// (used by tests proving that forget leaves no trace).
+    pub fn mentions(&self, space_name: &str, id: &str) -> Result<bool, GraphError> {
+        let space = self.space(space_name)?;
+        let eid = parse_id(id)?;
+        let s = read(&space.state);
+        Ok(s.episodes.contains_key(&eid)
+            || s.lexical.mentions(&eid)
+            || s.vectors.contains_key(&eid)
+            || s.out_edges.contains_key(&eid)
+            || s.in_edges.contains_key(&eid)
+            || s.out_edges.values().any(|e| e.contains_key(&eid))
+            || s.in_edges.values().any(|e| e.contains(&eid))
+            || s.sessions.values().any(|l| *l == eid)
+            || s.by_hash.values().any(|v| v.contains(&eid)))
+    }
+
+    /// Numeric id of a space (for tests that inspect the store).
+    pub fn space_id(&self, name: &str) -> Result<SpaceId, GraphError> {
+        Ok(self.space(name)?.id)
+    }
+}
+
+fn stats(s: &Space) -> SpaceStats {
+    let st = read(&s.state);
+    SpaceStats {
+        name: s.record.name.clone(),
+        memories: st.episodes.len(),
+        embedding_dim: s.record.embedding_dim,
+        edges: st.edge_count(),
+        terms: st.lexical.vocabulary(),
+    }
+}
+
+fn cosine(a: &[f32], b: &[f32]) -> f32 {
+    let (mut dot, mut na, mut nb) = (0.0f32, 0.0f32, 0.0f32);
+    for (x, y) in a.iter().zip(b) {
+        dot += x * y;
+        na += x * x;
+        nb += y * y;
+    }
+    if na == 0.0 || nb == 0.0 {
+        return 0.0;
+    }
+    dot / (na.sqrt() * nb.sqrt())
+}
+
+/// Exact nearest neighbours by cosine similarity among accepted ids.
+fn nearest(
+    vectors: &HashMap<EpisodeId, Vec<f32>>,
+    q: &[f32],
+    k: usize,
+    accept: &impl Fn(&EpisodeId) -> bool,
+) -> Vec<(EpisodeId, f64)> {
+    let mut scored: Vec<(EpisodeId, f32)> = vectors
+        .iter()
+        .filter(|(id, _)| accept(id))
+        .map(|(id, v)| (*id, cosine(q, v)))
+        .collect();
+    scored.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+    scored.truncate(k);
+    scored
+        .into_iter()
+        .map(|(id, s)| (id, f64::from(s)))
+        .collect()
+}
+
+fn load_space(engine: &Engine, space: SpaceId) -> Result<SpaceState, GraphError> {
+    let store = engine.store();
+    let mut st = SpaceState::default();
+    let mut last_in_session: HashMap<String, EpisodeId> = HashMap::new();
+    for entry in store.scan_space(Cf::Episodes, space)? {
+        let (k, v) = entry?;
+        let (_, id) =
+            keys::decode_episode(&k).ok_or_else(|| GraphError::Corrupt("episode key".into()))?;
+        let rec: EpisodeRecord = record::decode(&v, "episode")?;
+        let hash = content_hash(&rec.content);
+        st.lexical.set_length(id, rec.terms);
+        st.by_hash.entry(hash).or_default().push(id);
+        if let Some(s) = &rec.session {
+            // ULIDs sort by creation time: the largest is the session's last.
+            let e = last_in_session.entry(s.clone()).or_insert(id);
+            if id > *e {
+                *e = id;
+            }
+        }
+        st.episodes.insert(
+            id,
+            EpisodeMeta {
+                confidence: rec.confidence,
+                tags: rec.tags,
+                occurred_at_ms: rec.occurred_at_ms,
+                stored_at_ms: rec.stored_at_ms,
+                content_hash: hash,
+            },
+        );
+    }
+    st.sessions = last_in_session;
+    for entry in store.scan_space(Cf::Terms, space)? {
+        let (k, v) = entry?;
+        let (_, term, id) =
+            keys::decode_posting(&k).ok_or_else(|| GraphError::Corrupt("posting key".into()))?;
+        let tf: [u8; 4] = v
+            .as_ref()
+            .try_into()
+            .map_err(|_| GraphError::Corrupt("posting value".into()))?;
+        st.lexical.add_posting(&term, id, u32::from_be_bytes(tf));
+    }
+    for entry in store.scan_space(Cf::Vectors, space)? {
+        let (k, v) = entry?;
+        let (_, id) =
+            keys::decode_episode(&k).ok_or_else(|| GraphError::Corrupt("vector key".into()))?;
+        st.vectors.insert(id, record::vector_from_bytes(&v)?);
+    }
+    for entry in store.scan_space(Cf::Edges, space)? {
+        let (k, v) = entry?;
+        let (_, from, to) =
+            keys::decode_edge(&k).ok_or_else(|| GraphError::Corrupt("edge key".into()))?;
+        let e: EdgeRecord = record::decode(&v, "edge")?;
+        st.add_edge(from, to, e);
+    }
+    Ok(st)
+}

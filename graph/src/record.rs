@@ -1,0 +1,83 @@
+//! Values stored in the warm tier, encoded with postcard (compact, serde).
+//! Field order is part of the on-disk format: append new fields only.
+
+use serde::{Deserialize, Serialize};
+
+/// A space's persistent description (`meta` column family).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SpaceRecord {
+    /// Space name.
+    pub name: String,
+    /// Embedding dimension fixed at creation, if the space takes embeddings.
+    pub embedding_dim: Option<u32>,
+    /// Creation time, ms since the Unix epoch.
+    pub created_at_ms: i64,
+}
+
+/// An episode as stored in the `episodes` column family.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EpisodeRecord {
+    /// Text of the memory.
+    pub content: String,
+    /// Confidence in [0, 1] at storage time.
+    pub confidence: f32,
+    /// Tags.
+    pub tags: Vec<String>,
+    /// Metadata, a JSON object in text form.
+    pub metadata_json: String,
+    /// Stream the episode belongs to.
+    pub session: Option<String>,
+    /// When it happened, ms since the Unix epoch.
+    pub occurred_at_ms: i64,
+    /// When it was stored, ms since the Unix epoch.
+    pub stored_at_ms: i64,
+    /// Length of the content in terms (for BM25).
+    pub terms: u32,
+}
+
+/// Why an edge exists.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum EdgeKind {
+    /// Linked by a client.
+    Explicit,
+    /// Consecutive episodes of one session.
+    Temporal,
+}
+
+/// An edge as stored in the `edges` column family.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct EdgeRecord {
+    /// Weight in (0, 1].
+    pub weight: f32,
+    /// Origin.
+    pub kind: EdgeKind,
+}
+
+/// Encodes a record.
+pub fn encode<T: Serialize>(v: &T) -> Vec<u8> {
+    // Serialising plain structs of strings and numbers into a Vec cannot fail.
+    postcard::to_allocvec(v).unwrap_or_default()
+}
+
+/// Decodes a record; `what` names it in the error.
+pub fn decode<'a, T: Deserialize<'a>>(bytes: &'a [u8], what: &str) -> Result<T, crate::GraphError> {
+    postcard::from_bytes(bytes).map_err(|e| crate::GraphError::Corrupt(format!("{what}: {e}")))
+}
+
+/// Embedding to bytes (little-endian f32).
+pub fn vector_bytes(v: &[f32]) -> Vec<u8> {
+    v.iter().flat_map(|x| x.to_le_bytes()).collect()
+}
+
+/// Bytes to embedding.
+pub fn vector_from_bytes(b: &[u8]) -> Result<Vec<f32>, crate::GraphError> {
+    if b.len() % 4 != 0 {
+        return Err(crate::GraphError::Corrupt(format!(
+            "vector of {} bytes",
+            b.len()
+        )));
+    }
+    Ok(b.chunks_exact(4)
+        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect())
+}

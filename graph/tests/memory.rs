@@ -1,0 +1,468 @@
+//! The memory model end to end on a real engine: spaces, remember, forget,
+//! link, recall, isolation, and recovery reproducing recall.
+
+use std::collections::HashSet;
+use std::path::Path;
+
+use engram_graph::{
+    Cue, DEFAULT_SPACE, Graph, GraphConfig, GraphError, LinkSpec, OpenOptions, RememberRequest,
+    Spread, Via,
+};
+use engram_lsm::{Cf, keys};
+use proptest::prelude::*;
+use serde_json::json;
+
+fn open(dir: &Path) -> Graph {
+    open_with(dir, GraphConfig::default())
+}
+
+fn open_with(dir: &Path, config: GraphConfig) -> Graph {
+    Graph::open(dir, config, OpenOptions::default())
+        .expect("open graph")
+        .0
+}
+
+fn text(content: &str) -> RememberRequest {
+    RememberRequest {
+        content: content.into(),
+        ..RememberRequest::default()
+    }
+}
+
+fn cue(t: &str) -> Cue {
+    Cue {
+        text: Some(t.into()),
+        ..Cue::default()
+    }
+}
+
+fn ids(results: &[engram_graph::Recalled]) -> Vec<String> {
+    results.iter().map(|r| r.memory.id.clone()).collect()
+}
+
+#[test]
+fn remember_get_and_distinct_texts_stay_distinct() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let g = open(dir.path());
+    let mut req = text("Ana adopted a dog");
+    req.tags = vec!["pets".into()];
+    req.metadata = json!({"source": "chat"})
+        .as_object()
+        .cloned()
+        .expect("object");
+    req.confidence = Some(0.9);
+    let a = g.remember(DEFAULT_SPACE, req).expect("remember");
+    let b = g
+        .remember(DEFAULT_SPACE, text("Ana adopted a cat"))
+        .expect("remember");
+    assert_ne!(a.id, b.id);
+    assert_eq!((a.sequence + 1, a.confidence), (b.sequence, 0.9));
+    assert_eq!(b.confidence, 0.7, "documented default confidence");
+    let m = g.get(DEFAULT_SPACE, &a.id, false).expect("get");
+    assert_eq!(m.content, "Ana adopted a dog");
+    assert_eq!(m.tags, vec!["pets".to_string()]);
+    assert_eq!(m.metadata["source"], "chat");
+    assert_eq!(m.space, "default");
+    // Identical text: two memories unless the caller asks for dedupe.
+    let again = g
+        .remember(DEFAULT_SPACE, text("Ana adopted a dog"))
+        .expect("remember");
+    assert_ne!(again.id, a.id);
+    let mut d = text("Ana adopted a dog");
+    d.dedupe = true;
+    let deduped = g.remember(DEFAULT_SPACE, d).expect("dedupe");
+    assert!(deduped.deduplicated);
+    assert!(deduped.id == a.id || deduped.id == again.id);
+    assert_eq!(g.space_stats(DEFAULT_SPACE).expect("stats").memories, 3);
+}
+
+fn field<T: std::fmt::Debug>(r: Result<T, GraphError>) -> &'static str {
+    match r {
+        Err(GraphError::Invalid { field, .. }) => field,
+        other => panic!("expected a validation error, got {other:?}"),
+    }
+}
+
+#[test]
+fn bad_input_gets_typed_errors_naming_the_field() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let g = open(dir.path());
+    g.create_space("vec", Some(4)).expect("create");
+
+    assert_eq!(field(g.remember("default", text(""))), "content");
+    assert_eq!(
+        field(g.remember("default", text(&"x".repeat(64 * 1024 + 1)))),
+        "content"
+    );
+    let mut r = text("c");
+    r.confidence = Some(1.5);
+    assert_eq!(field(g.remember("default", r)), "confidence");
+    let mut r = text("c");
+    r.tags = (0..33).map(|i| i.to_string()).collect();
+    assert_eq!(field(g.remember("default", r)), "tags");
+    let mut r = text("c");
+    r.metadata = json!({"big": "x".repeat(17 * 1024)})
+        .as_object()
+        .cloned()
+        .expect("object");
+    assert_eq!(field(g.remember("default", r)), "metadata");
+    let mut r = text("c");
+    r.embedding = Some(vec![0.1; 3]);
+    assert_eq!(field(g.remember("vec", r.clone())), "embedding");
+    assert_eq!(
+        field(g.remember("default", r)),
+        "embedding",
+        "space without embeddings"
+    );
+    let mut r = text("c");
+    r.embedding = Some(vec![f32::NAN; 4]);
+    assert_eq!(field(g.remember("vec", r)), "embedding");
+    assert!(matches!(
+        g.remember("nope", text("c")),
+        Err(GraphError::SpaceNotFound(_))
+    ));
+    assert!(matches!(
+        g.create_space("Bad Name", None),
+        Err(GraphError::InvalidSpaceName(_))
+    ));
+    assert!(matches!(
+        g.create_space("vec", None),
+        Err(GraphError::SpaceExists(_))
+    ));
+    assert!(matches!(
+        g.get("default", "not-a-ulid", false),
+        Err(GraphError::InvalidId(_))
+    ));
+    let mut r = text("c");
+    r.links = vec![LinkSpec {
+        target: ulid::Ulid::new().to_string(),
+        weight: None,
+    }];
+    assert!(matches!(
+        g.remember("default", r),
+        Err(GraphError::MemoryNotFound(_))
+    ));
+    assert!(matches!(
+        g.delete_space("default"),
+        Err(GraphError::DefaultSpace)
+    ));
+    assert_eq!(
+        field(g.recall("default", &cue("x"), 0, &Spread::default())),
+        "limit"
+    );
+    assert_eq!(
+        field(g.recall("default", &Cue::default(), 5, &Spread::default())),
+        "cue"
+    );
+    let deep = Spread {
+        depth: 9,
+        ..Spread::default()
+    };
+    assert_eq!(
+        field(g.recall("default", &cue("x"), 5, &deep)),
+        "spread.depth"
+    );
+}
+
+#[test]
+fn spaces_are_durable_and_deleting_one_removes_its_data() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cfg = GraphConfig {
+        bootstrap_spaces: vec!["team-a".into()],
+        ..GraphConfig::default()
+    };
+    let g = open_with(dir.path(), cfg.clone());
+    let names: Vec<String> = g.spaces().into_iter().map(|s| s.name).collect();
+    assert_eq!(names, vec!["default", "team-a"]);
+    g.create_space("scratch", Some(8)).expect("create");
+    let mut r = text("temporary thought");
+    r.embedding = Some(vec![0.5; 8]);
+    g.remember("scratch", r).expect("remember");
+    let sid = g.space_id("scratch").expect("id");
+    drop(g);
+
+    let g = open_with(dir.path(), cfg.clone());
+    let s = g.space_stats("scratch").expect("scratch survives restart");
+    assert_eq!((s.memories, s.embedding_dim), (1, Some(8)));
+    g.delete_space("scratch").expect("delete");
+    for cf in Cf::DATA {
+        let left = g
+            .engine()
+            .store()
+            .scan_space(cf, sid)
+            .expect("scan")
+            .count();
+        assert_eq!(left, 0, "{} keeps data of a deleted space", cf.name());
+    }
+    drop(g);
+    let g = open_with(dir.path(), cfg);
+    assert!(matches!(
+        g.space_stats("scratch"),
+        Err(GraphError::SpaceNotFound(_))
+    ));
+    g.create_space("scratch", None).expect("recreate");
+    assert_eq!(
+        g.space_stats("scratch").expect("stats").memories,
+        0,
+        "a new space never sees old data"
+    );
+    assert_ne!(
+        g.space_id("scratch").expect("id"),
+        sid,
+        "space ids are never reused"
+    );
+}
+
+/// Every key of `space` in every data column family that mentions `id`.
+fn store_mentions(g: &Graph, space: &str, id: &str) -> Vec<String> {
+    let sid = g.space_id(space).expect("space id");
+    let raw = ulid::Ulid::from_string(id).expect("ulid").to_bytes();
+    let mut found = Vec::new();
+    for cf in Cf::DATA {
+        for entry in g.engine().store().scan_space(cf, sid).expect("scan") {
+            let (k, _) = entry.expect("entry");
+            let hit = match cf {
+                Cf::Edges => keys::decode_edge(&k).is_some_and(|(_, f, t)| f == raw || t == raw),
+                Cf::Terms => keys::decode_posting(&k).is_some_and(|(_, _, i)| i == raw),
+                _ => keys::decode_episode(&k).is_some_and(|(_, i)| i == raw),
+            };
+            if hit {
+                found.push(cf.name().to_string());
+            }
+        }
+    }
+    found
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 12, ..ProptestConfig::default() })]
+
+    /// Forget leaves no trace in any column family, index, edge list or
+    /// session chain, and stays forgotten after a restart and replay.
+    #[test]
+    fn forget_leaves_no_trace_anywhere(
+        n in 3usize..12,
+        forget_mask in prop::collection::vec(any::<bool>(), 12),
+        links in prop::collection::vec((0usize..12, 0usize..12), 0..10),
+    ) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let g = open(dir.path());
+        g.create_space("s", Some(3)).expect("create");
+        let mut made = Vec::new();
+        for i in 0..n {
+            let mut r = text(&format!("memory number {i} about topic{} shared", i % 3));
+            r.session = Some(format!("conv{}", i % 2));
+            r.embedding = Some(vec![i as f32, 1.0, (i % 3) as f32]);
+            made.push(g.remember("s", r).expect("remember").id);
+        }
+        for (a, b) in links {
+            if a < n && b < n && a != b {
+                g.link("s", &made[a], &made[b], Some(0.5)).expect("link");
+            }
+        }
+        let forgotten: Vec<String> = made.iter().zip(&forget_mask).filter(|(_, f)| **f).map(|(id, _)| id.clone()).collect();
+        for id in &forgotten {
+            g.forget("s", id).expect("forget");
+            prop_assert!(matches!(g.forget("s", id), Err(GraphError::MemoryNotFound(_))));
+        }
+        let check = |g: &Graph| -> Result<(), TestCaseError> {
+            for id in &forgotten {
+                prop_assert!(store_mentions(g, "s", id).is_empty(), "store still mentions {}", id);
+                prop_assert!(!g.mentions("s", id).expect("mentions"), "memory indexes still mention {}", id);
+                prop_assert!(matches!(g.get("s", id, false), Err(GraphError::MemoryNotFound(_))));
+                let c = Cue { text: Some("memory shared topic0 topic1 topic2".into()), embedding: Some(vec![1.0, 1.0, 1.0]), ..Cue::default() };
+                let spread = Spread { depth: 4, threshold: 0.0, ..Spread::default() };
+                let hits = g.recall("s", &c, 100, &spread).expect("recall");
+                prop_assert!(!ids(&hits).contains(id), "recall returned forgotten {}", id);
+            }
+            Ok(())
+        };
+        check(&g)?;
+        drop(g);
+        let g = open(dir.path());
+        check(&g)?;
+        prop_assert_eq!(g.space_stats("s").expect("stats").memories, n - forgotten.len());
+    }
+
+    /// Recall in one space never returns another space's memories, whatever
+    /// the cue, even when the spaces hold identical texts.
+    #[test]
+    fn recall_never_returns_another_spaces_data(
+        texts in prop::collection::vec("(apple|pear|plum|fig)( (red|green|ripe))?", 1..10),
+        query in "(apple|pear|plum|fig|red|green|ripe)",
+    ) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let g = open(dir.path());
+        g.create_space("a", None).expect("a");
+        g.create_space("b", None).expect("b");
+        let mut in_a = HashSet::new();
+        for (i, t) in texts.iter().enumerate() {
+            let mut r = text(t);
+            r.session = Some("shared-session-name".into());
+            in_a.insert(g.remember("a", r.clone()).expect("a").id);
+            let b = g.remember("b", r).expect("b").id;
+            if i > 0 {
+                // Links inside b must not leak into a either.
+                let _ = b;
+            }
+        }
+        let spread = Spread { depth: 4, threshold: 0.0, ..Spread::default() };
+        for r in g.recall("a", &cue(&query), 100, &spread).expect("recall") {
+            prop_assert_eq!(&r.memory.space, "a");
+            prop_assert!(in_a.contains(&r.memory.id));
+        }
+        let filter_only = Cue { tags: vec![], from_ms: Some(0), ..Cue::default() };
+        for r in g.recall("b", &filter_only, 100, &spread).expect("recall") {
+            prop_assert!(!in_a.contains(&r.memory.id));
+        }
+    }
+}
+
+#[test]
+fn filters_apply_before_ranking() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let g = open(dir.path());
+    for i in 0..50 {
+        let mut r = text(&format!("coffee note {i}"));
+        r.tags = vec![if i == 42 {
+            "rare".into()
+        } else {
+            "common".into()
+        }];
+        r.occurred_at_ms = Some(1_000_000 + i);
+        g.remember("default", r).expect("remember");
+    }
+    let c = Cue {
+        text: Some("coffee".into()),
+        tags: vec!["rare".into()],
+        ..Cue::default()
+    };
+    let hits = g
+        .recall("default", &c, 1, &Spread::default())
+        .expect("recall");
+    assert_eq!(
+        hits.len(),
+        1,
+        "a filter applied after a top-1 cut would miss it"
+    );
+    assert_eq!(hits[0].memory.content, "coffee note 42");
+    let c = Cue {
+        text: Some("coffee".into()),
+        from_ms: Some(1_000_010),
+        to_ms: Some(1_000_012),
+        ..Cue::default()
+    };
+    let got: HashSet<String> = g
+        .recall("default", &c, 10, &Spread::default())
+        .expect("recall")
+        .into_iter()
+        .map(|r| r.memory.content)
+        .collect();
+    assert_eq!(
+        got,
+        ["coffee note 10", "coffee note 11", "coffee note 12"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect()
+    );
+}
+
+#[test]
+fn spreading_reaches_linked_memories_and_says_how() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let g = open(dir.path());
+    let mut a = text("Ana adopted a dog from the shelter");
+    a.session = Some("ana".into());
+    let a = g.remember("default", a).expect("a").id;
+    let mut b = text("Its name is Rex and it loves the beach");
+    b.session = Some("ana".into());
+    let b = g.remember("default", b).expect("b").id;
+    let without = g
+        .recall(
+            "default",
+            &cue("Ana adopted"),
+            10,
+            &Spread {
+                depth: 0,
+                ..Spread::default()
+            },
+        )
+        .expect("recall");
+    assert_eq!(ids(&without), vec![a.clone()]);
+    assert_eq!(without[0].via, Via::Lexical);
+    let with = g
+        .recall("default", &cue("Ana adopted"), 10, &Spread::default())
+        .expect("recall");
+    assert_eq!(ids(&with), vec![a.clone(), b.clone()]);
+    assert_eq!(with[1].via, Via::Edge { path: vec![a, b] });
+    assert!(with[1].activation < with[0].activation);
+}
+
+#[test]
+fn recovery_reproduces_identical_recall() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let g = open(dir.path());
+    g.create_space("v", Some(4)).expect("create");
+    let mut prev: Option<String> = None;
+    for i in 0..40 {
+        let mut r = text(&format!(
+            "event {i} in project {} with {}",
+            i % 5,
+            ["alice", "bob", "carol"][i % 3]
+        ));
+        r.session = Some(format!("s{}", i % 4));
+        r.embedding = Some(vec![(i % 7) as f32, 1.0, (i % 3) as f32, 0.5]);
+        if let Some(p) = &prev {
+            if i % 6 == 0 {
+                r.links = vec![LinkSpec {
+                    target: p.clone(),
+                    weight: Some(0.8),
+                }];
+            }
+        }
+        prev = Some(g.remember("v", r).expect("remember").id);
+    }
+    let old = dir.path().join("old-db");
+    g.engine().checkpoint(&old).expect("checkpoint");
+    let cues = [
+        cue("project 3 alice"),
+        Cue {
+            embedding: Some(vec![2.0, 1.0, 1.0, 0.5]),
+            ..Cue::default()
+        },
+        Cue {
+            text: Some("bob".into()),
+            embedding: Some(vec![6.0, 1.0, 0.0, 0.5]),
+            ..Cue::default()
+        },
+    ];
+    let run = |g: &Graph| -> Vec<Vec<(String, Via)>> {
+        cues.iter()
+            .map(|c| {
+                g.recall("v", c, 15, &Spread::default())
+                    .expect("recall")
+                    .into_iter()
+                    .map(|r| (r.memory.id, r.via))
+                    .collect()
+            })
+            .collect()
+    };
+    let before = run(&g);
+    for i in 0..10 {
+        g.remember("v", text(&format!("later note {i}")))
+            .expect("remember");
+    }
+    let after_writes = run(&g);
+    drop(g);
+    // Crash recovery from an older store: the WAL replays the later writes.
+    std::fs::remove_dir_all(dir.path().join("db")).expect("rm");
+    std::fs::rename(&old, dir.path().join("db")).expect("restore");
+    let (g, report) =
+        Graph::open(dir.path(), GraphConfig::default(), OpenOptions::default()).expect("reopen");
+    assert!(
+        report.replayed >= 10,
+        "replay must rebuild the later writes"
+    );
+    assert_eq!(run(&g), after_writes);
+    assert_eq!(before.len(), after_writes.len());
+}
