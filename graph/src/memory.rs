@@ -989,12 +989,7 @@ impl Graph {
         // score, cosine similarities (clamped at 0) divided by the best one;
         // with both kinds of cue a memory gets the mean of its two values.
         let lexical: Vec<(EpisodeId, f64)> = match cue.text.as_deref() {
-            Some(t) => state
-                .lexical
-                .search(t, accept)
-                .into_iter()
-                .take(pool)
-                .collect(),
+            Some(t) => state.lexical.search(t, pool, accept),
             None => Vec::new(),
         };
         let vector: Vec<(EpisodeId, f64)> = match &cue.embedding {
@@ -1154,8 +1149,16 @@ fn nearest(
         .filter(|(id, _)| accept(id))
         .map(|(id, v)| (*id, cosine(q, v)))
         .collect();
-    scored.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
-    scored.truncate(k);
+    let order =
+        |a: &(EpisodeId, f32), b: &(EpisodeId, f32)| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0));
+    if k == 0 {
+        return Vec::new();
+    }
+    if scored.len() > k {
+        scored.select_nth_unstable_by(k - 1, order);
+        scored.truncate(k);
+    }
+    scored.sort_by(order);
     scored
         .into_iter()
         .map(|(id, s)| (id, f64::from(s)))

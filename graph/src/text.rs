@@ -84,9 +84,14 @@ impl LexicalIndex {
         self.lengths.contains_key(id) || self.postings.values().any(|p| p.contains_key(id))
     }
 
-    /// BM25 scores of the documents matching any query term and accepted by
-    /// `keep`, best first.
-    pub fn search(&self, query: &str, keep: impl Fn(&EpisodeId) -> bool) -> Vec<(EpisodeId, f64)> {
+    /// The `limit` best BM25 scores among documents matching any query term
+    /// and accepted by `keep`, best first.
+    pub fn search(
+        &self,
+        query: &str,
+        limit: usize,
+        keep: impl Fn(&EpisodeId) -> bool,
+    ) -> Vec<(EpisodeId, f64)> {
         let n = self.lengths.len() as f64;
         if n == 0.0 {
             return Vec::new();
@@ -113,7 +118,17 @@ impl LexicalIndex {
             }
         }
         let mut out: Vec<_> = scores.into_iter().collect();
-        out.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+        let order =
+            |a: &(EpisodeId, f64), b: &(EpisodeId, f64)| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0));
+        if limit == 0 {
+            return Vec::new();
+        }
+        if out.len() > limit {
+            // Linear-time selection of the best `limit`, then sort only those.
+            out.select_nth_unstable_by(limit - 1, order);
+            out.truncate(limit);
+        }
+        out.sort_by(order);
         out
     }
 }
@@ -148,13 +163,18 @@ mod tests {
             }
             idx.set_length(id, len);
         }
-        let hits = idx.search("dog", |_| true);
+        let hits = idx.search("dog", 10, |_| true);
         assert_eq!(hits.len(), 2);
         assert_eq!(hits[0].0[15], 1, "shorter document ranks first");
-        let hits = idx.search("dog", |id| id[15] != 1);
+        let hits = idx.search("dog", 10, |id| id[15] != 1);
         assert_eq!(hits.iter().map(|h| h.0[15]).collect::<Vec<_>>(), vec![3]);
-        let the = idx.search("the", |_| true);
-        let barked = idx.search("barked", |_| true);
+        let the = idx.search("the", 10, |_| true);
+        assert_eq!(
+            idx.search("the", 1, |_| true),
+            the[..1].to_vec(),
+            "top-1 equals the head of the full ranking"
+        );
+        let barked = idx.search("barked", 10, |_| true);
         assert!(barked[0].1 > the[0].1, "rare term outweighs a common one");
     }
 }
