@@ -80,10 +80,13 @@ where
     let decay = params.decay.clamp(0.0, 1.0);
     for _ in 0..params.depth.min(MAX_DEPTH) {
         let mut next = Vec::new();
-        for node in frontier {
-            let Some(from) = reached.get(&node).cloned() else {
-                continue;
-            };
+        // Expand each node with its state at the start of this hop, so a
+        // path never grows by more than one edge per hop.
+        let current: Vec<(EpisodeId, Reached)> = frontier
+            .iter()
+            .filter_map(|n| reached.get(n).cloned().map(|r| (*n, r)))
+            .collect();
+        for (node, from) in current {
             let mut edges: Vec<(EpisodeId, f32)> = neighbours(&node)
                 .map(|(id, w)| (*id, w.clamp(0.0, 1.0)))
                 .collect();
@@ -112,6 +115,8 @@ where
         if next.is_empty() {
             break;
         }
+        next.sort_unstable();
+        next.dedup();
         frontier = next;
     }
     reached
