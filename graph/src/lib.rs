@@ -49,6 +49,7 @@
 
 pub mod activation;
 mod engine;
+pub mod hnsw;
 mod memory;
 pub mod record;
 pub mod text;

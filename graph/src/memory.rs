@@ -10,6 +10,7 @@ use engram_lsm::{Cf, EpisodeId, Mutation, SpaceId, keys};
 use serde_json::{Map, Value};
 
 use crate::activation::{self, Spread};
+use crate::hnsw::{Hnsw, HnswParams};
 use crate::record::{self, EdgeKind, EdgeRecord, EpisodeRecord, SpaceRecord};
 use crate::text::{self, LexicalIndex};
 use crate::{Engine, EngineConfig, EngineError, OpenOptions, RecoveryReport};
@@ -77,6 +78,11 @@ pub struct GraphConfig {
     pub stability_days: f64,
     /// Weight of the temporal edge between consecutive episodes of a session (default 0.7).
     pub temporal_weight: f32,
+    /// Vector index parameters (HNSW).
+    pub ann: HnswParams,
+    /// Spaces with at most this many embeddings are searched exactly
+    /// (default 2048): faster than the graph at that size, and deterministic.
+    pub exact_search_below: usize,
 }
 
 impl Default for GraphConfig {
@@ -88,6 +94,8 @@ impl Default for GraphConfig {
             bootstrap_spaces: Vec::new(),
             stability_days: 7.0,
             temporal_weight: 0.7,
+            ann: HnswParams::default(),
+            exact_search_below: 2048,
         }
     }
 }
@@ -293,7 +301,7 @@ struct EpisodeMeta {
 struct SpaceState {
     episodes: HashMap<EpisodeId, EpisodeMeta>,
     lexical: LexicalIndex,
-    vectors: HashMap<EpisodeId, Vec<f32>>,
+    ann: Option<Hnsw>,
     out_edges: HashMap<EpisodeId, HashMap<EpisodeId, EdgeRecord>>,
     in_edges: HashMap<EpisodeId, HashSet<EpisodeId>>,
     sessions: HashMap<String, EpisodeId>,
@@ -301,6 +309,13 @@ struct SpaceState {
 }
 
 impl SpaceState {
+    fn new(dim: Option<u32>, params: HnswParams) -> Self {
+        SpaceState {
+            ann: dim.map(|d| Hnsw::new(d as usize, params)),
+            ..SpaceState::default()
+        }
+    }
+
     fn add_edge(&mut self, from: EpisodeId, to: EpisodeId, e: EdgeRecord) {
         self.out_edges.entry(from).or_default().insert(to, e);
         self.in_edges.entry(to).or_default().insert(from);
@@ -386,6 +401,12 @@ impl Graph {
         if config.stability_days.is_nan() || config.stability_days <= 0.0 {
             return Err(invalid("stability_days", "must be positive"));
         }
+        if config.ann.m < 2 || config.ann.ef_construction == 0 || config.ann.ef_search == 0 {
+            return Err(invalid(
+                "ann",
+                "m must be at least 2 and ef_construction, ef_search at least 1",
+            ));
+        }
         for name in &config.bootstrap_spaces {
             if !valid_space_name(name) {
                 return Err(GraphError::InvalidSpaceName(name.clone()));
@@ -401,7 +422,7 @@ impl Graph {
         for (id, bytes) in store.spaces()? {
             max_id = max_id.max(id);
             let record: SpaceRecord = record::decode(&bytes, "space record")?;
-            let state = load_space(&engine, id)?;
+            let state = load_space(&engine, id, record.embedding_dim, config.ann)?;
             spaces.insert(
                 record.name.clone(),
                 Arc::new(Space {
@@ -488,7 +509,7 @@ impl Graph {
             Arc::new(Space {
                 id,
                 record,
-                state: RwLock::new(SpaceState::default()),
+                state: RwLock::new(SpaceState::new(embedding_dim, self.config.ann)),
             }),
         );
         Ok(())
@@ -700,7 +721,9 @@ impl Graph {
         }
         state.lexical.set_length(id, len);
         if let Some(e) = req.embedding {
-            state.vectors.insert(id, e);
+            if let Some(ann) = state.ann.as_mut() {
+                ann.insert(id, &e);
+            }
         }
         for (from, to, e) in edges {
             state.add_edge(from, to, e);
@@ -795,10 +818,12 @@ impl Graph {
                 )));
             }
         };
-        let embedding = if with_embedding {
-            read(&space.state).vectors.get(id).cloned()
-        } else {
-            None
+        let embedding = match with_embedding {
+            true => match self.engine.store().vector(space.id, id)? {
+                Some(b) => Some(record::vector_from_bytes(&b)?),
+                None => None,
+            },
+            false => None,
         };
         Ok(Some(Memory {
             id: id_string(id),
@@ -869,7 +894,9 @@ impl Graph {
             }
         }
         state.lexical.remove(&eid, tf.into_keys());
-        state.vectors.remove(&eid);
+        if let Some(ann) = state.ann.as_mut() {
+            ann.remove(&eid);
+        }
         for to in outs {
             if let Some(s) = state.in_edges.get_mut(&to) {
                 s.remove(&eid);
@@ -993,7 +1020,25 @@ impl Graph {
             None => Vec::new(),
         };
         let vector: Vec<(EpisodeId, f64)> = match &cue.embedding {
-            Some(q) => nearest(&state.vectors, q, pool, &accept),
+            Some(q) => match &state.ann {
+                Some(ann) => {
+                    let exact = ann.len() <= self.config.exact_search_below;
+                    let mut found = if exact {
+                        ann.exact(q, pool, accept)
+                    } else {
+                        ann.search(q, pool, accept)
+                    };
+                    // A selective filter can starve the graph walk: then scan exactly.
+                    if !exact && found.len() < pool.min(ann.len()) {
+                        found = ann.exact(q, pool, accept);
+                    }
+                    found
+                        .into_iter()
+                        .map(|(id, s)| (id, f64::from(s)))
+                        .collect()
+                }
+                None => Vec::new(),
+            },
             None => Vec::new(),
         };
         let sources = f64::from(u8::from(cue.text.is_some()) + u8::from(cue.embedding.is_some()));
@@ -1098,7 +1143,7 @@ impl Graph {
         let s = read(&space.state);
         Ok(s.episodes.contains_key(&eid)
             || s.lexical.mentions(&eid)
-            || s.vectors.contains_key(&eid)
+            || s.ann.as_ref().is_some_and(|a| a.contains(&eid))
             || s.out_edges.contains_key(&eid)
             || s.in_edges.contains_key(&eid)
             || s.out_edges.values().any(|e| e.contains_key(&eid))
@@ -1124,50 +1169,14 @@ fn stats(s: &Space) -> SpaceStats {
     }
 }
 
-fn cosine(a: &[f32], b: &[f32]) -> f32 {
-    let (mut dot, mut na, mut nb) = (0.0f32, 0.0f32, 0.0f32);
-    for (x, y) in a.iter().zip(b) {
-        dot += x * y;
-        na += x * x;
-        nb += y * y;
-    }
-    if na == 0.0 || nb == 0.0 {
-        return 0.0;
-    }
-    dot / (na.sqrt() * nb.sqrt())
-}
-
-/// Exact nearest neighbours by cosine similarity among accepted ids.
-fn nearest(
-    vectors: &HashMap<EpisodeId, Vec<f32>>,
-    q: &[f32],
-    k: usize,
-    accept: &impl Fn(&EpisodeId) -> bool,
-) -> Vec<(EpisodeId, f64)> {
-    let mut scored: Vec<(EpisodeId, f32)> = vectors
-        .iter()
-        .filter(|(id, _)| accept(id))
-        .map(|(id, v)| (*id, cosine(q, v)))
-        .collect();
-    let order =
-        |a: &(EpisodeId, f32), b: &(EpisodeId, f32)| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0));
-    if k == 0 {
-        return Vec::new();
-    }
-    if scored.len() > k {
-        scored.select_nth_unstable_by(k - 1, order);
-        scored.truncate(k);
-    }
-    scored.sort_by(order);
-    scored
-        .into_iter()
-        .map(|(id, s)| (id, f64::from(s)))
-        .collect()
-}
-
-fn load_space(engine: &Engine, space: SpaceId) -> Result<SpaceState, GraphError> {
+fn load_space(
+    engine: &Engine,
+    space: SpaceId,
+    dim: Option<u32>,
+    ann: HnswParams,
+) -> Result<SpaceState, GraphError> {
     let store = engine.store();
-    let mut st = SpaceState::default();
+    let mut st = SpaceState::new(dim, ann);
     let mut last_in_session: HashMap<String, EpisodeId> = HashMap::new();
     for entry in store.scan_space(Cf::Episodes, space)? {
         let (k, v) = entry?;
@@ -1210,7 +1219,9 @@ fn load_space(engine: &Engine, space: SpaceId) -> Result<SpaceState, GraphError>
         let (k, v) = entry?;
         let (_, id) =
             keys::decode_episode(&k).ok_or_else(|| GraphError::Corrupt("vector key".into()))?;
-        st.vectors.insert(id, record::vector_from_bytes(&v)?);
+        if let Some(ann) = st.ann.as_mut() {
+            ann.insert(id, &record::vector_from_bytes(&v)?);
+        }
     }
     for entry in store.scan_space(Cf::Edges, space)? {
         let (k, v) = entry?;

@@ -466,3 +466,78 @@ fn recovery_reproduces_identical_recall() {
     assert_eq!(run(&g), after_writes);
     assert_eq!(before.len(), after_writes.len());
 }
+
+#[test]
+fn vector_recall_through_the_ann_index_honours_forget_and_filters() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    // Force the HNSW path even for a small space.
+    let cfg = GraphConfig {
+        exact_search_below: 0,
+        ..GraphConfig::default()
+    };
+    let g = open_with(dir.path(), cfg.clone());
+    g.create_space("v", Some(16)).expect("create");
+    let vec_of = |i: u32| -> Vec<f32> {
+        (0..16u64)
+            .map(|j| {
+                // SplitMix64: unrelated pseudo-random vectors per memory.
+                let mut x = (u64::from(i) << 8 | j).wrapping_add(0x9E37_79B9_7F4A_7C15);
+                x = (x ^ (x >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+                x = (x ^ (x >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+                ((x ^ (x >> 31)) % 2000) as f32 / 1000.0 - 1.0
+            })
+            .collect()
+    };
+    let mut made = Vec::new();
+    for i in 0..300u32 {
+        let mut r = text(&format!("vector memory {i}"));
+        r.embedding = Some(vec_of(i));
+        r.tags = vec![if i % 10 == 0 {
+            "tenth".into()
+        } else {
+            "other".into()
+        }];
+        made.push(g.remember("v", r).expect("remember").id);
+    }
+    let by_vec = |g: &Graph, i: u32, tags: Vec<String>| {
+        let c = Cue {
+            embedding: Some(vec_of(i)),
+            tags,
+            ..Cue::default()
+        };
+        g.recall(
+            "v",
+            &c,
+            5,
+            &Spread {
+                depth: 0,
+                ..Spread::default()
+            },
+        )
+        .expect("recall")
+    };
+    let hits = by_vec(&g, 42, vec![]);
+    assert_eq!(hits[0].memory.id, made[42]);
+    assert_eq!(hits[0].via, Via::Vector);
+    g.forget("v", &made[42]).expect("forget");
+    assert!(!ids(&by_vec(&g, 42, vec![])).contains(&made[42]));
+    // A selective filter still finds only matching memories (exact fallback).
+    let tenth = by_vec(&g, 55, vec!["tenth".into()]);
+    assert_eq!(tenth.len(), 5);
+    assert!(
+        tenth
+            .iter()
+            .all(|r| r.memory.tags == vec!["tenth".to_string()])
+    );
+    let with = g
+        .get("v", &made[7], true)
+        .expect("get")
+        .embedding
+        .expect("embedding");
+    assert_eq!(with, vec_of(7));
+    drop(g);
+    // Rebuilt from the store after restart: still gone, still found.
+    let g = open_with(dir.path(), cfg);
+    assert!(!ids(&by_vec(&g, 42, vec![])).contains(&made[42]));
+    assert_eq!(by_vec(&g, 43, vec![])[0].memory.id, made[43]);
+}
