@@ -51,6 +51,7 @@ pub mod activation;
 mod engine;
 pub mod hnsw;
 mod memory;
+mod rank;
 pub mod record;
 pub mod text;
 

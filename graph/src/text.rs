@@ -117,19 +117,7 @@ impl LexicalIndex {
                 *scores.entry(*id).or_insert(0.0) += s;
             }
         }
-        let mut out: Vec<_> = scores.into_iter().collect();
-        let order =
-            |a: &(EpisodeId, f64), b: &(EpisodeId, f64)| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0));
-        if limit == 0 {
-            return Vec::new();
-        }
-        if out.len() > limit {
-            // Linear-time selection of the best `limit`, then sort only those.
-            out.select_nth_unstable_by(limit - 1, order);
-            out.truncate(limit);
-        }
-        out.sort_by(order);
-        out
+        crate::rank::top_k(scores.into_iter().collect(), limit)
     }
 }
 
