@@ -1012,11 +1012,18 @@ impl Graph {
                 && cue.min_confidence.is_none_or(|c| decayed(m) >= c)
         };
         let pool = (limit * 4).max(32);
+        let filtered = !cue.tags.is_empty()
+            || cue.from_ms.is_some()
+            || cue.to_ms.is_some()
+            || cue.min_confidence.is_some();
         // Normalised-score fusion: BM25 scores divided by the best BM25
         // score, cosine similarities (clamped at 0) divided by the best one;
         // with both kinds of cue a memory gets the mean of its two values.
         let lexical: Vec<(EpisodeId, f64)> = match cue.text.as_deref() {
-            Some(t) => state.lexical.search(t, pool, accept),
+            // Every indexed document exists, so without filters there is
+            // nothing to check per match.
+            Some(t) if filtered => state.lexical.search(t, pool, accept),
+            Some(t) => state.lexical.search(t, pool, |_| true),
             None => Vec::new(),
         };
         let vector: Vec<(EpisodeId, f64)> = match &cue.embedding {

@@ -29,49 +29,84 @@ pub fn term_frequencies(text: &str) -> (HashMap<String, u32>, u32) {
 const K1: f64 = 1.2;
 const B: f64 = 0.75;
 
-/// Inverted index of one space.
+/// Inverted index of one space. Episodes get dense `u32` document numbers
+/// (reused after forget), so postings are small `(doc, tf)` pairs and
+/// scoring accumulates into a flat array instead of hashing every posting.
 #[derive(Debug, Default)]
 pub struct LexicalIndex {
-    postings: HashMap<String, HashMap<EpisodeId, u32>>,
-    lengths: HashMap<EpisodeId, u32>,
+    postings: HashMap<String, Vec<(u32, u32)>>,
+    docs: Vec<EpisodeId>,
+    lengths: Vec<u32>,
+    doc_of: HashMap<EpisodeId, u32>,
+    free: Vec<u32>,
     total_len: u64,
 }
 
+/// Id written into a freed document slot.
+const NO_DOC: EpisodeId = [0; 16];
+
 impl LexicalIndex {
-    /// Adds one posting (used while loading and on remember).
+    fn doc(&mut self, id: EpisodeId) -> u32 {
+        if let Some(d) = self.doc_of.get(&id) {
+            return *d;
+        }
+        let d = match self.free.pop() {
+            Some(d) => {
+                self.docs[d as usize] = id;
+                d
+            }
+            None => {
+                self.docs.push(id);
+                self.lengths.push(0);
+                (self.docs.len() - 1) as u32
+            }
+        };
+        self.doc_of.insert(id, d);
+        d
+    }
+
+    /// Adds one posting (used while loading and on remember). Each
+    /// (term, episode) pair is added once.
     pub fn add_posting(&mut self, term: &str, id: EpisodeId, tf: u32) {
-        self.postings
-            .entry(term.to_owned())
-            .or_default()
-            .insert(id, tf);
+        let d = self.doc(id);
+        match self.postings.get_mut(term) {
+            Some(list) => list.push((d, tf)),
+            None => {
+                self.postings.insert(term.to_owned(), vec![(d, tf)]);
+            }
+        }
     }
 
     /// Records a document's length in terms.
     pub fn set_length(&mut self, id: EpisodeId, len: u32) {
-        if let Some(old) = self.lengths.insert(id, len) {
-            self.total_len -= u64::from(old);
-        }
+        let d = self.doc(id) as usize;
+        self.total_len -= u64::from(self.lengths[d]);
+        self.lengths[d] = len;
         self.total_len += u64::from(len);
     }
 
     /// Removes a document and its postings for `doc_terms`.
     pub fn remove(&mut self, id: &EpisodeId, doc_terms: impl IntoIterator<Item = String>) {
+        let Some(d) = self.doc_of.remove(id) else {
+            return;
+        };
         for t in doc_terms {
-            if let Some(p) = self.postings.get_mut(&t) {
-                p.remove(id);
-                if p.is_empty() {
+            if let Some(list) = self.postings.get_mut(&t) {
+                list.retain(|(x, _)| *x != d);
+                if list.is_empty() {
                     self.postings.remove(&t);
                 }
             }
         }
-        if let Some(old) = self.lengths.remove(id) {
-            self.total_len -= u64::from(old);
-        }
+        self.total_len -= u64::from(self.lengths[d as usize]);
+        self.lengths[d as usize] = 0;
+        self.docs[d as usize] = NO_DOC;
+        self.free.push(d);
     }
 
     /// Number of indexed documents.
     pub fn documents(&self) -> usize {
-        self.lengths.len()
+        self.doc_of.len()
     }
 
     /// Number of distinct terms.
@@ -79,20 +114,26 @@ impl LexicalIndex {
         self.postings.len()
     }
 
-    /// `true` if any posting mentions `id` (used by tests proving forget).
+    /// `true` if the index still knows `id` or any posting points at it
+    /// (used by tests proving forget).
     pub fn mentions(&self, id: &EpisodeId) -> bool {
-        self.lengths.contains_key(id) || self.postings.values().any(|p| p.contains_key(id))
+        self.doc_of.contains_key(id)
+            || self
+                .postings
+                .values()
+                .any(|l| l.iter().any(|(d, _)| self.docs[*d as usize] == *id))
     }
 
     /// The `limit` best BM25 scores among documents matching any query term
-    /// and accepted by `keep`, best first.
+    /// and accepted by `keep`, best first. `keep` runs once per matching
+    /// document, before the ranking cut.
     pub fn search(
         &self,
         query: &str,
         limit: usize,
         keep: impl Fn(&EpisodeId) -> bool,
     ) -> Vec<(EpisodeId, f64)> {
-        let n = self.lengths.len() as f64;
+        let n = self.doc_of.len() as f64;
         if n == 0.0 {
             return Vec::new();
         }
@@ -100,24 +141,31 @@ impl LexicalIndex {
         let mut query_terms = terms(query);
         query_terms.sort();
         query_terms.dedup();
-        let mut scores: HashMap<EpisodeId, f64> = HashMap::new();
+        let mut scores = vec![0.0f32; self.docs.len()];
+        let mut touched: Vec<u32> = Vec::new();
         for t in &query_terms {
-            let Some(p) = self.postings.get(t) else {
+            let Some(list) = self.postings.get(t) else {
                 continue;
             };
-            let df = p.len() as f64;
+            let df = list.len() as f64;
             let idf = ((n - df + 0.5) / (df + 0.5) + 1.0).ln();
-            for (id, tf) in p {
-                if !keep(id) {
-                    continue;
-                }
+            for (d, tf) in list {
                 let tf = f64::from(*tf);
-                let dl = f64::from(self.lengths.get(id).copied().unwrap_or(0));
+                let dl = f64::from(self.lengths[*d as usize]);
                 let s = idf * tf * (K1 + 1.0) / (tf + K1 * (1.0 - B + B * dl / avgdl));
-                *scores.entry(*id).or_insert(0.0) += s;
+                let slot = &mut scores[*d as usize];
+                if *slot == 0.0 {
+                    touched.push(*d);
+                }
+                *slot += s as f32;
             }
         }
-        crate::rank::top_k(scores.into_iter().collect(), limit)
+        let hits: Vec<(EpisodeId, f64)> = touched
+            .into_iter()
+            .map(|d| (self.docs[d as usize], f64::from(scores[d as usize])))
+            .filter(|(id, _)| keep(id))
+            .collect();
+        crate::rank::top_k(hits, limit)
     }
 }
 
@@ -164,5 +212,47 @@ mod tests {
         );
         let barked = idx.search("barked", 10, |_| true);
         assert!(barked[0].1 > the[0].1, "rare term outweighs a common one");
+    }
+
+    #[test]
+    fn forgotten_documents_leave_nothing_and_their_slots_are_reused() {
+        let mut idx = LexicalIndex::default();
+        let add = |idx: &mut LexicalIndex, n: u8, text: &str| {
+            let id = [n; 16];
+            let (tf, len) = term_frequencies(text);
+            for (t, f) in tf {
+                idx.add_posting(&t, id, f);
+            }
+            idx.set_length(id, len);
+            id
+        };
+        let a = add(&mut idx, 1, "red apple");
+        let b = add(&mut idx, 2, "green apple");
+        idx.remove(&a, terms("red apple"));
+        assert!(!idx.mentions(&a));
+        assert_eq!(idx.documents(), 1);
+        assert_eq!(
+            idx.vocabulary(),
+            2,
+            "'red' disappears with its only document"
+        );
+        let c = add(&mut idx, 3, "red pear");
+        let apple: Vec<_> = idx
+            .search("apple", 10, |_| true)
+            .into_iter()
+            .map(|h| h.0)
+            .collect();
+        assert_eq!(apple, vec![b]);
+        let red: Vec<_> = idx
+            .search("red", 10, |_| true)
+            .into_iter()
+            .map(|h| h.0)
+            .collect();
+        assert_eq!(
+            red,
+            vec![c],
+            "the reused slot belongs to the new document only"
+        );
+        assert!(!idx.mentions(&a));
     }
 }
