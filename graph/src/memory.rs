@@ -501,7 +501,7 @@ impl Graph {
             id,
             kind::CREATE_SPACE,
             vec![Mutation::PutSpace {
-                record: record::encode(&record),
+                record: record::encode(&record)?,
             }],
         )?;
         spaces.insert(
@@ -659,7 +659,8 @@ impl Graph {
             content: req.content,
             confidence,
             tags: req.tags,
-            metadata_json: serde_json::to_string(&req.metadata).unwrap_or_else(|_| "{}".into()),
+            metadata_json: serde_json::to_string(&req.metadata)
+                .map_err(|e| invalid("metadata", e.to_string()))?,
             session: req.session,
             occurred_at_ms,
             stored_at_ms,
@@ -667,7 +668,7 @@ impl Graph {
         };
         let mut m = vec![Mutation::PutEpisode {
             id,
-            record: record::encode(&record),
+            record: record::encode(&record)?,
         }];
         for (term, f) in &tf {
             m.push(Mutation::PutPosting {
@@ -710,7 +711,7 @@ impl Graph {
             m.push(Mutation::PutEdge {
                 from: *from,
                 to: *to,
-                record: record::encode(e),
+                record: record::encode(e)?,
             });
         }
         let committed = self.engine.submit(space.id, kind::REMEMBER, m)?;
@@ -946,7 +947,7 @@ impl Graph {
             vec![Mutation::PutEdge {
                 from: f,
                 to: t,
-                record: record::encode(&e),
+                record: record::encode(&e)?,
             }],
         )?;
         state.add_edge(f, t, e);

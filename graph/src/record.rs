@@ -54,9 +54,9 @@ pub struct EdgeRecord {
 }
 
 /// Encodes a record.
-pub fn encode<T: Serialize>(v: &T) -> Vec<u8> {
-    // Serialising plain structs of strings and numbers into a Vec cannot fail.
-    postcard::to_allocvec(v).unwrap_or_default()
+pub fn encode<T: Serialize>(v: &T) -> Result<Vec<u8>, crate::GraphError> {
+    postcard::to_allocvec(v)
+        .map_err(|e| crate::GraphError::Corrupt(format!("encoding a record: {e}")))
 }
 
 /// Decodes a record; `what` names it in the error.
