@@ -8,8 +8,6 @@
 //! on any graph, cyclic or not, and its work is bounded by
 //! `seeds × fan_out^depth`.
 
-use std::collections::HashMap;
-
 use engram_lsm::EpisodeId;
 
 /// How activation spreads.
@@ -57,12 +55,12 @@ pub fn spread<'a, N, I>(
     params: &Spread,
     neighbours: N,
     accept: impl Fn(&EpisodeId) -> bool,
-) -> HashMap<EpisodeId, Reached>
+) -> crate::ids::IdMap<Reached>
 where
     N: Fn(&EpisodeId) -> I,
     I: Iterator<Item = (&'a EpisodeId, f32)>,
 {
-    let mut reached: HashMap<EpisodeId, Reached> = HashMap::new();
+    let mut reached: crate::ids::IdMap<Reached> = crate::ids::IdMap::default();
     let mut frontier: Vec<EpisodeId> = Vec::new();
     for (id, a) in seeds {
         let better = reached.get(id).is_none_or(|r| r.activation < *a);
@@ -145,6 +143,7 @@ pub fn score(activation: f32, confidence_now: f32, recency: f32) -> f32 {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+    use std::collections::HashMap;
 
     fn id(n: u8) -> EpisodeId {
         let mut id = [0; 16];

@@ -12,7 +12,7 @@
 //! rebuild. This is ~250 lines with a recall test against brute force.
 
 use std::cmp::{Ordering, Reverse};
-use std::collections::{BinaryHeap, HashMap};
+use std::collections::BinaryHeap;
 
 use engram_lsm::EpisodeId;
 
@@ -63,7 +63,7 @@ pub struct Hnsw {
     links: Vec<Vec<Vec<u32>>>,
     keys: Vec<EpisodeId>,
     deleted: Vec<bool>,
-    index_of: HashMap<EpisodeId, u32>,
+    index_of: crate::ids::IdMap<u32>,
     entry: Option<u32>,
     max_level: usize,
     live: usize,
@@ -119,7 +119,7 @@ impl Hnsw {
             links: Vec::new(),
             keys: Vec::new(),
             deleted: Vec::new(),
-            index_of: HashMap::new(),
+            index_of: crate::ids::IdMap::default(),
             entry: None,
             max_level: 0,
             live: 0,

@@ -50,6 +50,7 @@
 pub mod activation;
 mod engine;
 pub mod hnsw;
+mod ids;
 mod memory;
 mod rank;
 pub mod record;

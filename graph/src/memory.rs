@@ -1,6 +1,6 @@
 //! The memory model: spaces, remember / get / forget / link, and recall.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
 use std::path::Path;
 use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
@@ -11,6 +11,7 @@ use serde_json::{Map, Value};
 
 use crate::activation::{self, Spread};
 use crate::hnsw::{Hnsw, HnswParams};
+use crate::ids::{IdMap, IdSet};
 use crate::record::{self, EdgeKind, EdgeRecord, EpisodeRecord, SpaceRecord};
 use crate::text::{self, LexicalIndex};
 use crate::{Engine, EngineConfig, EngineError, OpenOptions, RecoveryReport};
@@ -299,11 +300,11 @@ struct EpisodeMeta {
 
 #[derive(Debug, Default)]
 struct SpaceState {
-    episodes: HashMap<EpisodeId, EpisodeMeta>,
+    episodes: IdMap<EpisodeMeta>,
     lexical: LexicalIndex,
     ann: Option<Hnsw>,
-    out_edges: HashMap<EpisodeId, HashMap<EpisodeId, EdgeRecord>>,
-    in_edges: HashMap<EpisodeId, HashSet<EpisodeId>>,
+    out_edges: IdMap<IdMap<EdgeRecord>>,
+    in_edges: IdMap<IdSet>,
     sessions: HashMap<String, EpisodeId>,
     by_hash: HashMap<u64, Vec<EpisodeId>>,
 }
@@ -1050,7 +1051,7 @@ impl Graph {
             None => Vec::new(),
         };
         let sources = f64::from(u8::from(cue.text.is_some()) + u8::from(cue.embedding.is_some()));
-        let mut fused: HashMap<EpisodeId, (f64, f64, Via)> = HashMap::new();
+        let mut fused: IdMap<(f64, f64, Via)> = IdMap::default();
         for (list, via) in [(&lexical, Via::Lexical), (&vector, Via::Vector)] {
             let best = list.first().map_or(0.0, |x| x.1);
             if best <= 0.0 {
@@ -1080,7 +1081,7 @@ impl Graph {
             }
         }
         let seeds: Vec<(EpisodeId, f32)> = fused.iter().map(|(id, v)| (*id, v.0 as f32)).collect();
-        let empty = HashMap::new();
+        let empty = IdMap::default();
         let reached = activation::spread(
             &seeds,
             spread,

@@ -37,7 +37,7 @@ pub struct LexicalIndex {
     postings: HashMap<String, Vec<(u32, u32)>>,
     docs: Vec<EpisodeId>,
     lengths: Vec<u32>,
-    doc_of: HashMap<EpisodeId, u32>,
+    doc_of: crate::ids::IdMap<u32>,
     free: Vec<u32>,
     total_len: u64,
 }
