@@ -151,18 +151,26 @@ mod tests {
         id
     }
 
-    #[test]
-    fn activation_decays_along_paths_and_records_them() {
-        let edges: HashMap<EpisodeId, Vec<(EpisodeId, f32)>> =
-            [(id(1), vec![(id(2), 1.0)]), (id(2), vec![(id(3), 0.8)])]
-                .into_iter()
-                .collect();
-        let r = spread(
+    /// Spreads from node 1 with default parameters over `edges`.
+    fn spread_from_1(
+        edges: &[(u8, Vec<(u8, f32)>)],
+        accept: impl Fn(&EpisodeId) -> bool,
+    ) -> crate::ids::IdMap<Reached> {
+        let adj: HashMap<EpisodeId, Vec<(EpisodeId, f32)>> = edges
+            .iter()
+            .map(|(from, to)| (id(*from), to.iter().map(|(t, w)| (id(*t), *w)).collect()))
+            .collect();
+        spread(
             &[(id(1), 1.0)],
             &Spread::default(),
-            |n| edges.get(n).into_iter().flatten().map(|(i, w)| (i, *w)),
-            |_| true,
-        );
+            |n| adj.get(n).into_iter().flatten().map(|(i, w)| (i, *w)),
+            accept,
+        )
+    }
+
+    #[test]
+    fn activation_decays_along_paths_and_records_them() {
+        let r = spread_from_1(&[(1, vec![(2, 1.0)]), (2, vec![(3, 0.8)])], |_| true);
         assert_eq!(r[&id(2)].activation, 0.5);
         assert!((r[&id(3)].activation - 0.2).abs() < 1e-6);
         assert_eq!(r[&id(3)].path, vec![id(1), id(2), id(3)]);
@@ -170,16 +178,7 @@ mod tests {
 
     #[test]
     fn filtered_and_weak_nodes_are_not_reached() {
-        let edges: HashMap<EpisodeId, Vec<(EpisodeId, f32)>> =
-            [(id(1), vec![(id(2), 1.0), (id(3), 0.05)])]
-                .into_iter()
-                .collect();
-        let r = spread(
-            &[(id(1), 1.0)],
-            &Spread::default(),
-            |n| edges.get(n).into_iter().flatten().map(|(i, w)| (i, *w)),
-            |n| *n != id(2),
-        );
+        let r = spread_from_1(&[(1, vec![(2, 1.0), (3, 0.05)])], |n| *n != id(2));
         assert_eq!(r.len(), 1);
     }
 

@@ -544,7 +544,8 @@ impl Graph {
         Ok(stats(&*self.space(name)?))
     }
 
-    fn validate(&self, space: &Space, req: &RememberRequest) -> Result<(), GraphError> {
+    /// Checks every limit; returns the metadata as JSON text (serialised once).
+    fn validate(&self, space: &Space, req: &RememberRequest) -> Result<String, GraphError> {
         let l = &self.config.limits;
         if req.content.trim().is_empty() {
             return Err(invalid("content", "must not be empty"));
@@ -580,9 +581,9 @@ impl Graph {
                 format!("tag {t:?} must be 1..={} bytes", l.max_tag_bytes),
             ));
         }
-        let meta_len = serde_json::to_string(&req.metadata)
-            .map(|s| s.len())
-            .unwrap_or(usize::MAX);
+        let metadata_json =
+            serde_json::to_string(&req.metadata).map_err(|e| invalid("metadata", e.to_string()))?;
+        let meta_len = metadata_json.len();
         if meta_len > l.max_metadata_bytes {
             return Err(invalid(
                 "metadata",
@@ -600,7 +601,7 @@ impl Graph {
                 }
             }
         }
-        Ok(())
+        Ok(metadata_json)
     }
 
     fn check_embedding(&self, space: &Space, e: Option<&[f32]>) -> Result<(), GraphError> {
@@ -633,7 +634,7 @@ impl Graph {
         req: RememberRequest,
     ) -> Result<Remembered, GraphError> {
         let space = self.space(space_name)?;
-        self.validate(&space, &req)?;
+        let metadata_json = self.validate(&space, &req)?;
         let hash = content_hash(&req.content);
         if req.dedupe {
             if let Some(found) = self.find_duplicate(&space, hash, &req.content)? {
@@ -660,8 +661,7 @@ impl Graph {
             content: req.content,
             confidence,
             tags: req.tags,
-            metadata_json: serde_json::to_string(&req.metadata)
-                .map_err(|e| invalid("metadata", e.to_string()))?,
+            metadata_json,
             session: req.session,
             occurred_at_ms,
             stored_at_ms,
