@@ -12,6 +12,7 @@
 //! | `terms` | space(4) term length(2, BE) term(UTF-8) id(16) | posting value |
 //! | `vectors` | space(4) id(16) | embedding bytes |
 //! | `cold` | space(4) id(16) | archived episode record (zstd) |
+//! | `access` | space(4) id(16) | access statistics: count u32 BE, last access ms i64 BE |
 //!
 //! `applied` entries are kept when a space is dropped, so replaying that
 //! space's old records after a crash can never resurrect it.
@@ -71,7 +72,7 @@ pub fn space_end(space: SpaceId) -> [u8; 4] {
     space.saturating_add(1).to_be_bytes()
 }
 
-/// `space | id` — key of an episode, a vector or a cold record.
+/// `space | id` — key of an episode, a vector, a cold record or access statistics.
 pub fn episode(space: SpaceId, id: &EpisodeId) -> [u8; 20] {
     let mut k = [0; 20];
     k[..4].copy_from_slice(&space.to_be_bytes());

@@ -88,6 +88,18 @@ pub enum Mutation {
         /// Episode id.
         id: EpisodeId,
     },
+    /// Stores an episode's access statistics.
+    PutAccess {
+        /// Episode id.
+        id: EpisodeId,
+        /// Encoded statistics.
+        value: Vec<u8>,
+    },
+    /// Removes an episode's access statistics.
+    DeleteAccess {
+        /// Episode id.
+        id: EpisodeId,
+    },
 }
 
 /// A WAL record's worth of mutations on one space, applied atomically.
@@ -201,6 +213,15 @@ pub fn encode(mutations: &[Mutation]) -> Vec<u8> {
                 out.push(12);
                 out.extend_from_slice(id);
             }
+            Mutation::PutAccess { id, value } => {
+                out.push(13);
+                out.extend_from_slice(id);
+                put_bytes(&mut out, value);
+            }
+            Mutation::DeleteAccess { id } => {
+                out.push(14);
+                out.extend_from_slice(id);
+            }
         }
     }
     out
@@ -300,6 +321,11 @@ pub fn decode(buf: &[u8]) -> Result<Vec<Mutation>, DecodeError> {
                 record: r.bytes()?,
             },
             12 => Mutation::DeleteCold { id: r.id()? },
+            13 => Mutation::PutAccess {
+                id: r.id()?,
+                value: r.bytes()?,
+            },
+            14 => Mutation::DeleteAccess { id: r.id()? },
             tag => return Err(DecodeError::Tag { tag, at }),
         };
         out.push(m);
@@ -339,8 +365,10 @@ mod tests {
             ("\\PC{0,20}", id).prop_map(|(term, id)| Mutation::DeletePosting { term, id }),
             (id, bytes.clone()).prop_map(|(id, vector)| Mutation::PutVector { id, vector }),
             id.prop_map(|id| Mutation::DeleteVector { id }),
-            (id, bytes).prop_map(|(id, record)| Mutation::PutCold { id, record }),
+            (id, bytes.clone()).prop_map(|(id, record)| Mutation::PutCold { id, record }),
             id.prop_map(|id| Mutation::DeleteCold { id }),
+            (id, bytes).prop_map(|(id, value)| Mutation::PutAccess { id, value }),
+            id.prop_map(|id| Mutation::DeleteAccess { id }),
         ]
     }
 

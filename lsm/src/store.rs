@@ -25,20 +25,31 @@ pub enum Cf {
     Vectors,
     /// Archived episodes (zstd at every level).
     Cold,
+    /// Access statistics of episodes (count, last access), written in
+    /// batches after recalls.
+    Access,
 }
 
 impl Cf {
     /// Every column family.
-    pub const ALL: [Cf; 6] = [
+    pub const ALL: [Cf; 7] = [
         Cf::Meta,
         Cf::Episodes,
         Cf::Edges,
         Cf::Terms,
         Cf::Vectors,
         Cf::Cold,
+        Cf::Access,
     ];
     /// Column families holding per-space data (all but `meta`).
-    pub const DATA: [Cf; 5] = [Cf::Episodes, Cf::Edges, Cf::Terms, Cf::Vectors, Cf::Cold];
+    pub const DATA: [Cf; 6] = [
+        Cf::Episodes,
+        Cf::Edges,
+        Cf::Terms,
+        Cf::Vectors,
+        Cf::Cold,
+        Cf::Access,
+    ];
 
     /// On-disk name.
     pub fn name(self) -> &'static str {
@@ -49,6 +60,7 @@ impl Cf {
             Cf::Terms => "terms",
             Cf::Vectors => "vectors",
             Cf::Cold => "cold",
+            Cf::Access => "access",
         }
     }
 }
@@ -215,6 +227,12 @@ impl Store {
             }
             Mutation::DeleteCold { id } => {
                 b.delete_cf(self.handle(Cf::Cold)?, keys::episode(space, id))
+            }
+            Mutation::PutAccess { id, value } => {
+                b.put_cf(self.handle(Cf::Access)?, keys::episode(space, id), value)
+            }
+            Mutation::DeleteAccess { id } => {
+                b.delete_cf(self.handle(Cf::Access)?, keys::episode(space, id))
             }
         }
         Ok(())

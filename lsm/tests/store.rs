@@ -148,6 +148,10 @@ fn dropping_a_space_removes_its_data_only_and_keeps_its_sequence() {
             id: id(50),
             record: vec![1, 2, 3],
         });
+        m.push(Mutation::PutAccess {
+            id: id(50),
+            value: vec![0; 12],
+        });
         ops.push(op(lsn, space, 1, m));
     }
     store.apply(&ops).expect("apply");
