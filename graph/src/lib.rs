@@ -23,8 +23,10 @@
 //!   `activation × (0.5 + 0.5 × decayed confidence) × (0.8 + 0.2 × recency)`,
 //!   recency `exp(-age_days / 30)`. Decayed confidence follows a power-law
 //!   forgetting curve ([`activation::retention`]).
-//! - At open, each space's indexes and adjacency are rebuilt from the warm
-//!   store after WAL replay, so recall after a crash equals recall before it.
+//! - A space's in-memory indexes and adjacency are rebuilt from the warm
+//!   store on its first use after open (after WAL replay), so recall after a
+//!   crash equals recall before it and a restart does not wait for every
+//!   space to load; [`Graph::warm_up`] loads them all ahead of use.
 //!
 //! ## Write path ([`Engine::submit`])
 //! 1. The next per-space sequence number is assigned and the record is queued
@@ -47,7 +49,9 @@
 //! Every `wal_release_interval` applied records, RocksDB's WAL is synced and
 //! WAL segments wholly at or below the applied LSN are deleted (unless pinned).
 
+mod access;
 pub mod activation;
+mod background;
 mod engine;
 pub mod hnsw;
 mod ids;
@@ -57,8 +61,10 @@ pub mod record;
 pub mod text;
 
 pub use activation::Spread;
+pub use background::Background;
 pub use engine::{Committed, Engine, EngineConfig, EngineError, OpenOptions, RecoveryReport};
 pub use memory::{
-    Cue, DEFAULT_SPACE, Graph, GraphConfig, GraphError, Limits, LinkSpec, Memory, Recalled,
-    RememberRequest, Remembered, SpaceStats, Via, kind, valid_space_name,
+    ConsolidationConfig, ConsolidationReport, Cue, DEFAULT_SPACE, Graph, GraphConfig, GraphError,
+    Limits, LinkSpec, Memory, Recalled, RememberRequest, Remembered, SpaceStats, Via, kind,
+    valid_space_name,
 };

@@ -33,6 +33,8 @@ pub struct EpisodeRecord {
     pub stored_at_ms: i64,
     /// Length of the content in terms (for BM25).
     pub terms: u32,
+    /// `true` for a concept made by consolidation.
+    pub concept: bool,
 }
 
 /// Why an edge exists.
@@ -42,6 +44,47 @@ pub enum EdgeKind {
     Explicit,
     /// Consecutive episodes of one session.
     Temporal,
+    /// Nearest neighbours by embedding at write time.
+    Semantic,
+    /// Episode to the concept that consolidates it.
+    Consolidation,
+}
+
+/// How often and when an episode was last recalled (`access` column family).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct AccessRecord {
+    /// Times returned by recall.
+    pub count: u32,
+    /// Last time returned by recall, ms since the Unix epoch.
+    pub last_ms: i64,
+}
+
+impl AccessRecord {
+    /// 12 bytes: count u32 BE, last access i64 BE.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut v = Vec::with_capacity(12);
+        v.extend_from_slice(&self.count.to_be_bytes());
+        v.extend_from_slice(&self.last_ms.to_be_bytes());
+        v
+    }
+
+    /// Inverse of [`AccessRecord::encode`].
+    pub fn decode(b: &[u8]) -> Result<AccessRecord, crate::GraphError> {
+        if b.len() != 12 {
+            return Err(crate::GraphError::Corrupt(format!(
+                "access record of {} bytes",
+                b.len()
+            )));
+        }
+        let mut c = [0; 4];
+        let mut l = [0; 8];
+        c.copy_from_slice(&b[..4]);
+        l.copy_from_slice(&b[4..]);
+        Ok(AccessRecord {
+            count: u32::from_be_bytes(c),
+            last_ms: i64::from_be_bytes(l),
+        })
+    }
 }
 
 /// An edge as stored in the `edges` column family.

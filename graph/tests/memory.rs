@@ -172,7 +172,12 @@ fn spaces_are_durable_and_deleting_one_removes_its_data() {
         ..GraphConfig::default()
     };
     let g = open_with(dir.path(), cfg.clone());
-    let names: Vec<String> = g.spaces().into_iter().map(|s| s.name).collect();
+    let names: Vec<String> = g
+        .spaces()
+        .expect("spaces")
+        .into_iter()
+        .map(|s| s.name)
+        .collect();
     assert_eq!(names, vec!["default", "team-a"]);
     g.create_space("scratch", Some(8)).expect("create");
     let mut r = text("temporary thought");
@@ -260,6 +265,11 @@ proptest! {
                 g.link("s", &made[a], &made[b], Some(0.5)).expect("link");
             }
         }
+        // Access statistics and concepts exist too before anything is forgotten.
+        let hits = g.recall("s", &cue("memory"), 100, &Spread::default()).expect("recall");
+        prop_assert!(!hits.is_empty());
+        prop_assert!(g.flush_access().expect("flush") > 0);
+        let concepts = g.consolidate("s", 0.5).expect("consolidate").concepts;
         let forgotten: Vec<String> = made.iter().zip(&forget_mask).filter(|(_, f)| **f).map(|(id, _)| id.clone()).collect();
         for id in &forgotten {
             g.forget("s", id).expect("forget");
@@ -281,7 +291,7 @@ proptest! {
         drop(g);
         let g = open(dir.path());
         check(&g)?;
-        prop_assert_eq!(g.space_stats("s").expect("stats").memories, n - forgotten.len());
+        prop_assert_eq!(g.space_stats("s").expect("stats").memories, n + concepts - forgotten.len());
     }
 
     /// Recall in one space never returns another space's memories, whatever
@@ -540,4 +550,212 @@ fn vector_recall_through_the_ann_index_honours_forget_and_filters() {
     let g = open_with(dir.path(), cfg);
     assert!(!ids(&by_vec(&g, 42, vec![])).contains(&made[42]));
     assert_eq!(by_vec(&g, 43, vec![])[0].memory.id, made[43]);
+}
+
+fn vector(content: &str, v: [f32; 4]) -> RememberRequest {
+    RememberRequest {
+        content: content.into(),
+        embedding: Some(v.to_vec()),
+        ..RememberRequest::default()
+    }
+}
+
+#[test]
+fn semantic_edges_link_near_embeddings_and_carry_activation() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let g = open(dir.path());
+    g.create_space("v", Some(4)).expect("create");
+    let a = g
+        .remember("v", vector("the harbour at dawn", [1.0, 0.0, 0.0, 0.0]))
+        .expect("a");
+    let b = g
+        .remember("v", vector("boats leaving port", [0.95, 0.2, 0.0, 0.0]))
+        .expect("b");
+    g.remember("v", vector("tax forms", [0.0, 0.0, 1.0, 0.0]))
+        .expect("c");
+    assert_eq!(
+        g.space_stats("v").expect("stats").edges,
+        1,
+        "only the near pair is linked"
+    );
+    let hits = g
+        .recall("v", &cue("harbour"), 10, &Spread::default())
+        .expect("recall");
+    let via_b = hits
+        .iter()
+        .find(|h| h.memory.id == b.id)
+        .expect("b reached");
+    assert_eq!(
+        via_b.via,
+        Via::Edge {
+            path: vec![a.id.clone(), b.id.clone()]
+        }
+    );
+    // The threshold is a setting: at 0.999 nothing is linked.
+    let dir2 = tempfile::tempdir().expect("tempdir");
+    let strict = open_with(
+        dir2.path(),
+        GraphConfig {
+            semantic_threshold: 0.999,
+            ..GraphConfig::default()
+        },
+    );
+    strict.create_space("v", Some(4)).expect("create");
+    for (t, v) in [("x", [1.0, 0.0, 0.0, 0.0]), ("y", [0.95, 0.2, 0.0, 0.0])] {
+        strict.remember("v", vector(t, v)).expect("remember");
+    }
+    assert_eq!(strict.space_stats("v").expect("stats").edges, 0);
+}
+
+#[test]
+fn access_statistics_are_written_in_the_background_and_survive_restart() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = GraphConfig {
+        access_flush_ms: 20,
+        ..GraphConfig::default()
+    };
+    let g = std::sync::Arc::new(open_with(dir.path(), config.clone()));
+    let m = g
+        .remember(DEFAULT_SPACE, text("the blue notebook"))
+        .expect("remember");
+    let background = engram_graph::Background::start(&g).expect("background");
+    for _ in 0..3 {
+        let hits = g
+            .recall(DEFAULT_SPACE, &cue("notebook"), 5, &Spread::default())
+            .expect("recall");
+        assert_eq!(ids(&hits), vec![m.id.clone()]);
+    }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while g
+        .get(DEFAULT_SPACE, &m.id, false)
+        .expect("get")
+        .access_count
+        < 3
+    {
+        assert!(std::time::Instant::now() < deadline, "access never flushed");
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    drop(background);
+    let got = g.get(DEFAULT_SPACE, &m.id, false).expect("get");
+    assert!(got.last_access_ms.is_some_and(|t| t >= got.stored_at_ms));
+    drop(g);
+    let g = open_with(dir.path(), config);
+    assert_eq!(
+        g.get(DEFAULT_SPACE, &m.id, false)
+            .expect("get")
+            .access_count,
+        3
+    );
+    assert_eq!(g.access_dropped(), 0);
+}
+
+#[test]
+fn consolidation_makes_one_concept_per_cluster_and_is_idempotent() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let g = open(dir.path());
+    let mut members = Vec::new();
+    for t in [
+        "Ana walks her dog Rex in the park every morning",
+        "every morning Ana walks Rex the dog in the park",
+        "Ana and her dog Rex walk in the park each morning",
+    ] {
+        let mut r = text(t);
+        r.tags = vec!["pets".into(), format!("t{}", members.len())];
+        members.push(g.remember(DEFAULT_SPACE, r).expect("remember").id);
+    }
+    let other = g
+        .remember(DEFAULT_SPACE, text("quarterly tax forms are due in April"))
+        .expect("other")
+        .id;
+    assert!(matches!(
+        g.consolidate(DEFAULT_SPACE, 0.0),
+        Err(GraphError::Invalid {
+            field: "threshold",
+            ..
+        })
+    ));
+    let r = g.consolidate(DEFAULT_SPACE, 0.5).expect("consolidate");
+    assert_eq!((r.concepts, r.members), (1, 3), "{r:?}");
+    let again = g.consolidate(DEFAULT_SPACE, 0.5).expect("consolidate");
+    assert_eq!(again.concepts, 0, "idempotent: {again:?}");
+    assert_eq!(g.space_stats(DEFAULT_SPACE).expect("stats").edges, 3);
+    let hits = g
+        .recall(DEFAULT_SPACE, &cue("concept"), 5, &Spread::default())
+        .expect("recall");
+    let concept = hits.first().expect("concept found").memory.clone();
+    assert!(concept.concept);
+    assert_eq!(concept.tags, vec!["pets".to_string()], "shared tags only");
+    assert!(concept.content.contains("rex") && concept.content.contains("park"));
+    assert!(!concept.content.contains("tax"));
+    assert_eq!(concept.metadata["members"], json!(3));
+    // Spreading from the concept reaches its members, not the outsider.
+    let reached: Vec<String> = hits.iter().map(|h| h.memory.id.clone()).collect();
+    for m in &members {
+        assert!(
+            reached.contains(m),
+            "member {m} reached through the concept"
+        );
+    }
+    assert!(!reached.contains(&other));
+    // Survives a restart; forgetting the concept frees its members.
+    drop(g);
+    let g = open(dir.path());
+    assert_eq!(g.consolidate(DEFAULT_SPACE, 0.5).expect("c").concepts, 0);
+    g.forget(DEFAULT_SPACE, &concept.id).expect("forget");
+    assert_eq!(g.consolidate(DEFAULT_SPACE, 0.5).expect("c").concepts, 1);
+}
+
+#[test]
+fn consolidation_by_embedding_uses_cosine_similarity() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let g = open_with(
+        dir.path(),
+        GraphConfig {
+            semantic_k: 0,
+            ..GraphConfig::default()
+        },
+    );
+    g.create_space("v", Some(4)).expect("create");
+    for (t, v) in [
+        ("alpha one", [1.0, 0.1, 0.0, 0.0]),
+        ("beta two", [1.0, 0.0, 0.1, 0.0]),
+        ("gamma three", [0.0, 0.0, 0.0, 1.0]),
+    ] {
+        g.remember("v", vector(t, v)).expect("remember");
+    }
+    let r = g.consolidate("v", 0.9).expect("consolidate");
+    assert_eq!((r.concepts, r.members), (1, 2), "{r:?}");
+    let hits = g
+        .recall(
+            "v",
+            &Cue {
+                embedding: Some(vec![1.0, 0.05, 0.05, 0.0]),
+                ..Cue::default()
+            },
+            1,
+            &Spread::default(),
+        )
+        .expect("recall");
+    assert!(hits[0].memory.concept, "the centroid is the closest vector");
+}
+
+#[test]
+fn spaces_load_on_first_use_after_a_restart() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let g = open(dir.path());
+    g.create_space("a", None).expect("a");
+    g.create_space("b", None).expect("b");
+    let m = g
+        .remember("a", text("lazy loading works"))
+        .expect("remember");
+    drop(g);
+    let g = open(dir.path());
+    assert_eq!(g.loaded_spaces(), (0, 3), "nothing loaded at open");
+    let hits = g
+        .recall("a", &cue("lazy"), 5, &Spread::default())
+        .expect("recall");
+    assert_eq!(ids(&hits), vec![m.id]);
+    assert_eq!(g.loaded_spaces(), (1, 3));
+    g.warm_up().expect("warm up");
+    assert_eq!(g.loaded_spaces(), (3, 3));
 }
