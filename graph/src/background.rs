@@ -8,6 +8,9 @@ use std::time::Duration;
 
 use crate::Graph;
 
+/// How often idle memories are looked for (when `cold_after_sec` is set).
+const TIERING_EVERY: Duration = Duration::from_secs(60);
+
 #[derive(Debug, Default)]
 struct Stop {
     stopped: Mutex<bool>,
@@ -36,8 +39,9 @@ pub struct Background {
 }
 
 impl Background {
-    /// Starts the access flusher and, unless its interval is 0, periodic
-    /// consolidation.
+    /// Starts the access flusher and, unless switched off (interval or age
+    /// 0), periodic consolidation and the move of idle memories to the cold
+    /// tier (every minute).
     pub fn start(graph: &Arc<Graph>) -> std::io::Result<Background> {
         let stop = Arc::new(Stop::default());
         let mut threads = Vec::new();
@@ -74,6 +78,24 @@ impl Background {
                         }
                         Ok(_) => {}
                         Err(e) => tracing::warn!(error = %e, "consolidation failed"),
+                    }
+                },
+            )?);
+        }
+        if graph.config().cold_after_sec > 0 {
+            threads.push(spawn(
+                "engram-tiering",
+                &stop,
+                graph,
+                TIERING_EVERY,
+                |g, stopping| {
+                    if stopping {
+                        return;
+                    }
+                    match g.archive_loaded() {
+                        Ok(0) => {}
+                        Ok(n) => tracing::info!(moved = n, "idle memories moved to the cold tier"),
+                        Err(e) => tracing::warn!(error = %e, "moving idle memories to the cold tier failed"),
                     }
                 },
             )?);

@@ -54,6 +54,7 @@ pub mod activation;
 mod background;
 mod engine;
 pub mod hnsw;
+mod hot;
 mod ids;
 mod memory;
 mod rank;
@@ -65,6 +66,6 @@ pub use background::Background;
 pub use engine::{Committed, Engine, EngineConfig, EngineError, OpenOptions, RecoveryReport};
 pub use memory::{
     ConsolidationConfig, ConsolidationReport, Cue, DEFAULT_SPACE, Graph, GraphConfig, GraphError,
-    Limits, LinkSpec, Memory, Recalled, RememberRequest, Remembered, SpaceStats, Via, kind,
-    valid_space_name,
+    Limits, LinkSpec, Memory, Recalled, RememberRequest, Remembered, SpaceOptions, SpaceStats, Via,
+    kind, valid_space_name,
 };

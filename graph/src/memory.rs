@@ -36,6 +36,8 @@ pub mod kind {
     pub const ACCESS: u8 = 6;
     /// A concept made by consolidation.
     pub const CONSOLIDATE: u8 = 7;
+    /// Idle memories moved to the cold tier.
+    pub const ARCHIVE: u8 = 8;
 }
 
 /// Name of the space that always exists.
@@ -106,6 +108,21 @@ pub struct GraphConfig {
     pub access_buffer: usize,
     /// Consolidation settings.
     pub consolidation: ConsolidationConfig,
+    /// Decoded records of the most recently used memories cached per space
+    /// (the hot tier), unless the space sets its own (default 10,000).
+    pub hot_capacity: usize,
+    /// Memories neither stored nor recalled for this many seconds move to
+    /// the zstd-compressed cold column family (default 30 days; 0 = never).
+    pub cold_after_sec: u64,
+}
+
+/// Options of a new space.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct SpaceOptions {
+    /// Embedding dimension (none: the space refuses embeddings).
+    pub embedding_dim: Option<u32>,
+    /// Hot-tier capacity in memories (none: the configured default).
+    pub hot_capacity: Option<u32>,
 }
 
 /// Background consolidation.
@@ -145,6 +162,8 @@ impl Default for GraphConfig {
             access_flush_ms: 1000,
             access_buffer: 65_536,
             consolidation: ConsolidationConfig::default(),
+            hot_capacity: 10_000,
+            cold_after_sec: 30 * 86_400,
         }
     }
 }
@@ -351,6 +370,12 @@ pub struct SpaceStats {
     pub edges: usize,
     /// Distinct lexical terms.
     pub terms: usize,
+    /// Memories whose records are cached in memory (hot tier).
+    pub hot: usize,
+    /// Hot-tier capacity.
+    pub hot_capacity: usize,
+    /// Memories archived in the cold tier (the rest are warm).
+    pub cold: usize,
 }
 
 #[derive(Debug, Clone)]
@@ -365,6 +390,8 @@ struct EpisodeMeta {
     concept: bool,
     /// Has a consolidation edge to a concept.
     consolidated: bool,
+    /// The record is in the cold column family.
+    cold: bool,
 }
 
 impl EpisodeMeta {
@@ -387,6 +414,8 @@ struct SpaceState {
     in_edges: IdMap<IdSet>,
     sessions: HashMap<String, EpisodeId>,
     by_hash: HashMap<u64, Vec<EpisodeId>>,
+    /// Memories in the cold tier.
+    cold: usize,
 }
 
 impl SpaceState {
@@ -420,10 +449,21 @@ struct Space {
     consolidating: Mutex<()>,
     /// `false` once deleted; writers hold it shared while they submit.
     alive: RwLock<bool>,
+    /// Hot tier: decoded records of recently used memories.
+    hot: Mutex<crate::hot::HotCache>,
+    /// Orders forget against moves between the warm and cold families, so a
+    /// move can never re-create a forgotten record.
+    tiering: Mutex<()>,
 }
 
 impl Space {
-    fn new(id: SpaceId, record: SpaceRecord, state: Option<SpaceState>) -> Space {
+    fn new(
+        id: SpaceId,
+        record: SpaceRecord,
+        state: Option<SpaceState>,
+        default_hot: usize,
+    ) -> Space {
+        let hot = record.hot_capacity.map_or(default_hot, |c| c as usize);
         let cell = OnceLock::new();
         if let Some(s) = state {
             let _ = cell.set(RwLock::new(s));
@@ -435,8 +475,14 @@ impl Space {
             loading: Mutex::new(()),
             consolidating: Mutex::new(()),
             alive: RwLock::new(true),
+            hot: Mutex::new(crate::hot::HotCache::new(hot)),
+            tiering: Mutex::new(()),
         }
     }
+}
+
+fn lock<T>(l: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    l.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 fn read<T>(l: &RwLock<T>) -> RwLockReadGuard<'_, T> {
@@ -543,7 +589,10 @@ impl Graph {
         for (id, bytes) in store.spaces()? {
             max_id = max_id.max(id);
             let record: SpaceRecord = record::decode(&bytes, "space record")?;
-            spaces.insert(record.name.clone(), Arc::new(Space::new(id, record, None)));
+            spaces.insert(
+                record.name.clone(),
+                Arc::new(Space::new(id, record, None, config.hot_capacity)),
+            );
         }
         let graph = Graph {
             engine,
@@ -624,6 +673,18 @@ impl Graph {
 
     /// Creates a space, durably.
     pub fn create_space(&self, name: &str, embedding_dim: Option<u32>) -> Result<(), GraphError> {
+        self.create_space_with(
+            name,
+            SpaceOptions {
+                embedding_dim,
+                hot_capacity: None,
+            },
+        )
+    }
+
+    /// Creates a space with options, durably.
+    pub fn create_space_with(&self, name: &str, options: SpaceOptions) -> Result<(), GraphError> {
+        let embedding_dim = options.embedding_dim;
         if !valid_space_name(name) {
             return Err(GraphError::InvalidSpaceName(name.to_owned()));
         }
@@ -658,6 +719,7 @@ impl Graph {
             name: name.to_owned(),
             embedding_dim,
             created_at_ms: now_ms(),
+            hot_capacity: options.hot_capacity,
         };
         self.engine.submit(
             id,
@@ -673,7 +735,12 @@ impl Graph {
         );
         spaces.insert(
             name.to_owned(),
-            Arc::new(Space::new(id, record, Some(state))),
+            Arc::new(Space::new(
+                id,
+                record,
+                Some(state),
+                self.config.hot_capacity,
+            )),
         );
         Ok(())
     }
@@ -713,6 +780,86 @@ impl Graph {
         Ok(self.engine.submit(space.id, wal_kind, mutations)?)
     }
 
+    /// Moves the space's memories that were neither stored nor recalled for
+    /// `idle` to the cold tier (zstd column family); returns how many moved.
+    /// Recall still finds them; being recalled moves them back.
+    pub fn archive(
+        &self,
+        space_name: &str,
+        idle: std::time::Duration,
+    ) -> Result<usize, GraphError> {
+        let space = self.space(space_name)?;
+        self.archive_space(&space, idle)
+    }
+
+    /// One background run of [`Graph::archive`] over every loaded space with
+    /// `cold_after_sec` (nothing when it is 0).
+    pub fn archive_loaded(&self) -> Result<usize, GraphError> {
+        if self.config.cold_after_sec == 0 {
+            return Ok(0);
+        }
+        let idle = std::time::Duration::from_secs(self.config.cold_after_sec);
+        let all: Vec<Arc<Space>> = read(&self.spaces)
+            .values()
+            .filter(|s| s.state.get().is_some())
+            .cloned()
+            .collect();
+        let mut moved = 0;
+        for space in all {
+            match self.archive_space(&space, idle) {
+                Ok(n) => moved += n,
+                Err(GraphError::SpaceNotFound(_)) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(moved)
+    }
+
+    fn archive_space(&self, space: &Space, idle: std::time::Duration) -> Result<usize, GraphError> {
+        let st = self.state(space)?;
+        let cutoff = now_ms().saturating_sub(i64::try_from(idle.as_millis()).unwrap_or(i64::MAX));
+        let _tiering = lock(&space.tiering);
+        let ids: Vec<EpisodeId> = read(st)
+            .episodes
+            .iter()
+            .filter(|(_, m)| !m.cold && m.stored_at_ms.max(m.access.last_ms) <= cutoff)
+            .map(|(id, _)| *id)
+            .collect();
+        let mut moved = 0;
+        for chunk in ids.chunks(1024) {
+            let mut m = Vec::with_capacity(chunk.len() * 2);
+            let mut done = Vec::with_capacity(chunk.len());
+            for id in chunk {
+                if let Some(bytes) = self.engine.store().episode(space.id, id)? {
+                    m.push(Mutation::DeleteEpisode { id: *id });
+                    m.push(Mutation::PutCold {
+                        id: *id,
+                        record: bytes,
+                    });
+                    done.push(*id);
+                }
+            }
+            if m.is_empty() {
+                continue;
+            }
+            self.submit(space, kind::ARCHIVE, m)?;
+            let mut state = write(st);
+            let mut hot = lock(&space.hot);
+            let s = &mut *state;
+            for id in &done {
+                if let Some(meta) = s.episodes.get_mut(id) {
+                    if !meta.cold {
+                        meta.cold = true;
+                        s.cold += 1;
+                    }
+                }
+                hot.remove(id);
+            }
+            moved += done.len();
+        }
+        Ok(moved)
+    }
+
     /// The configuration the graph was opened with.
     pub fn config(&self) -> &GraphConfig {
         &self.config
@@ -746,7 +893,8 @@ impl Graph {
             let Some(st) = space.state.get() else {
                 continue;
             };
-            let records: Vec<(EpisodeId, AccessRecord)> = {
+            let _tiering = lock(&space.tiering);
+            let records: Vec<(EpisodeId, AccessRecord, bool)> = {
                 let state = read(st);
                 updates
                     .iter()
@@ -756,19 +904,31 @@ impl Graph {
                                 count: m.access.count.saturating_add(*n),
                                 last_ms: m.access.last_ms.max(*last),
                             };
-                            (*id, r)
+                            (*id, r, m.cold)
                         })
                     })
                     .collect()
             };
             for chunk in records.chunks(4096) {
-                let m = chunk
-                    .iter()
-                    .map(|(id, r)| Mutation::PutAccess {
+                let mut m = Vec::with_capacity(chunk.len());
+                let mut promoted = Vec::new();
+                for (id, r, cold) in chunk {
+                    m.push(Mutation::PutAccess {
                         id: *id,
                         value: r.encode(),
-                    })
-                    .collect();
+                    });
+                    // Access promotes a cold memory back to the warm family.
+                    if *cold {
+                        if let Some(bytes) = self.engine.store().cold(sid, id)? {
+                            m.push(Mutation::PutEpisode {
+                                id: *id,
+                                record: bytes,
+                            });
+                            m.push(Mutation::DeleteCold { id: *id });
+                            promoted.push(*id);
+                        }
+                    }
+                }
                 match self.submit(space, kind::ACCESS, m) {
                     Ok(_) => {}
                     Err(GraphError::SpaceNotFound(_)) => break,
@@ -777,11 +937,20 @@ impl Graph {
                 let mut gone = Vec::new();
                 {
                     let mut state = write(st);
-                    for (id, r) in chunk {
-                        match state.episodes.get_mut(id) {
+                    let s = &mut *state;
+                    for (id, r, _) in chunk {
+                        match s.episodes.get_mut(id) {
                             Some(m) => m.access = *r,
                             // Forgotten while this record was written.
                             None => gone.push(Mutation::DeleteAccess { id: *id }),
+                        }
+                    }
+                    for id in &promoted {
+                        if let Some(m) = s.episodes.get_mut(id) {
+                            if m.cold {
+                                m.cold = false;
+                                s.cold -= 1;
+                            }
                         }
                     }
                 }
@@ -1057,6 +1226,8 @@ impl Graph {
         }
         let committed = self.submit(space, wal_kind, m)?;
 
+        let record = Arc::new(record);
+        lock(&space.hot).insert(id, Arc::clone(&record));
         let mut state = write(st);
         for (term, f) in tf {
             state.lexical.add_posting(&term, id, f);
@@ -1072,13 +1243,14 @@ impl Graph {
             id,
             EpisodeMeta {
                 confidence: record.confidence,
-                tags: record.tags,
+                tags: record.tags.clone(),
                 occurred_at_ms: record.occurred_at_ms,
                 stored_at_ms: record.stored_at_ms,
                 content_hash: hash,
                 access: AccessRecord::default(),
                 concept: record.concept,
                 consolidated: false,
+                cold: false,
             },
         );
         // An endpoint forgotten while this record was being written leaves
@@ -1121,8 +1293,7 @@ impl Graph {
                 .collect()
         };
         for (id, meta) in candidates {
-            if let Some(bytes) = self.engine.store().episode(space.id, &id)? {
-                let rec: EpisodeRecord = record::decode(&bytes, "episode")?;
+            if let Some(rec) = self.read_record(space, &id)? {
                 if rec.content == content {
                     return Ok(Some(Remembered {
                         id: id_string(&id),
@@ -1155,6 +1326,28 @@ impl Graph {
             .ok_or_else(|| GraphError::MemoryNotFound(id.to_owned()))
     }
 
+    /// An episode's record from whichever tier holds it: the hot cache,
+    /// the warm `episodes` family, or the cold archive.
+    fn read_record(
+        &self,
+        space: &Space,
+        id: &EpisodeId,
+    ) -> Result<Option<Arc<EpisodeRecord>>, GraphError> {
+        if let Some(r) = lock(&space.hot).get(id) {
+            return Ok(Some(r));
+        }
+        let store = self.engine.store();
+        let bytes = match store.episode(space.id, id)? {
+            Some(b) => b,
+            None => match store.cold(space.id, id)? {
+                Some(b) => b,
+                None => return Ok(None),
+            },
+        };
+        Ok(Some(Arc::new(record::decode(&bytes, "episode")?)))
+    }
+
+    /// A memory as returned to clients; its record enters the hot tier.
     fn load_memory(
         &self,
         space: &Space,
@@ -1162,10 +1355,10 @@ impl Graph {
         with_embedding: bool,
         access: AccessRecord,
     ) -> Result<Option<Memory>, GraphError> {
-        let Some(bytes) = self.engine.store().episode(space.id, id)? else {
+        let Some(rec) = self.read_record(space, id)? else {
             return Ok(None);
         };
-        let rec: EpisodeRecord = record::decode(&bytes, "episode")?;
+        lock(&space.hot).insert(*id, Arc::clone(&rec));
         let metadata = match serde_json::from_str::<Value>(&rec.metadata_json) {
             Ok(Value::Object(m)) => m,
             _ => {
@@ -1185,11 +1378,11 @@ impl Graph {
         Ok(Some(Memory {
             id: id_string(id),
             space: space.record.name.clone(),
-            content: rec.content,
+            content: rec.content.clone(),
             confidence: rec.confidence,
-            tags: rec.tags,
+            tags: rec.tags.clone(),
             metadata,
-            session: rec.session,
+            session: rec.session.clone(),
             occurred_at_ms: rec.occurred_at_ms,
             stored_at_ms: rec.stored_at_ms,
             embedding,
@@ -1205,13 +1398,13 @@ impl Graph {
         let space = self.space(space_name)?;
         let st = self.state(&space)?;
         let eid = parse_id(id)?;
+        let _tiering = lock(&space.tiering);
         let mut state = write(st);
         if !state.episodes.contains_key(&eid) {
             return Err(GraphError::MemoryNotFound(id.to_owned()));
         }
-        let rec: EpisodeRecord = match self.engine.store().episode(space.id, &eid)? {
-            Some(b) => record::decode(&b, "episode")?,
-            None => return Err(GraphError::MemoryNotFound(id.to_owned())),
+        let Some(rec) = self.read_record(&space, &eid)? else {
+            return Err(GraphError::MemoryNotFound(id.to_owned()));
         };
         let (tf, _) = text::term_frequencies(&rec.content);
         let mut m = vec![
@@ -1247,7 +1440,11 @@ impl Graph {
         }
         self.submit(&space, kind::FORGET, m)?;
 
+        lock(&space.hot).remove(&eid);
         if let Some(meta) = state.episodes.remove(&eid) {
+            if meta.cold {
+                state.cold -= 1;
+            }
             if let Some(v) = state.by_hash.get_mut(&meta.content_hash) {
                 v.retain(|x| *x != eid);
                 if v.is_empty() {
@@ -1524,7 +1721,8 @@ impl Graph {
             || s.out_edges.values().any(|e| e.contains_key(&eid))
             || s.in_edges.values().any(|e| e.contains(&eid))
             || s.sessions.values().any(|l| *l == eid)
-            || s.by_hash.values().any(|v| v.contains(&eid)))
+            || s.by_hash.values().any(|v| v.contains(&eid))
+            || lock(&space.hot).contains(&eid))
     }
 
     /// Numeric id of a space (for tests that inspect the store).
@@ -1535,12 +1733,16 @@ impl Graph {
 
 fn stats(s: &Space, state: &RwLock<SpaceState>) -> SpaceStats {
     let st = read(state);
+    let hot = lock(&s.hot);
     SpaceStats {
         name: s.record.name.clone(),
         memories: st.episodes.len(),
         embedding_dim: s.record.embedding_dim,
         edges: st.edge_count(),
         terms: st.lexical.vocabulary(),
+        hot: hot.len(),
+        hot_capacity: hot.capacity(),
+        cold: st.cold,
     }
 }
 
@@ -1556,7 +1758,9 @@ fn load_space(
     let store = engine.store();
     let mut st = SpaceState::new(dim, config.ann, config.exact_search_below);
     let mut last_in_session: HashMap<String, EpisodeId> = HashMap::new();
-    for entry in store.scan_space(Cf::Episodes, space)? {
+    let warm = store.scan_space(Cf::Episodes, space)?.map(|e| (false, e));
+    let cold = store.scan_space(Cf::Cold, space)?.map(|e| (true, e));
+    for (is_cold, entry) in warm.chain(cold) {
         let (k, v) = entry?;
         let (_, id) =
             keys::decode_episode(&k).ok_or_else(|| GraphError::Corrupt("episode key".into()))?;
@@ -1582,8 +1786,10 @@ fn load_space(
                 access: AccessRecord::default(),
                 concept: rec.concept,
                 consolidated: false,
+                cold: is_cold,
             },
         );
+        st.cold += usize::from(is_cold);
     }
     st.sessions = last_in_session;
     let mut orphans = Vec::new();

@@ -12,6 +12,8 @@ pub struct SpaceRecord {
     pub embedding_dim: Option<u32>,
     /// Creation time, ms since the Unix epoch.
     pub created_at_ms: i64,
+    /// Records held in the hot tier's cache; the configured default if absent.
+    pub hot_capacity: Option<u32>,
 }
 
 /// An episode as stored in the `episodes` column family.

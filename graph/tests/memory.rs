@@ -6,7 +6,7 @@ use std::path::Path;
 
 use engram_graph::{
     Cue, DEFAULT_SPACE, Graph, GraphConfig, GraphError, LinkSpec, OpenOptions, RememberRequest,
-    Spread, Via,
+    SpaceOptions, Spread, Via,
 };
 use engram_lsm::{Cf, keys};
 use proptest::prelude::*;
@@ -270,6 +270,10 @@ proptest! {
         prop_assert!(!hits.is_empty());
         prop_assert!(g.flush_access().expect("flush") > 0);
         let concepts = g.consolidate("s", 0.5).expect("consolidate").concepts;
+        // Half the time every memory is archived first: forget must reach the cold tier.
+        if n % 2 == 0 {
+            prop_assert_eq!(g.archive("s", std::time::Duration::ZERO).expect("archive"), n + concepts);
+        }
         let forgotten: Vec<String> = made.iter().zip(&forget_mask).filter(|(_, f)| **f).map(|(id, _)| id.clone()).collect();
         for id in &forgotten {
             g.forget("s", id).expect("forget");
@@ -758,4 +762,72 @@ fn spaces_load_on_first_use_after_a_restart() {
     assert_eq!(g.loaded_spaces(), (1, 3));
     g.warm_up().expect("warm up");
     assert_eq!(g.loaded_spaces(), (3, 3));
+}
+
+#[test]
+fn idle_memories_move_to_the_cold_tier_and_recall_brings_them_back() {
+    use std::time::Duration;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let g = open(dir.path());
+    let options = SpaceOptions {
+        embedding_dim: None,
+        hot_capacity: Some(1),
+    };
+    g.create_space_with("t", options).expect("create");
+    let a = g
+        .remember("t", text("the red kite over the hill"))
+        .expect("a");
+    let b = g
+        .remember("t", text("a red bicycle in the shed"))
+        .expect("b");
+    let st = g.space_stats("t").expect("stats");
+    assert_eq!(
+        (st.hot, st.hot_capacity, st.cold),
+        (1, 1, 0),
+        "hot tier bounded"
+    );
+    assert_eq!(
+        g.archive("t", Duration::from_secs(3600)).expect("archive"),
+        0
+    );
+    assert_eq!(g.archive("t", Duration::ZERO).expect("archive"), 2);
+    let st = g.space_stats("t").expect("stats");
+    assert_eq!((st.memories, st.hot, st.cold), (2, 0, 2));
+    let sid = g.space_id("t").expect("id");
+    let raw = |id: &str| ulid::Ulid::from_string(id).expect("ulid").to_bytes();
+    let store = g.engine().store();
+    assert!(store.episode(sid, &raw(&a.id)).expect("get").is_none());
+    assert!(store.cold(sid, &raw(&a.id)).expect("get").is_some());
+    // Recall covers every tier.
+    let hits = g
+        .recall("t", &cue("red"), 10, &Spread::default())
+        .expect("recall");
+    assert_eq!(hits.len(), 2);
+    assert!(
+        hits.iter()
+            .any(|h| h.memory.content == "the red kite over the hill")
+    );
+    drop(g);
+    // Still cold after a restart; recalled memories are promoted back.
+    let g = open(dir.path());
+    assert_eq!(g.space_stats("t").expect("stats").cold, 2);
+    let no_spread = Spread {
+        depth: 0,
+        ..Spread::default()
+    };
+    let hits = g.recall("t", &cue("kite"), 10, &no_spread).expect("recall");
+    assert_eq!(ids(&hits), vec![a.id.clone()]);
+    assert_eq!(g.flush_access().expect("flush"), 1);
+    assert_eq!(g.space_stats("t").expect("stats").cold, 1);
+    let store = g.engine().store();
+    assert!(store.episode(sid, &raw(&a.id)).expect("get").is_some());
+    assert!(store.cold(sid, &raw(&a.id)).expect("get").is_none());
+    assert_eq!(
+        g.archive("t", Duration::from_secs(3600)).expect("archive"),
+        0
+    );
+    // Forgetting a cold memory removes the archived copy too.
+    g.forget("t", &b.id).expect("forget");
+    assert!(store_mentions(&g, "t", &b.id).is_empty());
+    assert_eq!(g.space_stats("t").expect("stats").cold, 0);
 }

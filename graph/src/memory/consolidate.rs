@@ -115,8 +115,8 @@ impl Graph {
                 continue;
             }
             report.examined += 1;
-            let text = match self.engine.store().episode(space.id, &seed)? {
-                Some(b) => record::decode::<EpisodeRecord>(&b, "episode")?.content,
+            let text = match self.read_record(space, &seed)? {
+                Some(r) => r.content.clone(),
                 None => continue,
             };
             let cluster: Vec<(EpisodeId, f32)> = {
@@ -180,8 +180,8 @@ impl Graph {
     ) -> Result<Option<NewEpisode>, GraphError> {
         let mut records = Vec::with_capacity(cluster.len());
         for (id, sim) in cluster {
-            if let Some(b) = self.engine.store().episode(space.id, id)? {
-                records.push((*id, *sim, record::decode::<EpisodeRecord>(&b, "episode")?));
+            if let Some(r) = self.read_record(space, id)? {
+                records.push((*id, *sim, r));
             }
         }
         if records.len() < 2 {
