@@ -51,6 +51,7 @@
 
 mod access;
 pub mod activation;
+mod adjacency;
 mod background;
 mod engine;
 pub mod hnsw;

@@ -410,10 +410,8 @@ struct SpaceState {
     episodes: IdMap<EpisodeMeta>,
     lexical: LexicalIndex,
     ann: Option<Hnsw>,
-    out_edges: IdMap<IdMap<EdgeRecord>>,
-    in_edges: IdMap<IdSet>,
+    edges: crate::adjacency::Adjacency,
     sessions: HashMap<String, EpisodeId>,
-    by_hash: HashMap<u64, Vec<EpisodeId>>,
     /// Memories in the cold tier.
     cold: usize,
 }
@@ -427,12 +425,11 @@ impl SpaceState {
     }
 
     fn add_edge(&mut self, from: EpisodeId, to: EpisodeId, e: EdgeRecord) {
-        self.out_edges.entry(from).or_default().insert(to, e);
-        self.in_edges.entry(to).or_default().insert(from);
+        self.edges.add(from, to, e);
     }
 
     fn edge_count(&self) -> usize {
-        self.out_edges.values().map(HashMap::len).sum()
+        self.edges.len()
     }
 }
 
@@ -1238,7 +1235,6 @@ impl Graph {
                 ann.insert(id, &e);
             }
         }
-        state.by_hash.entry(hash).or_default().push(id);
         state.episodes.insert(
             id,
             EpisodeMeta {
@@ -1284,12 +1280,13 @@ impl Graph {
     ) -> Result<Option<Remembered>, GraphError> {
         let candidates: Vec<(EpisodeId, EpisodeMeta)> = {
             let state = read(self.state(space)?);
+            let (tf, len) = text::term_frequencies(content);
             state
-                .by_hash
-                .get(&hash)
+                .lexical
+                .same_length_candidates(tf.keys().map(String::as_str), len)
                 .into_iter()
-                .flatten()
-                .filter_map(|id| state.episodes.get(id).map(|m| (*id, m.clone())))
+                .filter_map(|id| state.episodes.get(&id).map(|m| (id, m.clone())))
+                .filter(|(_, m)| m.content_hash == hash)
                 .collect()
         };
         for (id, meta) in candidates {
@@ -1419,16 +1416,8 @@ impl Graph {
                 id: eid,
             });
         }
-        let outs: Vec<EpisodeId> = state
-            .out_edges
-            .get(&eid)
-            .map(|e| e.keys().copied().collect())
-            .unwrap_or_default();
-        let ins: Vec<EpisodeId> = state
-            .in_edges
-            .get(&eid)
-            .map(|e| e.iter().copied().collect())
-            .unwrap_or_default();
+        let outs: Vec<EpisodeId> = state.edges.outgoing(&eid).iter().map(|(t, _)| *t).collect();
+        let ins: Vec<EpisodeId> = state.edges.incoming(&eid).iter().map(|(f, _)| *f).collect();
         for to in &outs {
             m.push(Mutation::DeleteEdge { from: eid, to: *to });
         }
@@ -1445,37 +1434,23 @@ impl Graph {
             if meta.cold {
                 state.cold -= 1;
             }
-            if let Some(v) = state.by_hash.get_mut(&meta.content_hash) {
-                v.retain(|x| *x != eid);
-                if v.is_empty() {
-                    state.by_hash.remove(&meta.content_hash);
-                }
-            }
         }
         state.lexical.remove(&eid, tf.into_keys());
         if let Some(ann) = state.ann.as_mut() {
             ann.remove(&eid);
         }
-        for to in outs {
-            if let Some(s) = state.in_edges.get_mut(&to) {
-                s.remove(&eid);
-            }
-        }
+        state.edges.remove_node(&eid);
         for from in ins {
-            if let Some(s) = state.out_edges.get_mut(&from) {
-                s.remove(&eid);
-            }
             // A member of a forgotten concept can be consolidated again.
             let still = state
-                .out_edges
-                .get(&from)
-                .is_some_and(|o| o.values().any(|e| e.kind == EdgeKind::Consolidation));
+                .edges
+                .outgoing(&from)
+                .iter()
+                .any(|(_, e)| e.kind == EdgeKind::Consolidation);
             if let Some(m) = state.episodes.get_mut(&from) {
                 m.consolidated = still;
             }
         }
-        state.out_edges.remove(&eid);
-        state.in_edges.remove(&eid);
         state.sessions.retain(|_, last| *last != eid);
         Ok(())
     }
@@ -1631,28 +1606,7 @@ impl Graph {
             }
         }
         let seeds: Vec<(EpisodeId, f32)> = fused.iter().map(|(id, v)| (*id, v.0 as f32)).collect();
-        let empty = IdMap::default();
-        let reached = activation::spread(
-            &seeds,
-            spread,
-            |n| {
-                let outs = state
-                    .out_edges
-                    .get(n)
-                    .unwrap_or(&empty)
-                    .iter()
-                    .map(|(t, e)| (t, e.weight));
-                let ins = state.in_edges.get(n).into_iter().flatten().filter_map(|f| {
-                    state
-                        .out_edges
-                        .get(f)
-                        .and_then(|o| o.get(n))
-                        .map(|e| (f, e.weight))
-                });
-                outs.chain(ins).collect::<Vec<_>>().into_iter()
-            },
-            accept,
-        );
+        let reached = activation::spread(&seeds, spread, |n| state.edges.neighbours(n), accept);
         let mut ranked: Vec<(EpisodeId, f32, f32, f32, Via)> = reached
             .into_iter()
             .filter_map(|(id, r)| {
@@ -1716,12 +1670,8 @@ impl Graph {
         Ok(s.episodes.contains_key(&eid)
             || s.lexical.mentions(&eid)
             || s.ann.as_ref().is_some_and(|a| a.contains(&eid))
-            || s.out_edges.contains_key(&eid)
-            || s.in_edges.contains_key(&eid)
-            || s.out_edges.values().any(|e| e.contains_key(&eid))
-            || s.in_edges.values().any(|e| e.contains(&eid))
+            || s.edges.mentions(&eid)
             || s.sessions.values().any(|l| *l == eid)
-            || s.by_hash.values().any(|v| v.contains(&eid))
             || lock(&space.hot).contains(&eid))
     }
 
@@ -1767,7 +1717,6 @@ fn load_space(
         let rec: EpisodeRecord = record::decode(&v, "episode")?;
         let hash = content_hash(&rec.content);
         st.lexical.set_length(id, rec.terms);
-        st.by_hash.entry(hash).or_default().push(id);
         if let Some(s) = &rec.session {
             // ULIDs sort by creation time: the largest is the session's last.
             let e = last_in_session.entry(s.clone()).or_insert(id);
@@ -1836,5 +1785,7 @@ fn load_space(
         }
         st.add_edge(from, to, e);
     }
+    st.lexical.shrink_to_fit();
+    st.episodes.shrink_to_fit();
     Ok((st, orphans))
 }

@@ -104,6 +104,43 @@ impl LexicalIndex {
         self.free.push(d);
     }
 
+    /// Documents of exactly `len` terms containing the rarest of `terms`:
+    /// the candidates for an identical text (the caller compares content
+    /// hashes, then contents), found without any per-content table. Empty
+    /// when a term is not indexed at all.
+    pub fn same_length_candidates<'a>(
+        &self,
+        terms: impl IntoIterator<Item = &'a str>,
+        len: u32,
+    ) -> Vec<EpisodeId> {
+        let mut lists = Vec::new();
+        for t in terms {
+            match self.postings.get(t) {
+                Some(l) => lists.push(l),
+                None => return Vec::new(),
+            }
+        }
+        let Some(rarest) = lists.into_iter().min_by_key(|l| l.len()) else {
+            return Vec::new();
+        };
+        rarest
+            .iter()
+            .filter(|(d, _)| self.lengths[*d as usize] == len)
+            .map(|(d, _)| self.docs[*d as usize])
+            .collect()
+    }
+
+    /// Drops spare capacity (after a bulk load).
+    pub fn shrink_to_fit(&mut self) {
+        for list in self.postings.values_mut() {
+            list.shrink_to_fit();
+        }
+        self.postings.shrink_to_fit();
+        self.docs.shrink_to_fit();
+        self.lengths.shrink_to_fit();
+        self.doc_of.shrink_to_fit();
+    }
+
     /// Number of indexed documents.
     pub fn documents(&self) -> usize {
         self.doc_of.len()
