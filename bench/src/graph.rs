@@ -4,7 +4,8 @@
 //! then recall latency (lexical, lexical + spreading, and with embeddings),
 //! RAM per memory and cold start (reopen + index rebuild) — all in one run.
 //!
-//! Usage: `graph-bench [--dir DIR] [--memories N] [--dim D] [--queries Q] [--seconds S] [--ann-vectors N]`
+//! Usage: `graph-bench [--dir DIR] [--memories N] [--vectors N] [--dim D] [--queries Q] [--seconds S] [--ann-vectors N]`
+//! (`--vectors` defaults to a tenth of `--memories`)
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -21,6 +22,7 @@ struct Args {
     queries: usize,
     seconds: f64,
     ann_vectors: usize,
+    vectors: Option<u64>,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -31,6 +33,7 @@ fn parse_args() -> Result<Args, String> {
         queries: 2_000,
         seconds: 3.0,
         ann_vectors: 100_000,
+        vectors: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -43,6 +46,9 @@ fn parse_args() -> Result<Args, String> {
             "--dim" => a.dim = value()?.parse().map_err(|e| format!("--dim: {e}"))?,
             "--queries" => a.queries = value()?.parse().map_err(|e| format!("--queries: {e}"))?,
             "--seconds" => a.seconds = value()?.parse().map_err(|e| format!("--seconds: {e}"))?,
+            "--vectors" => {
+                a.vectors = Some(value()?.parse().map_err(|e| format!("--vectors: {e}"))?)
+            }
             "--ann-vectors" => {
                 a.ann_vectors = value()?
                     .parse()
@@ -341,7 +347,7 @@ fn main() {
     preload(&g, "lexical", a.memories, None);
     let load_s = t.elapsed().as_secs_f64();
     let rss_lexical = rss_bytes().saturating_sub(rss0);
-    let vec_n = (a.memories / 10).max(1);
+    let vec_n = a.vectors.unwrap_or(a.memories / 10).max(1);
     preload(&g, "vectors", vec_n, Some(a.dim));
 
     println!();
@@ -373,7 +379,7 @@ fn main() {
     let vq = (a.queries / 10).max(10);
     let dim = a.dim;
     row(
-        &format!("vector (HNSW), {vec_n} × {dim}-dim, spreading depth 2"),
+        &format!("vector, {vec_n} × {dim}-dim, spreading depth 2"),
         &recall_latency(
             &g,
             "vectors",

@@ -1,101 +1,87 @@
-//! In-memory adjacency of a space's association graph.
+//! In-memory adjacency of a space's association graph, by slot (see
+//! `table.rs`).
 //!
 //! Most memories have a handful of edges, so each node's lists are exact-size
-//! boxed slices (no spare capacity, no per-node hash table): an edge costs 24
-//! bytes at its source and 20 at its target. Updates rebuild the node's slice,
-//! which is cheap at these degrees.
+//! boxed slices in flat vectors (no spare capacity, no per-node hash table):
+//! an edge costs 12 bytes at its source and 8 at its target, a node without
+//! edges 32. Updates rebuild the node's slice, which is cheap at these degrees.
 
-use engram_lsm::EpisodeId;
-
-use crate::ids::IdMap;
 use crate::record::EdgeRecord;
 
 #[derive(Debug, Default)]
 pub(crate) struct Adjacency {
-    out: IdMap<Box<[(EpisodeId, EdgeRecord)]>>,
-    inc: IdMap<Box<[(EpisodeId, f32)]>>,
+    out: Vec<Box<[(u32, EdgeRecord)]>>,
+    inc: Vec<Box<[(u32, f32)]>>,
     edges: usize,
 }
 
-fn upsert<T: Copy>(
-    list: Option<&[(EpisodeId, T)]>,
-    key: EpisodeId,
-    v: T,
-) -> (Box<[(EpisodeId, T)]>, bool) {
-    let mut items: Vec<(EpisodeId, T)> = list.map(<[_]>::to_vec).unwrap_or_default();
-    let added = match items.iter_mut().find(|(k, _)| *k == key) {
-        Some(slot) => {
-            slot.1 = v;
-            false
-        }
-        None => {
-            items.push((key, v));
-            true
-        }
-    };
-    (items.into_boxed_slice(), added)
+fn upsert<T: Copy>(list: &mut Box<[(u32, T)]>, key: u32, v: T) -> bool {
+    if let Some(slot) = list.iter_mut().find(|(k, _)| *k == key) {
+        slot.1 = v;
+        return false;
+    }
+    let mut items = list.to_vec();
+    items.push((key, v));
+    *list = items.into_boxed_slice();
+    true
 }
 
-fn without<T: Copy>(list: &[(EpisodeId, T)], key: &EpisodeId) -> Box<[(EpisodeId, T)]> {
-    list.iter().filter(|(k, _)| k != key).copied().collect()
+fn without<T: Copy>(list: &mut Box<[(u32, T)]>, key: u32) {
+    *list = list.iter().filter(|(k, _)| *k != key).copied().collect();
+}
+
+fn grow<T>(v: &mut Vec<Box<[T]>>, slot: u32) {
+    let s = slot as usize;
+    if v.len() <= s {
+        v.resize_with(s + 1, || Box::new([]));
+    }
 }
 
 impl Adjacency {
     /// Adds the edge `from → to`, or replaces its record.
-    pub(crate) fn add(&mut self, from: EpisodeId, to: EpisodeId, e: EdgeRecord) {
-        let (out, added) = upsert(self.out.get(&from).map(|b| &b[..]), to, e);
-        self.out.insert(from, out);
-        let (inc, _) = upsert(self.inc.get(&to).map(|b| &b[..]), from, e.weight);
-        self.inc.insert(to, inc);
+    pub(crate) fn add(&mut self, from: u32, to: u32, e: EdgeRecord) {
+        grow(&mut self.out, from);
+        grow(&mut self.inc, to);
+        let added = upsert(&mut self.out[from as usize], to, e);
+        upsert(&mut self.inc[to as usize], from, e.weight);
         self.edges += usize::from(added);
     }
 
     /// Edges leaving `n`.
-    pub(crate) fn outgoing(&self, n: &EpisodeId) -> &[(EpisodeId, EdgeRecord)] {
-        self.out.get(n).map_or(&[], |b| &b[..])
+    pub(crate) fn outgoing(&self, n: u32) -> &[(u32, EdgeRecord)] {
+        self.out.get(n as usize).map_or(&[], |b| &b[..])
     }
 
     /// Sources of the edges reaching `n`, with their weights.
-    pub(crate) fn incoming(&self, n: &EpisodeId) -> &[(EpisodeId, f32)] {
-        self.inc.get(n).map_or(&[], |b| &b[..])
+    pub(crate) fn incoming(&self, n: u32) -> &[(u32, f32)] {
+        self.inc.get(n as usize).map_or(&[], |b| &b[..])
     }
 
     /// Neighbours in both directions with the edge weight (spreading follows
     /// an association from either end).
-    pub(crate) fn neighbours<'a>(
-        &'a self,
-        n: &EpisodeId,
-    ) -> impl Iterator<Item = (&'a EpisodeId, f32)> + use<'a> {
-        let outs = self.outgoing(n).iter().map(|(t, e)| (t, e.weight));
-        let ins = self.incoming(n).iter().map(|(f, w)| (f, *w));
+    pub(crate) fn neighbours(&self, n: u32) -> impl Iterator<Item = (u32, f32)> + '_ {
+        let outs = self.outgoing(n).iter().map(|(t, e)| (*t, e.weight));
+        let ins = self.incoming(n).iter().copied();
         outs.chain(ins)
     }
 
     /// Removes every edge touching `n`; returns the other ends of its
     /// outgoing and of its incoming edges.
-    pub(crate) fn remove_node(&mut self, n: &EpisodeId) -> (Vec<EpisodeId>, Vec<EpisodeId>) {
-        let outs: Vec<EpisodeId> = self.outgoing(n).iter().map(|(t, _)| *t).collect();
-        let ins: Vec<EpisodeId> = self.incoming(n).iter().map(|(f, _)| *f).collect();
+    pub(crate) fn remove_node(&mut self, n: u32) -> (Vec<u32>, Vec<u32>) {
+        let outs: Vec<u32> = self.outgoing(n).iter().map(|(t, _)| *t).collect();
+        let ins: Vec<u32> = self.incoming(n).iter().map(|(f, _)| *f).collect();
         for to in &outs {
-            if let Some(list) = self.inc.get(to) {
-                let rest = without(list, n);
-                match rest.is_empty() {
-                    true => self.inc.remove(to),
-                    false => self.inc.insert(*to, rest),
-                };
-            }
+            without(&mut self.inc[*to as usize], n);
         }
         for from in &ins {
-            if let Some(list) = self.out.get(from) {
-                let rest = without(list, n);
-                match rest.is_empty() {
-                    true => self.out.remove(from),
-                    false => self.out.insert(*from, rest),
-                };
-            }
+            without(&mut self.out[*from as usize], n);
         }
-        self.out.remove(n);
-        self.inc.remove(n);
+        if let Some(l) = self.out.get_mut(n as usize) {
+            *l = Box::new([]);
+        }
+        if let Some(l) = self.inc.get_mut(n as usize) {
+            *l = Box::new([]);
+        }
         // A self-edge would be counted in both lists; links refuse them.
         self.edges -= outs.len() + ins.len();
         (outs, ins)
@@ -106,12 +92,26 @@ impl Adjacency {
         self.edges
     }
 
-    /// `true` if any list still mentions `n`.
-    pub(crate) fn mentions(&self, n: &EpisodeId) -> bool {
-        self.out.contains_key(n)
-            || self.inc.contains_key(n)
-            || self.out.values().any(|l| l.iter().any(|(t, _)| t == n))
-            || self.inc.values().any(|l| l.iter().any(|(f, _)| f == n))
+    /// `true` if every list of a slot refused by `live` is empty and no list
+    /// points at such a slot (tests proving forget leaves nothing dangling).
+    pub(crate) fn all_live(&self, live: impl Fn(u32) -> bool) -> bool {
+        let out_ok = self
+            .out
+            .iter()
+            .enumerate()
+            .all(|(s, l)| l.is_empty() || (live(s as u32) && l.iter().all(|(t, _)| live(*t))));
+        let inc_ok = self
+            .inc
+            .iter()
+            .enumerate()
+            .all(|(s, l)| l.is_empty() || (live(s as u32) && l.iter().all(|(f, _)| live(*f))));
+        out_ok && inc_ok
+    }
+
+    /// Drops spare capacity (after a bulk load).
+    pub(crate) fn shrink_to_fit(&mut self) {
+        self.out.shrink_to_fit();
+        self.inc.shrink_to_fit();
     }
 }
 
@@ -129,20 +129,21 @@ mod tests {
 
     #[test]
     fn add_replace_and_remove_keep_both_directions_consistent() {
-        let (a, b, c) = ([1; 16], [2; 16], [3; 16]);
+        let (a, b, c) = (0u32, 1u32, 2u32);
         let mut g = Adjacency::default();
         g.add(a, b, e(0.5));
         g.add(a, b, e(0.8));
         g.add(c, b, e(0.3));
         g.add(b, c, e(0.2));
         assert_eq!(g.len(), 3, "re-adding replaces");
-        assert_eq!(g.outgoing(&a), &[(b, e(0.8))]);
-        let mut nb: Vec<(EpisodeId, f32)> = g.neighbours(&b).map(|(k, w)| (*k, w)).collect();
+        assert_eq!(g.outgoing(a), &[(b, e(0.8))]);
+        let mut nb: Vec<(u32, f32)> = g.neighbours(b).collect();
         nb.sort_by_key(|x| x.0);
         assert_eq!(nb, vec![(a, 0.8), (c, 0.2), (c, 0.3)]);
-        let (outs, ins) = g.remove_node(&b);
+        let (outs, ins) = g.remove_node(b);
         assert_eq!((outs, ins.len()), (vec![c], 2));
         assert_eq!(g.len(), 0);
-        assert!(!g.mentions(&b) && !g.mentions(&a) && !g.mentions(&c));
+        assert!(g.all_live(|s| s != b));
+        assert!(g.neighbours(a).next().is_none() && g.neighbours(c).next().is_none());
     }
 }

@@ -60,6 +60,7 @@ mod ids;
 mod memory;
 mod rank;
 pub mod record;
+mod table;
 pub mod text;
 
 pub use activation::Spread;

@@ -1,7 +1,6 @@
 //! The memory model: spaces, remember / get / forget / link, and recall.
 
 use std::collections::HashMap;
-use std::hash::{Hash, Hasher};
 use std::path::Path;
 use std::sync::{Arc, Mutex, OnceLock, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -10,9 +9,11 @@ use engram_lsm::{Cf, EpisodeId, Mutation, SpaceId, keys};
 use serde_json::{Map, Value};
 
 use crate::activation::{self, Spread};
+use crate::adjacency::Adjacency;
 use crate::hnsw::{Hnsw, HnswParams};
 use crate::ids::{IdMap, IdSet};
 use crate::record::{self, AccessRecord, EdgeKind, EdgeRecord, EpisodeRecord, SpaceRecord};
+use crate::table::Table;
 use crate::text::{self, LexicalIndex};
 use crate::{Engine, EngineConfig, EngineError, OpenOptions, RecoveryReport};
 
@@ -378,14 +379,16 @@ pub struct SpaceStats {
     pub cold: usize,
 }
 
-#[derive(Debug, Clone)]
+/// What recall needs of every memory without reading its record: 40 bytes.
+#[derive(Debug, Clone, Default)]
 struct EpisodeMeta {
-    confidence: f32,
-    tags: Vec<String>,
     occurred_at_ms: i64,
     stored_at_ms: i64,
-    content_hash: u64,
-    access: AccessRecord,
+    last_access_ms: i64,
+    confidence: f32,
+    access_count: u32,
+    /// Interned tag set ([`TagSets`]).
+    tags: u32,
     /// Made by consolidation.
     concept: bool,
     /// Has a consolidation edge to a concept.
@@ -395,22 +398,69 @@ struct EpisodeMeta {
 }
 
 impl EpisodeMeta {
+    fn access(&self) -> AccessRecord {
+        AccessRecord {
+            count: self.access_count,
+            last_ms: self.last_access_ms,
+        }
+    }
+
+    fn set_access(&mut self, r: AccessRecord) {
+        self.access_count = r.count;
+        self.last_access_ms = r.last_ms;
+    }
+
     /// Confidence after the forgetting curve at `now`: the clock restarts at
     /// the last access, and stability grows with the number of accesses.
     fn decayed(&self, now: i64, stability_days: f64) -> f32 {
-        let since = self.stored_at_ms.max(self.access.last_ms);
+        let since = self.stored_at_ms.max(self.last_access_ms);
         let age = (now - since).max(0) as f64 / 86_400_000.0;
-        let stability = stability_days * (1.0 + f64::from(self.access.count).ln_1p());
+        let stability = stability_days * (1.0 + f64::from(self.access_count).ln_1p());
         (f64::from(self.confidence) * activation::retention(age, stability)) as f32
+    }
+}
+
+/// The distinct tag sets of a space, interned: memories refer to theirs by
+/// number (0 is the empty set). Sets are never removed; there are as many
+/// as distinct combinations of tags, not as memories.
+#[derive(Debug, Default)]
+struct TagSets {
+    sets: Vec<Box<[String]>>,
+    index: HashMap<Box<[String]>, u32>,
+}
+
+impl TagSets {
+    fn intern(&mut self, tags: &[String]) -> u32 {
+        if tags.is_empty() {
+            return 0;
+        }
+        if let Some(&i) = self.index.get(tags) {
+            return i;
+        }
+        let set: Box<[String]> = tags.into();
+        self.sets.push(set.clone());
+        let i = self.sets.len() as u32;
+        self.index.insert(set, i);
+        i
+    }
+
+    fn get(&self, i: u32) -> &[String] {
+        match i {
+            0 => &[],
+            i => self.sets.get(i as usize - 1).map_or(&[], |s| &s[..]),
+        }
     }
 }
 
 #[derive(Debug, Default)]
 struct SpaceState {
-    episodes: IdMap<EpisodeMeta>,
+    tagsets: TagSets,
+    /// Memories by dense slot; the lexical index and the adjacency refer to
+    /// them by slot.
+    episodes: Table<EpisodeMeta>,
     lexical: LexicalIndex,
     ann: Option<Hnsw>,
-    edges: crate::adjacency::Adjacency,
+    edges: Adjacency,
     sessions: HashMap<String, EpisodeId>,
     /// Memories in the cold tier.
     cold: usize,
@@ -424,8 +474,62 @@ impl SpaceState {
         }
     }
 
-    fn add_edge(&mut self, from: EpisodeId, to: EpisodeId, e: EdgeRecord) {
-        self.edges.add(from, to, e);
+    /// Adds an edge between two memories; `false` (nothing added) when
+    /// either is not in the space.
+    fn add_edge(&mut self, from: EpisodeId, to: EpisodeId, e: EdgeRecord) -> bool {
+        match (self.episodes.slot(&from), self.episodes.slot(&to)) {
+            (Some(f), Some(t)) => {
+                self.edges.add(f, t, e);
+                true
+            }
+            _ => false,
+        }
+    }
+
+    fn outgoing(&self, id: &EpisodeId) -> Vec<(EpisodeId, EdgeRecord)> {
+        self.episodes.slot(id).map_or_else(Vec::new, |s| {
+            self.edges
+                .outgoing(s)
+                .iter()
+                .map(|(t, e)| (*self.episodes.id(*t), *e))
+                .collect()
+        })
+    }
+
+    fn incoming(&self, id: &EpisodeId) -> Vec<EpisodeId> {
+        self.episodes.slot(id).map_or_else(Vec::new, |s| {
+            self.edges
+                .incoming(s)
+                .iter()
+                .map(|(f, _)| *self.episodes.id(*f))
+                .collect()
+        })
+    }
+
+    /// Both-direction neighbours of a memory with edge weights.
+    fn neighbours<'a>(
+        &'a self,
+        id: &EpisodeId,
+    ) -> impl Iterator<Item = (&'a EpisodeId, f32)> + use<'a> {
+        let slot = self.episodes.slot(id);
+        slot.into_iter()
+            .flat_map(|s| self.edges.neighbours(s))
+            .map(|(s, w)| (self.episodes.id(s), w))
+    }
+
+    /// The `limit` best BM25 matches accepted by `keep`, best first, ties by id.
+    fn lexical_search(
+        &self,
+        query: &str,
+        limit: usize,
+        keep: impl Fn(&EpisodeId) -> bool,
+    ) -> Vec<(EpisodeId, f64)> {
+        let hits = self.lexical.search(query, |s| keep(self.episodes.id(s)));
+        let hits = hits
+            .into_iter()
+            .map(|(s, v)| (*self.episodes.id(s), v))
+            .collect();
+        crate::rank::top_k(hits, limit)
     }
 
     fn edge_count(&self) -> usize {
@@ -495,12 +599,6 @@ fn now_ms() -> i64 {
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as i64)
         .unwrap_or(0)
-}
-
-fn content_hash(content: &str) -> u64 {
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    content.hash(&mut h);
-    h.finish()
 }
 
 fn id_string(id: &EpisodeId) -> String {
@@ -819,7 +917,7 @@ impl Graph {
         let ids: Vec<EpisodeId> = read(st)
             .episodes
             .iter()
-            .filter(|(_, m)| !m.cold && m.stored_at_ms.max(m.access.last_ms) <= cutoff)
+            .filter(|(_, m)| !m.cold && m.stored_at_ms.max(m.last_access_ms) <= cutoff)
             .map(|(id, _)| *id)
             .collect();
         let mut moved = 0;
@@ -898,8 +996,8 @@ impl Graph {
                     .filter_map(|(id, (n, last))| {
                         state.episodes.get(id).map(|m| {
                             let r = AccessRecord {
-                                count: m.access.count.saturating_add(*n),
-                                last_ms: m.access.last_ms.max(*last),
+                                count: m.access_count.saturating_add(*n),
+                                last_ms: m.last_access_ms.max(*last),
                             };
                             (*id, r, m.cold)
                         })
@@ -937,7 +1035,7 @@ impl Graph {
                     let s = &mut *state;
                     for (id, r, _) in chunk {
                         match s.episodes.get_mut(id) {
-                            Some(m) => m.access = *r,
+                            Some(m) => m.set_access(*r),
                             // Forgotten while this record was written.
                             None => gone.push(Mutation::DeleteAccess { id: *id }),
                         }
@@ -1070,9 +1168,7 @@ impl Graph {
         let st = self.state(&space)?;
         let metadata_json = self.validate(&space, &req)?;
         if req.dedupe {
-            if let Some(found) =
-                self.find_duplicate(&space, content_hash(&req.content), &req.content)?
-            {
+            if let Some(found) = self.find_duplicate(&space, &req.content)? {
                 return Ok(found);
             }
         }
@@ -1165,7 +1261,6 @@ impl Graph {
             edges_from,
         } = draft;
         let id = ulid::Ulid::new().to_bytes();
-        let hash = content_hash(&record.content);
         let (tf, len) = text::term_frequencies(&record.content);
         record.terms = len;
         if let (Some(e), true) = (&embedding, self.config.semantic_k > 0 && !record.concept) {
@@ -1226,29 +1321,30 @@ impl Graph {
         let record = Arc::new(record);
         lock(&space.hot).insert(id, Arc::clone(&record));
         let mut state = write(st);
-        for (term, f) in tf {
-            state.lexical.add_posting(&term, id, f);
-        }
-        state.lexical.set_length(id, len);
         if let Some(e) = embedding {
             if let Some(ann) = state.ann.as_mut() {
                 ann.insert(id, &e);
             }
         }
-        state.episodes.insert(
+        let tags = state.tagsets.intern(&record.tags);
+        let slot = state.episodes.insert(
             id,
             EpisodeMeta {
                 confidence: record.confidence,
-                tags: record.tags.clone(),
+                tags,
                 occurred_at_ms: record.occurred_at_ms,
                 stored_at_ms: record.stored_at_ms,
-                content_hash: hash,
-                access: AccessRecord::default(),
+                last_access_ms: 0,
+                access_count: 0,
                 concept: record.concept,
                 consolidated: false,
                 cold: false,
             },
         );
+        state.lexical.add_document(slot, len);
+        for (term, f) in tf {
+            state.lexical.add_posting(&term, slot, f);
+        }
         // An endpoint forgotten while this record was being written leaves
         // a dangling edge in the store: it is deleted again right away (and
         // any that a crash leaves behind are removed when the space loads).
@@ -1265,6 +1361,7 @@ impl Graph {
             }
             state.add_edge(from, to, e);
         }
+        drop(state);
         if !dangling.is_empty() {
             if let Err(e) = self.submit(space, kind::FORGET, dangling) {
                 tracing::warn!(error = %e, "could not delete edges to a forgotten memory; they are removed at the next load");
@@ -1275,7 +1372,6 @@ impl Graph {
     fn find_duplicate(
         &self,
         space: &Space,
-        hash: u64,
         content: &str,
     ) -> Result<Option<Remembered>, GraphError> {
         let candidates: Vec<(EpisodeId, EpisodeMeta)> = {
@@ -1285,8 +1381,8 @@ impl Graph {
                 .lexical
                 .same_length_candidates(tf.keys().map(String::as_str), len)
                 .into_iter()
+                .map(|slot| *state.episodes.id(slot))
                 .filter_map(|id| state.episodes.get(&id).map(|m| (id, m.clone())))
-                .filter(|(_, m)| m.content_hash == hash)
                 .collect()
         };
         for (id, meta) in candidates {
@@ -1316,7 +1412,7 @@ impl Graph {
         let space = self.space(space_name)?;
         let st = self.state(&space)?;
         let eid = parse_id(id)?;
-        let Some(access) = read(st).episodes.get(&eid).map(|m| m.access) else {
+        let Some(access) = read(st).episodes.get(&eid).map(EpisodeMeta::access) else {
             return Err(GraphError::MemoryNotFound(id.to_owned()));
         };
         self.load_memory(&space, &eid, with_embedding, access)?
@@ -1416,8 +1512,8 @@ impl Graph {
                 id: eid,
             });
         }
-        let outs: Vec<EpisodeId> = state.edges.outgoing(&eid).iter().map(|(t, _)| *t).collect();
-        let ins: Vec<EpisodeId> = state.edges.incoming(&eid).iter().map(|(f, _)| *f).collect();
+        let outs: Vec<EpisodeId> = state.outgoing(&eid).into_iter().map(|(t, _)| t).collect();
+        let ins: Vec<EpisodeId> = state.incoming(&eid);
         for to in &outs {
             m.push(Mutation::DeleteEdge { from: eid, to: *to });
         }
@@ -1430,20 +1526,21 @@ impl Graph {
         self.submit(&space, kind::FORGET, m)?;
 
         lock(&space.hot).remove(&eid);
-        if let Some(meta) = state.episodes.remove(&eid) {
+        if let Some(slot) = state.episodes.slot(&eid) {
+            state.lexical.remove(slot, tf.into_keys());
+            state.edges.remove_node(slot);
+        }
+        if let Some((_, meta)) = state.episodes.remove(&eid) {
             if meta.cold {
                 state.cold -= 1;
             }
         }
-        state.lexical.remove(&eid, tf.into_keys());
         if let Some(ann) = state.ann.as_mut() {
             ann.remove(&eid);
         }
-        state.edges.remove_node(&eid);
         for from in ins {
             // A member of a forgotten concept can be consolidated again.
             let still = state
-                .edges
                 .outgoing(&from)
                 .iter()
                 .any(|(_, e)| e.kind == EdgeKind::Consolidation);
@@ -1547,7 +1644,8 @@ impl Graph {
             let Some(m) = state.episodes.get(id) else {
                 return false;
             };
-            cue.tags.iter().all(|t| m.tags.contains(t))
+            let tags = state.tagsets.get(m.tags);
+            cue.tags.iter().all(|t| tags.contains(t))
                 && cue.from_ms.is_none_or(|f| m.occurred_at_ms >= f)
                 && cue.to_ms.is_none_or(|t| m.occurred_at_ms <= t)
                 && cue.min_confidence.is_none_or(|c| decayed(m) >= c)
@@ -1563,8 +1661,8 @@ impl Graph {
         let lexical: Vec<(EpisodeId, f64)> = match cue.text.as_deref() {
             // Every indexed document exists, so without filters there is
             // nothing to check per match.
-            Some(t) if filtered => state.lexical.search(t, pool, accept),
-            Some(t) => state.lexical.search(t, pool, |_| true),
+            Some(t) if filtered => state.lexical_search(t, pool, accept),
+            Some(t) => state.lexical_search(t, pool, |_| true),
             None => Vec::new(),
         };
         let vector: Vec<(EpisodeId, f64)> = match &cue.embedding {
@@ -1606,7 +1704,7 @@ impl Graph {
             }
         }
         let seeds: Vec<(EpisodeId, f32)> = fused.iter().map(|(id, v)| (*id, v.0 as f32)).collect();
-        let reached = activation::spread(&seeds, spread, |n| state.edges.neighbours(n), accept);
+        let reached = activation::spread(&seeds, spread, |n| state.neighbours(n), accept);
         let mut ranked: Vec<(EpisodeId, f32, f32, f32, Via)> = reached
             .into_iter()
             .filter_map(|(id, r)| {
@@ -1638,7 +1736,7 @@ impl Graph {
                 state
                     .episodes
                     .get(&r.0)
-                    .map(|m| m.access)
+                    .map(EpisodeMeta::access)
                     .unwrap_or_default()
             })
             .collect();
@@ -1668,9 +1766,9 @@ impl Graph {
         let eid = parse_id(id)?;
         let s = read(st);
         Ok(s.episodes.contains_key(&eid)
-            || s.lexical.mentions(&eid)
+            || !s.lexical.all_postings(|x| s.episodes.is_live(x))
             || s.ann.as_ref().is_some_and(|a| a.contains(&eid))
-            || s.edges.mentions(&eid)
+            || !s.edges.all_live(|x| s.episodes.is_live(x))
             || s.sessions.values().any(|l| *l == eid)
             || lock(&space.hot).contains(&eid))
     }
@@ -1715,8 +1813,6 @@ fn load_space(
         let (_, id) =
             keys::decode_episode(&k).ok_or_else(|| GraphError::Corrupt("episode key".into()))?;
         let rec: EpisodeRecord = record::decode(&v, "episode")?;
-        let hash = content_hash(&rec.content);
-        st.lexical.set_length(id, rec.terms);
         if let Some(s) = &rec.session {
             // ULIDs sort by creation time: the largest is the session's last.
             let e = last_in_session.entry(s.clone()).or_insert(id);
@@ -1724,20 +1820,22 @@ fn load_space(
                 *e = id;
             }
         }
-        st.episodes.insert(
+        let tags = st.tagsets.intern(&rec.tags);
+        let slot = st.episodes.insert(
             id,
             EpisodeMeta {
                 confidence: rec.confidence,
-                tags: rec.tags,
+                tags,
                 occurred_at_ms: rec.occurred_at_ms,
                 stored_at_ms: rec.stored_at_ms,
-                content_hash: hash,
-                access: AccessRecord::default(),
+                last_access_ms: 0,
+                access_count: 0,
                 concept: rec.concept,
                 consolidated: false,
                 cold: is_cold,
             },
         );
+        st.lexical.add_document(slot, rec.terms);
         st.cold += usize::from(is_cold);
     }
     st.sessions = last_in_session;
@@ -1747,7 +1845,7 @@ fn load_space(
         let (_, id) =
             keys::decode_episode(&k).ok_or_else(|| GraphError::Corrupt("access key".into()))?;
         match st.episodes.get_mut(&id) {
-            Some(m) => m.access = AccessRecord::decode(&v)?,
+            Some(m) => m.set_access(AccessRecord::decode(&v)?),
             None => orphans.push(Mutation::DeleteAccess { id }),
         }
     }
@@ -1759,7 +1857,10 @@ fn load_space(
             .as_ref()
             .try_into()
             .map_err(|_| GraphError::Corrupt("posting value".into()))?;
-        st.lexical.add_posting(&term, id, u32::from_be_bytes(tf));
+        match st.episodes.slot(&id) {
+            Some(slot) => st.lexical.add_posting(&term, slot, u32::from_be_bytes(tf)),
+            None => orphans.push(Mutation::DeletePosting { term, id }),
+        }
     }
     for entry in store.scan_space(Cf::Vectors, space)? {
         let (k, v) = entry?;
@@ -1787,5 +1888,6 @@ fn load_space(
     }
     st.lexical.shrink_to_fit();
     st.episodes.shrink_to_fit();
+    st.edges.shrink_to_fit();
     Ok((st, orphans))
 }

@@ -2,7 +2,6 @@
 
 use std::collections::HashMap;
 
-use engram_lsm::EpisodeId;
 use unicode_segmentation::UnicodeSegmentation;
 
 /// Terms of `text`: Unicode words (UAX #29), lower-cased, each at most
@@ -29,90 +28,119 @@ pub fn term_frequencies(text: &str) -> (HashMap<String, u32>, u32) {
 const K1: f64 = 1.2;
 const B: f64 = 0.75;
 
-/// Inverted index of one space. Episodes get dense `u32` document numbers
-/// (reused after forget), so postings are small `(doc, tf)` pairs and
-/// scoring accumulates into a flat array instead of hashing every posting.
+/// The documents containing one term: slots, and term frequencies stored
+/// apart as bytes (5 bytes per posting; a frequency above 255 counts as 255,
+/// where BM25's saturation has long made the difference negligible).
+#[derive(Debug, Default)]
+struct Postings {
+    slots: Vec<u32>,
+    tfs: Vec<u8>,
+}
+
+impl Postings {
+    fn len(&self) -> usize {
+        self.slots.len()
+    }
+}
+
+/// Inverted index of one space over documents identified by their dense
+/// slot numbers (see `table.rs`): compact postings and a flat array of
+/// document lengths.
 #[derive(Debug, Default)]
 pub struct LexicalIndex {
-    postings: HashMap<String, Vec<(u32, u32)>>,
-    docs: Vec<EpisodeId>,
+    postings: HashMap<String, Postings>,
     lengths: Vec<u32>,
-    doc_of: crate::ids::IdMap<u32>,
-    free: Vec<u32>,
+    docs: usize,
     total_len: u64,
 }
 
-/// Id written into a freed document slot.
-const NO_DOC: EpisodeId = [0; 16];
-
 impl LexicalIndex {
-    fn doc(&mut self, id: EpisodeId) -> u32 {
-        if let Some(d) = self.doc_of.get(&id) {
-            return *d;
+    /// Adds a document of `len` terms in `slot` (before its postings).
+    pub fn add_document(&mut self, slot: u32, len: u32) {
+        let s = slot as usize;
+        if self.lengths.len() <= s {
+            self.lengths.resize(s + 1, 0);
         }
-        let d = match self.free.pop() {
-            Some(d) => {
-                self.docs[d as usize] = id;
-                d
-            }
-            None => {
-                self.docs.push(id);
-                self.lengths.push(0);
-                (self.docs.len() - 1) as u32
-            }
-        };
-        self.doc_of.insert(id, d);
-        d
-    }
-
-    /// Adds one posting (used while loading and on remember). Each
-    /// (term, episode) pair is added once.
-    pub fn add_posting(&mut self, term: &str, id: EpisodeId, tf: u32) {
-        let d = self.doc(id);
-        match self.postings.get_mut(term) {
-            Some(list) => list.push((d, tf)),
-            None => {
-                self.postings.insert(term.to_owned(), vec![(d, tf)]);
-            }
-        }
-    }
-
-    /// Records a document's length in terms.
-    pub fn set_length(&mut self, id: EpisodeId, len: u32) {
-        let d = self.doc(id) as usize;
-        self.total_len -= u64::from(self.lengths[d]);
-        self.lengths[d] = len;
+        self.lengths[s] = len;
+        self.docs += 1;
         self.total_len += u64::from(len);
     }
 
-    /// Removes a document and its postings for `doc_terms`.
-    pub fn remove(&mut self, id: &EpisodeId, doc_terms: impl IntoIterator<Item = String>) {
-        let Some(d) = self.doc_of.remove(id) else {
-            return;
-        };
+    /// Adds one posting. Each (term, document) pair is added once.
+    pub fn add_posting(&mut self, term: &str, slot: u32, tf: u32) {
+        let tf = u8::try_from(tf).unwrap_or(u8::MAX);
+        match self.postings.get_mut(term) {
+            Some(list) => {
+                list.slots.push(slot);
+                list.tfs.push(tf);
+            }
+            None => {
+                let list = Postings {
+                    slots: vec![slot],
+                    tfs: vec![tf],
+                };
+                self.postings.insert(term.to_owned(), list);
+            }
+        }
+    }
+
+    /// Removes the document in `slot` and its postings for `doc_terms`.
+    pub fn remove(&mut self, slot: u32, doc_terms: impl IntoIterator<Item = String>) {
         for t in doc_terms {
             if let Some(list) = self.postings.get_mut(&t) {
-                list.retain(|(x, _)| *x != d);
-                if list.is_empty() {
+                if let Some(i) = list.slots.iter().position(|x| *x == slot) {
+                    list.slots.swap_remove(i);
+                    list.tfs.swap_remove(i);
+                }
+                if list.slots.is_empty() {
                     self.postings.remove(&t);
                 }
             }
         }
-        self.total_len -= u64::from(self.lengths[d as usize]);
-        self.lengths[d as usize] = 0;
-        self.docs[d as usize] = NO_DOC;
-        self.free.push(d);
+        if let Some(l) = self.lengths.get_mut(slot as usize) {
+            self.total_len -= u64::from(*l);
+            *l = 0;
+            self.docs -= 1;
+        }
+    }
+
+    /// Number of indexed documents.
+    pub fn documents(&self) -> usize {
+        self.docs
+    }
+
+    /// Number of distinct terms.
+    pub fn vocabulary(&self) -> usize {
+        self.postings.len()
+    }
+
+    /// `true` if every posting points at a slot accepted by `live` (used by
+    /// tests proving that forget leaves no dangling entry).
+    pub fn all_postings(&self, live: impl Fn(u32) -> bool) -> bool {
+        self.postings
+            .values()
+            .all(|l| l.slots.iter().all(|s| live(*s)))
+    }
+
+    /// Drops spare capacity (after a bulk load).
+    pub fn shrink_to_fit(&mut self) {
+        for list in self.postings.values_mut() {
+            list.slots.shrink_to_fit();
+            list.tfs.shrink_to_fit();
+        }
+        self.postings.shrink_to_fit();
+        self.lengths.shrink_to_fit();
     }
 
     /// Documents of exactly `len` terms containing the rarest of `terms`:
-    /// the candidates for an identical text (the caller compares content
-    /// hashes, then contents), found without any per-content table. Empty
-    /// when a term is not indexed at all.
+    /// the candidates for an identical text (the caller compares contents),
+    /// found without any per-content table. Empty when a term is not
+    /// indexed at all.
     pub fn same_length_candidates<'a>(
         &self,
         terms: impl IntoIterator<Item = &'a str>,
         len: u32,
-    ) -> Vec<EpisodeId> {
+    ) -> Vec<u32> {
         let mut lists = Vec::new();
         for t in terms {
             match self.postings.get(t) {
@@ -124,53 +152,38 @@ impl LexicalIndex {
             return Vec::new();
         };
         rarest
+            .slots
             .iter()
-            .filter(|(d, _)| self.lengths[*d as usize] == len)
-            .map(|(d, _)| self.docs[*d as usize])
+            .filter(|d| self.lengths[**d as usize] == len)
+            .copied()
             .collect()
     }
 
-    /// Drops spare capacity (after a bulk load).
-    pub fn shrink_to_fit(&mut self) {
-        for list in self.postings.values_mut() {
-            list.shrink_to_fit();
-        }
-        self.postings.shrink_to_fit();
-        self.docs.shrink_to_fit();
-        self.lengths.shrink_to_fit();
-        self.doc_of.shrink_to_fit();
+    /// BM25 contribution of one posting list to each of its documents.
+    fn scored<'a>(
+        &'a self,
+        list: &'a Postings,
+        n: f64,
+        avgdl: f64,
+    ) -> impl Iterator<Item = (u32, f64)> + 'a {
+        let df = list.len() as f64;
+        let idf = ((n - df + 0.5) / (df + 0.5) + 1.0).ln();
+        list.slots.iter().zip(&list.tfs).map(move |(d, tf)| {
+            let tf = f64::from(*tf);
+            let dl = f64::from(self.lengths[*d as usize]);
+            (
+                *d,
+                idf * tf * (K1 + 1.0) / (tf + K1 * (1.0 - B + B * dl / avgdl)),
+            )
+        })
     }
 
-    /// Number of indexed documents.
-    pub fn documents(&self) -> usize {
-        self.doc_of.len()
-    }
-
-    /// Number of distinct terms.
-    pub fn vocabulary(&self) -> usize {
-        self.postings.len()
-    }
-
-    /// `true` if the index still knows `id` or any posting points at it
-    /// (used by tests proving forget).
-    pub fn mentions(&self, id: &EpisodeId) -> bool {
-        self.doc_of.contains_key(id)
-            || self
-                .postings
-                .values()
-                .any(|l| l.iter().any(|(d, _)| self.docs[*d as usize] == *id))
-    }
-
-    /// The `limit` best BM25 scores among documents matching any query term
-    /// and accepted by `keep`, best first. `keep` runs once per matching
-    /// document, before the ranking cut.
-    pub fn search(
-        &self,
-        query: &str,
-        limit: usize,
-        keep: impl Fn(&EpisodeId) -> bool,
-    ) -> Vec<(EpisodeId, f64)> {
-        let n = self.doc_of.len() as f64;
+    /// BM25 scores of every document matching any query term and accepted
+    /// by `keep` (run once per matching document), unordered: the caller
+    /// ranks them by score with ties broken by memory id, which unlike a
+    /// slot is the same after a restart.
+    pub fn search(&self, query: &str, keep: impl Fn(u32) -> bool) -> Vec<(u32, f64)> {
+        let n = self.docs as f64;
         if n == 0.0 {
             return Vec::new();
         }
@@ -178,31 +191,39 @@ impl LexicalIndex {
         let mut query_terms = terms(query);
         query_terms.sort();
         query_terms.dedup();
-        let mut scores = vec![0.0f32; self.docs.len()];
+        let lists: Vec<&Postings> = query_terms
+            .iter()
+            .filter_map(|t| self.postings.get(t))
+            .collect();
+        let total: usize = lists.iter().map(|l| l.len()).sum();
+        let score = |list| self.scored(list, n, avgdl);
+        // Few postings: accumulate in a small map instead of zeroing an
+        // array as large as the space.
+        if total * 64 < self.lengths.len() {
+            let mut acc: HashMap<u32, f64> = HashMap::with_capacity(total);
+            for list in lists {
+                for (d, s) in score(list) {
+                    *acc.entry(d).or_insert(0.0) += s;
+                }
+            }
+            return acc.into_iter().filter(|(d, _)| keep(*d)).collect();
+        }
+        let mut scores = vec![0.0f32; self.lengths.len()];
         let mut touched: Vec<u32> = Vec::new();
-        for t in &query_terms {
-            let Some(list) = self.postings.get(t) else {
-                continue;
-            };
-            let df = list.len() as f64;
-            let idf = ((n - df + 0.5) / (df + 0.5) + 1.0).ln();
-            for (d, tf) in list {
-                let tf = f64::from(*tf);
-                let dl = f64::from(self.lengths[*d as usize]);
-                let s = idf * tf * (K1 + 1.0) / (tf + K1 * (1.0 - B + B * dl / avgdl));
-                let slot = &mut scores[*d as usize];
+        for list in lists {
+            for (d, s) in score(list) {
+                let slot = &mut scores[d as usize];
                 if *slot == 0.0 {
-                    touched.push(*d);
+                    touched.push(d);
                 }
                 *slot += s as f32;
             }
         }
-        let hits: Vec<(EpisodeId, f64)> = touched
+        touched
             .into_iter()
-            .map(|d| (self.docs[d as usize], f64::from(scores[d as usize])))
-            .filter(|(id, _)| keep(id))
-            .collect();
-        crate::rank::top_k(hits, limit)
+            .map(|d| (d, f64::from(scores[d as usize])))
+            .filter(|(d, _)| keep(*d))
+            .collect()
     }
 }
 
@@ -219,77 +240,61 @@ mod tests {
         assert_eq!(terms("Größe café 東京"), ["größe", "café", "東", "京"]);
     }
 
-    #[test]
-    fn rarer_terms_weigh_more_and_filters_apply_before_ranking() {
-        let mut idx = LexicalIndex::default();
-        let docs = [
-            ("the dog barked", 1u8),
-            ("the cat slept", 2),
-            ("the dog and the cat", 3),
-        ];
-        for (text, n) in docs {
-            let mut id = [0; 16];
-            id[15] = n;
-            let (tf, len) = term_frequencies(text);
-            for (t, f) in tf {
-                idx.add_posting(&t, id, f);
-            }
-            idx.set_length(id, len);
+    fn add(idx: &mut LexicalIndex, slot: u32, text: &str) {
+        let (tf, len) = term_frequencies(text);
+        idx.add_document(slot, len);
+        for (t, f) in tf {
+            idx.add_posting(&t, slot, f);
         }
-        let hits = idx.search("dog", 10, |_| true);
-        assert_eq!(hits.len(), 2);
-        assert_eq!(hits[0].0[15], 1, "shorter document ranks first");
-        let hits = idx.search("dog", 10, |id| id[15] != 1);
-        assert_eq!(hits.iter().map(|h| h.0[15]).collect::<Vec<_>>(), vec![3]);
-        let the = idx.search("the", 10, |_| true);
-        assert_eq!(
-            idx.search("the", 1, |_| true),
-            the[..1].to_vec(),
-            "top-1 equals the head of the full ranking"
-        );
-        let barked = idx.search("barked", 10, |_| true);
-        assert!(barked[0].1 > the[0].1, "rare term outweighs a common one");
+    }
+
+    fn ranked(idx: &LexicalIndex, q: &str, keep: impl Fn(u32) -> bool) -> Vec<(u32, f64)> {
+        let mut v = idx.search(q, keep);
+        v.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+        v
     }
 
     #[test]
-    fn forgotten_documents_leave_nothing_and_their_slots_are_reused() {
+    fn rarer_terms_weigh_more_and_filters_apply_before_ranking() {
         let mut idx = LexicalIndex::default();
-        let add = |idx: &mut LexicalIndex, n: u8, text: &str| {
-            let id = [n; 16];
-            let (tf, len) = term_frequencies(text);
-            for (t, f) in tf {
-                idx.add_posting(&t, id, f);
-            }
-            idx.set_length(id, len);
-            id
-        };
-        let a = add(&mut idx, 1, "red apple");
-        let b = add(&mut idx, 2, "green apple");
-        idx.remove(&a, terms("red apple"));
-        assert!(!idx.mentions(&a));
+        add(&mut idx, 1, "the dog barked");
+        add(&mut idx, 2, "the cat slept");
+        add(&mut idx, 3, "the dog and the cat");
+        let hits = ranked(&idx, "dog", |_| true);
+        assert_eq!(hits.len(), 2);
+        assert_eq!(hits[0].0, 1, "shorter document ranks first");
+        let hits = ranked(&idx, "dog", |s| s != 1);
+        assert_eq!(hits.iter().map(|h| h.0).collect::<Vec<_>>(), vec![3]);
+        let the = ranked(&idx, "the", |_| true);
+        let barked = ranked(&idx, "barked", |_| true);
+        assert!(barked[0].1 > the[0].1, "rare term outweighs a common one");
+        // The sparse path (few postings in a large index) scores the same.
+        for s in 10..200 {
+            add(&mut idx, s, "filler words only");
+        }
+        assert_eq!(ranked(&idx, "barked", |_| true)[0].0, 1);
+    }
+
+    #[test]
+    fn removed_documents_leave_no_posting() {
+        let mut idx = LexicalIndex::default();
+        add(&mut idx, 0, "red apple");
+        add(&mut idx, 1, "green apple");
+        idx.remove(0, terms("red apple"));
+        assert!(idx.all_postings(|s| s != 0));
         assert_eq!(idx.documents(), 1);
         assert_eq!(
             idx.vocabulary(),
             2,
             "'red' disappears with its only document"
         );
-        let c = add(&mut idx, 3, "red pear");
-        let apple: Vec<_> = idx
-            .search("apple", 10, |_| true)
+        add(&mut idx, 0, "red pear");
+        let apple: Vec<u32> = ranked(&idx, "apple", |_| true)
             .into_iter()
             .map(|h| h.0)
             .collect();
-        assert_eq!(apple, vec![b]);
-        let red: Vec<_> = idx
-            .search("red", 10, |_| true)
-            .into_iter()
-            .map(|h| h.0)
-            .collect();
-        assert_eq!(
-            red,
-            vec![c],
-            "the reused slot belongs to the new document only"
-        );
-        assert!(!idx.mentions(&a));
+        assert_eq!(apple, vec![1]);
+        assert_eq!(idx.same_length_candidates(["pear", "red"], 2), vec![0]);
+        assert!(idx.same_length_candidates(["pear"], 3).is_empty());
     }
 }

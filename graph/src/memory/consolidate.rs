@@ -139,7 +139,7 @@ impl Graph {
                         .filter(|(_, s)| *s >= threshold)
                         .collect(),
                     None => {
-                        let found = state.lexical.search(&text, NEIGHBOURS, accept);
+                        let found = state.lexical_search(&text, NEIGHBOURS, accept);
                         let own = found.iter().find(|(id, _)| *id == seed).map(|x| x.1);
                         match own {
                             Some(own) if own > 0.0 => found
