@@ -524,7 +524,15 @@ impl SpaceState {
         limit: usize,
         keep: impl Fn(&EpisodeId) -> bool,
     ) -> Vec<(EpisodeId, f64)> {
-        let hits = self.lexical.search(query, |s| keep(self.episodes.id(s)));
+        let mut hits = self.lexical.search(query, |s| keep(self.episodes.id(s)));
+        if limit > 0 && hits.len() > limit {
+            // Cut by score on slots first (common terms match a large part
+            // of the space); everything tied with the cut stays, so the final
+            // order by id among equal scores is unaffected.
+            hits.select_nth_unstable_by(limit - 1, |a, b| b.1.total_cmp(&a.1));
+            let cut = hits[limit - 1].1;
+            hits.retain(|h| h.1 >= cut);
+        }
         let hits = hits
             .into_iter()
             .map(|(s, v)| (*self.episodes.id(s), v))

@@ -24,6 +24,11 @@ pub fn term_frequencies(text: &str) -> (HashMap<String, u32>, u32) {
     (tf, len)
 }
 
+thread_local! {
+    /// Score accumulator of [`LexicalIndex::search`]; all zero between calls.
+    static SCORES: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
 /// BM25 parameters (the usual defaults).
 const K1: f64 = 1.2;
 const B: f64 = 0.75;
@@ -208,22 +213,33 @@ impl LexicalIndex {
             }
             return acc.into_iter().filter(|(d, _)| keep(*d)).collect();
         }
-        let mut scores = vec![0.0f32; self.lengths.len()];
-        let mut touched: Vec<u32> = Vec::new();
-        for list in lists {
-            for (d, s) in score(list) {
-                let slot = &mut scores[d as usize];
-                if *slot == 0.0 {
-                    touched.push(d);
-                }
-                *slot += s as f32;
+        // A per-thread score array, reused across queries and cleared
+        // through the touched list (allocating and zeroing one as large as
+        // the space per query costs more than the scoring at 1M memories).
+        SCORES.with(|cell| {
+            let mut scores = cell.borrow_mut();
+            if scores.len() < self.lengths.len() {
+                scores.resize(self.lengths.len(), 0.0);
             }
-        }
-        touched
-            .into_iter()
-            .map(|d| (d, f64::from(scores[d as usize])))
-            .filter(|(d, _)| keep(*d))
-            .collect()
+            let mut touched: Vec<u32> = Vec::with_capacity(total.min(self.lengths.len()));
+            for list in lists {
+                for (d, s) in score(list) {
+                    let slot = &mut scores[d as usize];
+                    if *slot == 0.0 {
+                        touched.push(d);
+                    }
+                    *slot += s as f32;
+                }
+            }
+            let mut out = Vec::with_capacity(touched.len());
+            for d in touched {
+                let s = std::mem::take(&mut scores[d as usize]);
+                if keep(d) {
+                    out.push((d, f64::from(s)));
+                }
+            }
+            out
+        })
     }
 }
 
