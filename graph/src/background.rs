@@ -8,6 +8,12 @@ use std::time::Duration;
 
 use crate::Graph;
 
+/// How often the HNSW backlog is worked on, and how many nodes per space
+/// each time (about 1 ms each at 384 dimensions: the space's write lock is
+/// held for tens of milliseconds at most).
+const LINK_EVERY: Duration = Duration::from_millis(100);
+const LINK_BUDGET: usize = 32;
+
 /// How often idle memories are looked for (when `cold_after_sec` is set).
 const TIERING_EVERY: Duration = Duration::from_secs(60);
 
@@ -39,9 +45,9 @@ pub struct Background {
 }
 
 impl Background {
-    /// Starts the access flusher and, unless switched off (interval or age
-    /// 0), periodic consolidation and the move of idle memories to the cold
-    /// tier (every minute).
+    /// Starts the access flusher, the vector-index linker and, unless
+    /// switched off (interval or age 0), periodic consolidation and the move
+    /// of idle memories to the cold tier (every minute).
     pub fn start(graph: &Arc<Graph>) -> std::io::Result<Background> {
         let stop = Arc::new(Stop::default());
         let mut threads = Vec::new();
@@ -82,6 +88,17 @@ impl Background {
                 },
             )?);
         }
+        threads.push(spawn(
+            "engram-index",
+            &stop,
+            graph,
+            LINK_EVERY,
+            |g, stopping| {
+                if !stopping {
+                    g.link_vectors(LINK_BUDGET);
+                }
+            },
+        )?);
         if graph.config().cold_after_sec > 0 {
             threads.push(spawn(
                 "engram-tiering",

@@ -290,21 +290,43 @@ impl Hnsw {
         self.links.push(vec![Vec::new(); level + 1]);
         self.index_of.insert(key, id);
         self.live += 1;
+        // Link the new node and up to LINK_BACKLOG_STEP older ones, so a
+        // backlog left by crossing `graph_from` (or by a restart) is absorbed
+        // gradually instead of stalling one insert for minutes.
+        self.link_backlog(LINK_BACKLOG_STEP + 1);
+    }
+
+    /// Changes the size from which links are built (a space loads its
+    /// vectors with linking deferred, then sets its threshold back).
+    pub fn set_graph_from(&mut self, graph_from: usize) {
+        self.graph_from = graph_from;
+    }
+
+    /// Nodes not linked yet while links are due (0 below `graph_from`).
+    pub fn backlog(&self) -> usize {
         if self.linked_upto > 0 || self.live > self.graph_from {
-            // Link the new node and up to LINK_BACKLOG_STEP older ones, so a
-            // backlog left by crossing `graph_from` is absorbed gradually
-            // instead of stalling one insert for minutes.
-            let end = self.keys.len();
-            let mut budget = LINK_BACKLOG_STEP + 1;
-            while self.linked_upto < end && budget > 0 {
-                let i = self.linked_upto;
-                self.linked_upto += 1;
-                if !self.deleted[i] {
-                    self.connect(i as u32);
-                    budget -= 1;
-                }
+            self.keys.len() - self.linked_upto
+        } else {
+            0
+        }
+    }
+
+    /// Links up to `budget` nodes of the backlog; returns how many.
+    pub fn link_backlog(&mut self, budget: usize) -> usize {
+        if self.backlog() == 0 {
+            return 0;
+        }
+        let end = self.keys.len();
+        let mut done = 0;
+        while self.linked_upto < end && done < budget {
+            let i = self.linked_upto;
+            self.linked_upto += 1;
+            if !self.deleted[i] {
+                self.connect(i as u32);
+                done += 1;
             }
         }
+        done
     }
 
     /// `true` once every node is linked: searches walk the graph.
@@ -648,6 +670,30 @@ mod tests {
         idx.remove(&key(3));
         let got = idx.scan(&data[3], 5, |k| *k != key(4));
         assert!(got.iter().all(|(k, _)| *k != key(3) && *k != key(4)));
+    }
+
+    #[test]
+    fn deferred_links_are_built_from_the_backlog_and_scanned_until_then() {
+        let (n, dim) = (600, 16);
+        let data = random(n, dim, 21);
+        let mut idx = Hnsw::with_graph_from(dim, HnswParams::default(), usize::MAX);
+        for (i, v) in data.iter().enumerate() {
+            idx.insert(key(i as u64), v);
+        }
+        assert_eq!(idx.backlog(), 0, "loading defers every link");
+        idx.set_graph_from(100);
+        assert_eq!(idx.backlog(), n);
+        // Until every node is linked, search scans: exact answers.
+        assert_eq!(idx.search(&data[7], 1, |_| true)[0].0, key(7));
+        assert_eq!(idx.link_backlog(250), 250);
+        assert_eq!(idx.backlog(), n - 250);
+        while idx.link_backlog(100) > 0 {}
+        assert_eq!(idx.backlog(), 0);
+        let mut hits = 0;
+        for (i, v) in data.iter().enumerate().take(50) {
+            hits += usize::from(idx.search(v, 1, |_| true)[0].0 == key(i as u64));
+        }
+        assert!(hits >= 48, "graph walk finds the vector itself: {hits}/50");
     }
 
     #[test]

@@ -377,6 +377,9 @@ pub struct SpaceStats {
     pub hot_capacity: usize,
     /// Memories archived in the cold tier (the rest are warm).
     pub cold: usize,
+    /// Vectors waiting to be linked into the HNSW graph (searches scan
+    /// until this is 0).
+    pub unlinked_vectors: usize,
 }
 
 /// What recall needs of every memory without reading its record: 40 bytes.
@@ -961,6 +964,26 @@ impl Graph {
             moved += done.len();
         }
         Ok(moved)
+    }
+
+    /// Links up to `budget` vectors of each loaded space's HNSW backlog (left
+    /// by a restart or by crossing `exact_search_below`); returns how many.
+    /// The background task calls this ten times a second with a small
+    /// budget, so the space's lock is never held for long.
+    pub fn link_vectors(&self, budget: usize) -> usize {
+        let all: Vec<Arc<Space>> = read(&self.spaces).values().cloned().collect();
+        let mut done = 0;
+        for space in all {
+            let Some(st) = space.state.get() else {
+                continue;
+            };
+            if read(st).ann.as_ref().is_some_and(|a| a.backlog() > 0) {
+                if let Some(ann) = write(st).ann.as_mut() {
+                    done += ann.link_backlog(budget);
+                }
+            }
+        }
+        done
     }
 
     /// The configuration the graph was opened with.
@@ -1799,6 +1822,7 @@ fn stats(s: &Space, state: &RwLock<SpaceState>) -> SpaceStats {
         hot: hot.len(),
         hot_capacity: hot.capacity(),
         cold: st.cold,
+        unlinked_vectors: st.ann.as_ref().map_or(0, Hnsw::backlog),
     }
 }
 
@@ -1812,7 +1836,10 @@ fn load_space(
     config: &GraphConfig,
 ) -> Result<(SpaceState, Vec<Mutation>), GraphError> {
     let store = engine.store();
-    let mut st = SpaceState::new(dim, config.ann, config.exact_search_below);
+    // Vectors load without building graph links (minutes for a large
+    // space); the backlog is linked afterwards by inserts and the
+    // background task, and searches scan until it is done.
+    let mut st = SpaceState::new(dim, config.ann, usize::MAX);
     let mut last_in_session: HashMap<String, EpisodeId> = HashMap::new();
     let warm = store.scan_space(Cf::Episodes, space)?.map(|e| (false, e));
     let cold = store.scan_space(Cf::Cold, space)?.map(|e| (true, e));
@@ -1893,6 +1920,9 @@ fn load_space(
             }
         }
         st.add_edge(from, to, e);
+    }
+    if let Some(ann) = st.ann.as_mut() {
+        ann.set_graph_from(config.exact_search_below);
     }
     st.lexical.shrink_to_fit();
     st.episodes.shrink_to_fit();

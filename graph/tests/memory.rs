@@ -831,3 +831,47 @@ fn idle_memories_move_to_the_cold_tier_and_recall_brings_them_back() {
     assert!(store_mentions(&g, "t", &b.id).is_empty());
     assert_eq!(g.space_stats("t").expect("stats").cold, 0);
 }
+
+#[test]
+fn vector_links_deferred_at_load_are_built_in_the_background() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = GraphConfig {
+        exact_search_below: 10,
+        semantic_k: 0,
+        ..GraphConfig::default()
+    };
+    let g = open_with(dir.path(), config.clone());
+    g.create_space("v", Some(4)).expect("create");
+    for i in 0..40u32 {
+        let v = [i as f32, 1.0, (i % 7) as f32, (i % 3) as f32];
+        g.remember("v", vector(&format!("vector {i}"), v))
+            .expect("remember");
+    }
+    assert_eq!(g.space_stats("v").expect("stats").unlinked_vectors, 0);
+    drop(g);
+    let g = std::sync::Arc::new(open_with(dir.path(), config));
+    assert_eq!(
+        g.space_stats("v").expect("stats").unlinked_vectors,
+        40,
+        "loading builds no links"
+    );
+    let background = engram_graph::Background::start(&g).expect("background");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while g.space_stats("v").expect("stats").unlinked_vectors > 0 {
+        assert!(std::time::Instant::now() < deadline, "backlog never linked");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    drop(background);
+    let hits = g
+        .recall(
+            "v",
+            &Cue {
+                embedding: Some(vec![5.0, 1.0, 5.0, 2.0]),
+                ..Cue::default()
+            },
+            1,
+            &Spread::default(),
+        )
+        .expect("recall");
+    assert_eq!(hits[0].memory.content, "vector 5");
+}
