@@ -92,16 +92,39 @@ impl AppendTicket {
         self.lsn
     }
 
-    /// Blocks until acknowledged. Must not be called inside an async runtime.
+    /// Blocks the calling thread until acknowledged. Works from any thread,
+    /// a tokio worker included (where it stalls that worker: async callers
+    /// should use [`AppendTicket::durable`] or a blocking pool).
     pub fn wait(self) -> Result<u64, WalError> {
-        self.rx
-            .blocking_recv()
-            .unwrap_or_else(|_| Err(writer_gone()))
+        block_on(self.rx).unwrap_or_else(|_| Err(writer_gone()))
     }
 
     /// Waits asynchronously until acknowledged.
     pub async fn durable(self) -> Result<u64, WalError> {
         self.rx.await.unwrap_or_else(|_| Err(writer_gone()))
+    }
+}
+
+/// Wakes a parked thread.
+struct Unpark(std::thread::Thread);
+
+impl std::task::Wake for Unpark {
+    fn wake(self: Arc<Self>) {
+        self.0.unpark();
+    }
+}
+
+/// Polls `f` to completion on this thread, parking between polls (tokio's
+/// `blocking_recv` refuses to run inside a runtime; this does not care).
+fn block_on<F: std::future::Future>(f: F) -> F::Output {
+    let mut f = std::pin::pin!(f);
+    let waker = std::task::Waker::from(Arc::new(Unpark(std::thread::current())));
+    let mut cx = std::task::Context::from_waker(&waker);
+    loop {
+        if let std::task::Poll::Ready(v) = f.as_mut().poll(&mut cx) {
+            return v;
+        }
+        std::thread::park();
     }
 }
 

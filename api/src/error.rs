@@ -1,0 +1,80 @@
+//! API errors: every failure is a JSON body `{"error": {"code", "message"}}`
+//! with a 4xx status for bad input and a 5xx status only for server faults.
+
+use axum::Json;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use engram_graph::GraphError;
+use serde_json::json;
+
+/// An error answered to a client.
+#[derive(Debug)]
+pub struct ApiError {
+    /// HTTP status.
+    pub status: StatusCode,
+    /// Stable snake_case code clients can match on.
+    pub code: &'static str,
+    /// Human-readable explanation.
+    pub message: String,
+}
+
+impl ApiError {
+    /// A 400 with `code`.
+    pub fn bad_request(code: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            status: StatusCode::BAD_REQUEST,
+            code,
+            message: message.into(),
+        }
+    }
+
+    /// A 404 with `code`.
+    pub fn not_found(code: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            status: StatusCode::NOT_FOUND,
+            code,
+            message: message.into(),
+        }
+    }
+
+    /// A 500 for a fault of the server itself.
+    pub fn internal(message: impl Into<String>) -> Self {
+        Self {
+            status: StatusCode::INTERNAL_SERVER_ERROR,
+            code: "internal_error",
+            message: message.into(),
+        }
+    }
+}
+
+impl From<GraphError> for ApiError {
+    fn from(e: GraphError) -> Self {
+        let message = e.to_string();
+        let (status, code) = match &e {
+            GraphError::InvalidSpaceName(_) => (StatusCode::BAD_REQUEST, "invalid_space_name"),
+            GraphError::SpaceExists(_) => (StatusCode::CONFLICT, "space_exists"),
+            GraphError::SpaceNotFound(_) => (StatusCode::NOT_FOUND, "space_not_found"),
+            GraphError::DefaultSpace => (StatusCode::BAD_REQUEST, "default_space"),
+            GraphError::MemoryNotFound(_) => (StatusCode::NOT_FOUND, "memory_not_found"),
+            GraphError::InvalidId(_) => (StatusCode::BAD_REQUEST, "invalid_id"),
+            GraphError::Invalid { .. } => (StatusCode::BAD_REQUEST, "invalid_request"),
+            GraphError::Storage(_) => (StatusCode::SERVICE_UNAVAILABLE, "storage_unavailable"),
+            GraphError::Corrupt(_) => (StatusCode::INTERNAL_SERVER_ERROR, "corrupt_data"),
+        };
+        if status.is_server_error() {
+            tracing::error!(error = %message, "request failed");
+        }
+        Self {
+            status,
+            code,
+            message,
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = json!({"error": {"code": self.code, "message": self.message}});
+        (self.status, Json(body)).into_response()
+    }
+}

@@ -1,0 +1,108 @@
+//! HTTP metrics and the `/metrics` endpoint (Prometheus text format).
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::extract::{MatchedPath, Request, State};
+use axum::http::header::CONTENT_TYPE;
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry,
+};
+
+use crate::{ApiError, AppState};
+
+/// Request counters and latency histograms, plus per-space gauges refreshed
+/// at each scrape.
+#[derive(Debug, Clone)]
+pub struct HttpMetrics {
+    requests: IntCounterVec,
+    latency: HistogramVec,
+    memories: IntGaugeVec,
+    tiers: IntGaugeVec,
+}
+
+impl HttpMetrics {
+    /// Creates and registers the metrics.
+    pub fn register(r: &Registry) -> Result<Self, prometheus::Error> {
+        let requests = IntCounterVec::new(
+            Opts::new(
+                "engram_http_requests_total",
+                "HTTP requests by route, method and status",
+            ),
+            &["route", "method", "status"],
+        )?;
+        let latency = HistogramVec::new(
+            HistogramOpts::new(
+                "engram_http_request_duration_seconds",
+                "HTTP request latency by route and method",
+            )
+            .buckets(prometheus::exponential_buckets(0.000_05, 2.5, 14)?),
+            &["route", "method"],
+        )?;
+        let memories = IntGaugeVec::new(
+            Opts::new("engram_space_memories", "Memories per space"),
+            &["space"],
+        )?;
+        let tiers = IntGaugeVec::new(
+            Opts::new("engram_space_tier_memories", "Memories per space and tier"),
+            &["space", "tier"],
+        )?;
+        r.register(Box::new(requests.clone()))?;
+        r.register(Box::new(latency.clone()))?;
+        r.register(Box::new(memories.clone()))?;
+        r.register(Box::new(tiers.clone()))?;
+        Ok(Self {
+            requests,
+            latency,
+            memories,
+            tiers,
+        })
+    }
+}
+
+/// Middleware counting every request under its route template (never the
+/// raw path, so ids do not explode the label set).
+pub(crate) async fn track(State(s): State<Arc<AppState>>, req: Request, next: Next) -> Response {
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or("unmatched", |m| m.as_str())
+        .to_owned();
+    let method = req.method().as_str().to_owned();
+    let started = Instant::now();
+    let resp = next.run(req).await;
+    s.http
+        .latency
+        .with_label_values(&[&route, &method])
+        .observe(started.elapsed().as_secs_f64());
+    s.http
+        .requests
+        .with_label_values(&[&route, &method, resp.status().as_str()])
+        .inc();
+    resp
+}
+
+/// `GET /metrics`.
+pub(crate) async fn render(State(s): State<Arc<AppState>>) -> Result<Response, ApiError> {
+    if let Some(spaces) = s.graph.spaces().ok().filter(|_| s.is_ready()) {
+        for sp in spaces {
+            let n = i64::try_from(sp.memories).unwrap_or(i64::MAX);
+            s.http.memories.with_label_values(&[&sp.name]).set(n);
+            for (tier, v) in [
+                ("hot", sp.hot),
+                ("warm", sp.memories - sp.cold),
+                ("cold", sp.cold),
+            ] {
+                let v = i64::try_from(v).unwrap_or(i64::MAX);
+                s.http.tiers.with_label_values(&[&sp.name, tier]).set(v);
+            }
+        }
+    }
+    let mut buf = Vec::new();
+    prometheus::TextEncoder::new()
+        .encode(&s.registry.gather(), &mut buf)
+        .map_err(|e| ApiError::internal(format!("encoding metrics: {e}")))?;
+    Ok(([(CONTENT_TYPE, prometheus::TEXT_FORMAT)], buf).into_response())
+}
