@@ -477,16 +477,20 @@ impl SpaceState {
         }
     }
 
-    /// Adds an edge between two memories; `false` (nothing added) when
-    /// either is not in the space.
+    /// Adds an edge between two memories (a consolidation edge marks its
+    /// source consolidated); `false` (nothing added) when either is not in
+    /// the space.
     fn add_edge(&mut self, from: EpisodeId, to: EpisodeId, e: EdgeRecord) -> bool {
-        match (self.episodes.slot(&from), self.episodes.slot(&to)) {
-            (Some(f), Some(t)) => {
-                self.edges.add(f, t, e);
-                true
+        let (Some(f), Some(t)) = (self.episodes.slot(&from), self.episodes.slot(&to)) else {
+            return false;
+        };
+        self.edges.add(f, t, e);
+        if e.kind == EdgeKind::Consolidation {
+            if let Some(m) = self.episodes.get_mut(&from) {
+                m.consolidated = true;
             }
-            _ => false,
         }
+        true
     }
 
     fn outgoing(&self, id: &EpisodeId) -> Vec<(EpisodeId, EdgeRecord)> {
@@ -1381,16 +1385,9 @@ impl Graph {
         // any that a crash leaves behind are removed when the space loads).
         let mut dangling = Vec::new();
         for (from, to, e) in edges {
-            if !state.episodes.contains_key(&from) || !state.episodes.contains_key(&to) {
+            if !state.add_edge(from, to, e) {
                 dangling.push(Mutation::DeleteEdge { from, to });
-                continue;
             }
-            if e.kind == EdgeKind::Consolidation {
-                if let Some(m) = state.episodes.get_mut(&from) {
-                    m.consolidated = true;
-                }
-            }
-            state.add_edge(from, to, e);
         }
         drop(state);
         if !dangling.is_empty() {
@@ -1910,16 +1907,9 @@ fn load_space(
         let (_, from, to) =
             keys::decode_edge(&k).ok_or_else(|| GraphError::Corrupt("edge key".into()))?;
         let e: EdgeRecord = record::decode(&v, "edge")?;
-        if !st.episodes.contains_key(&from) || !st.episodes.contains_key(&to) {
+        if !st.add_edge(from, to, e) {
             orphans.push(Mutation::DeleteEdge { from, to });
-            continue;
         }
-        if e.kind == EdgeKind::Consolidation {
-            if let Some(m) = st.episodes.get_mut(&from) {
-                m.consolidated = true;
-            }
-        }
-        st.add_edge(from, to, e);
     }
     if let Some(ann) = st.ann.as_mut() {
         ann.set_graph_from(config.exact_search_below);
