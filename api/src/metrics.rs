@@ -8,7 +8,7 @@ use axum::http::header::CONTENT_TYPE;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry,
+    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
 };
 
 use crate::{ApiError, AppState};
@@ -21,6 +21,8 @@ pub struct HttpMetrics {
     latency: HistogramVec,
     memories: IntGaugeVec,
     tiers: IntGaugeVec,
+    storage: IntGaugeVec,
+    ready: IntGauge,
 }
 
 impl HttpMetrics {
@@ -49,6 +51,16 @@ impl HttpMetrics {
             Opts::new("engram_space_tier_memories", "Memories per space and tier"),
             &["space", "tier"],
         )?;
+        let storage = IntGaugeVec::new(
+            Opts::new(
+                "engram_rocksdb_bytes",
+                "RocksDB sizes: block_cache_usage, block_cache_capacity, pending_compaction, sst, memtable",
+            ),
+            &["kind"],
+        )?;
+        let ready = IntGauge::new("engram_ready", "1 when the server is ready to serve")?;
+        r.register(Box::new(storage.clone()))?;
+        r.register(Box::new(ready.clone()))?;
         r.register(Box::new(requests.clone()))?;
         r.register(Box::new(latency.clone()))?;
         r.register(Box::new(memories.clone()))?;
@@ -58,6 +70,8 @@ impl HttpMetrics {
             latency,
             memories,
             tiers,
+            storage,
+            ready,
         })
     }
 }
@@ -86,7 +100,31 @@ pub(crate) async fn track(State(s): State<Arc<AppState>>, req: Request, next: Ne
 
 /// `GET /metrics`.
 pub(crate) async fn render(State(s): State<Arc<AppState>>) -> Result<Response, ApiError> {
-    if let Some(spaces) = s.graph.spaces().ok().filter(|_| s.is_ready()) {
+    s.http.ready.set(i64::from(s.is_ready()));
+    if let Some(g) = s.graph_if_open() {
+        let st = g.engine().store().stats();
+        for (kind, v) in [
+            ("block_cache_usage", st.block_cache_usage_bytes),
+            ("block_cache_capacity", st.block_cache_capacity_bytes),
+            ("pending_compaction", st.pending_compaction_bytes),
+            ("sst", st.sst_bytes),
+            ("memtable", st.memtable_bytes),
+        ] {
+            let v = i64::try_from(v).unwrap_or(i64::MAX);
+            s.http.storage.with_label_values(&[kind]).set(v);
+        }
+    }
+    let spaces = match s.graph_if_open().filter(|_| s.is_ready()) {
+        Some(g) => {
+            let g = Arc::clone(g);
+            crate::http::blocking(move || Ok(g.spaces()?)).await.ok()
+        }
+        None => None,
+    };
+    if let Some(spaces) = spaces {
+        // Deleted spaces must disappear from the exposition.
+        s.http.memories.reset();
+        s.http.tiers.reset();
         for sp in spaces {
             let n = i64::try_from(sp.memories).unwrap_or(i64::MAX);
             s.http.memories.with_label_values(&[&sp.name]).set(n);

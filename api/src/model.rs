@@ -1,11 +1,16 @@
 //! Request bodies and response shapes (ARCHITECTURE.md "API shapes").
-//! Unknown fields in a request are an error, never silently ignored.
+//! Unknown fields in a request are an error, never silently ignored. The
+//! same conversions serve HTTP and gRPC, so both validate alike.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use engram_graph::{Cue, LinkSpec, Memory, Recalled, RememberRequest, SpaceStats, Spread, Via};
-use serde::Deserialize;
-use serde_json::{Map, Value, json};
+use engram_graph::{
+    ConsolidationReport, Cue, LinkSpec, Memory, Recalled, RememberRequest, Remembered, SpaceStats,
+    Spread, Via,
+};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+use utoipa::ToSchema;
 
 use crate::ApiError;
 
@@ -16,7 +21,8 @@ pub(crate) fn rfc3339(ms: i64) -> String {
     humantime::format_rfc3339_millis(t).to_string()
 }
 
-fn parse_time(field: &'static str, s: &str) -> Result<i64, ApiError> {
+/// Parses an RFC 3339 time given in request field `field`.
+pub(crate) fn parse_time(field: &str, s: &str) -> Result<i64, ApiError> {
     let t = humantime::parse_rfc3339_weak(s).map_err(|e| {
         ApiError::bad_request(
             "invalid_request",
@@ -31,28 +37,46 @@ fn parse_time(field: &'static str, s: &str) -> Result<i64, ApiError> {
         .map_err(|_| ApiError::bad_request("invalid_request", format!("{field}: out of range")))
 }
 
-#[derive(Debug, Deserialize)]
+fn opt_time(field: &str, s: Option<&str>) -> Result<Option<i64>, ApiError> {
+    s.map(|s| parse_time(field, s)).transpose()
+}
+
+/// An association to create: from the path's memory (or the new one) to `target`.
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-pub(crate) struct LinkBody {
+pub struct LinkBody {
+    /// Id of the memory to link to (same space).
     pub target: String,
+    /// Association strength in (0, 1] (default 0.9).
     pub weight: Option<f32>,
 }
 
-#[derive(Debug, Deserialize)]
+/// `POST /api/v1/memories/remember`.
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-pub(crate) struct RememberBody {
-    content: String,
-    confidence: Option<f32>,
-    embedding: Option<Vec<f32>>,
+pub struct RememberBody {
+    /// The episode's text (non-empty).
+    pub content: String,
+    /// Confidence in [0, 1] (default from config `memory.default_confidence`).
+    pub confidence: Option<f32>,
+    /// Optional embedding; its length must match the space's dimension.
+    pub embedding: Option<Vec<f32>>,
+    /// Tags for filtering.
     #[serde(default)]
-    tags: Vec<String>,
-    metadata: Option<Map<String, Value>>,
-    occurred_at: Option<String>,
-    session: Option<String>,
+    pub tags: Vec<String>,
+    /// Free-form JSON object stored with the memory.
+    #[schema(value_type = Option<Object>)]
+    pub metadata: Option<Map<String, Value>>,
+    /// When it happened, RFC 3339 (default: now).
+    pub occurred_at: Option<String>,
+    /// Conversation or session id; memories of a session are linked in order.
+    pub session: Option<String>,
+    /// Associations to existing memories.
     #[serde(default)]
-    links: Vec<LinkBody>,
+    pub links: Vec<LinkBody>,
+    /// Return the existing memory instead of storing identical content twice.
     #[serde(default)]
-    dedupe: bool,
+    pub dedupe: bool,
 }
 
 impl RememberBody {
@@ -63,11 +87,7 @@ impl RememberBody {
             embedding: self.embedding,
             tags: self.tags,
             metadata: self.metadata.unwrap_or_default(),
-            occurred_at_ms: self
-                .occurred_at
-                .as_deref()
-                .map(|s| parse_time("occurred_at", s))
-                .transpose()?,
+            occurred_at_ms: opt_time("occurred_at", self.occurred_at.as_deref())?,
             session: self.session,
             links: self
                 .links
@@ -82,133 +102,449 @@ impl RememberBody {
     }
 }
 
-#[derive(Debug, Default, Deserialize)]
+/// What to recall by; every given part must match (filters) or score (text,
+/// embedding).
+#[derive(Debug, Default, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-struct CueBody {
-    text: Option<String>,
-    embedding: Option<Vec<f32>>,
+pub struct CueBody {
+    /// Lexical cue (BM25 over content).
+    pub text: Option<String>,
+    /// Vector cue (cosine), same dimension as the space.
+    pub embedding: Option<Vec<f32>>,
+    /// Only memories carrying every tag.
     #[serde(default)]
-    tags: Vec<String>,
-    from: Option<String>,
-    to: Option<String>,
-    min_confidence: Option<f32>,
+    pub tags: Vec<String>,
+    /// Only memories that occurred at or after this time (RFC 3339).
+    pub from: Option<String>,
+    /// Only memories that occurred at or before this time (RFC 3339).
+    pub to: Option<String>,
+    /// Only memories with at least this confidence.
+    pub min_confidence: Option<f32>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+/// Spreading activation over the association graph.
+#[derive(Debug, Default, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-struct SpreadBody {
-    depth: Option<u32>,
-    decay: Option<f32>,
-    threshold: Option<f32>,
-    fan_out: Option<usize>,
+pub struct SpreadBody {
+    /// Hops from the seeds (0 switches spreading off; default 2).
+    pub depth: Option<u32>,
+    /// Activation kept per hop, in (0, 1].
+    pub decay: Option<f32>,
+    /// Activation below which spreading stops.
+    pub threshold: Option<f32>,
+    /// Edges followed per memory.
+    pub fan_out: Option<usize>,
 }
 
-#[derive(Debug, Deserialize)]
+/// `POST /api/v1/memories/recall`.
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-pub(crate) struct RecallBody {
-    cue: CueBody,
-    limit: Option<usize>,
-    spread: Option<SpreadBody>,
+pub struct RecallBody {
+    /// The cue.
+    pub cue: CueBody,
+    /// Most results returned (default 10).
+    pub limit: Option<usize>,
+    /// Spreading parameters.
+    pub spread: Option<SpreadBody>,
+}
+
+impl CueBody {
+    pub(crate) fn into_cue(self) -> Result<Cue, ApiError> {
+        Ok(Cue {
+            text: self.text,
+            embedding: self.embedding,
+            tags: self.tags,
+            from_ms: opt_time("cue.from", self.from.as_deref())?,
+            to_ms: opt_time("cue.to", self.to.as_deref())?,
+            min_confidence: self.min_confidence,
+        })
+    }
+}
+
+impl SpreadBody {
+    pub(crate) fn into_spread(self) -> Spread {
+        let d = Spread::default();
+        Spread {
+            depth: self.depth.unwrap_or(d.depth),
+            decay: self.decay.unwrap_or(d.decay),
+            threshold: self.threshold.unwrap_or(d.threshold),
+            fan_out: self.fan_out.unwrap_or(d.fan_out),
+        }
+    }
 }
 
 impl RecallBody {
     pub(crate) fn into_parts(self) -> Result<(Cue, usize, Spread), ApiError> {
-        let c = self.cue;
-        let cue = Cue {
-            text: c.text,
-            embedding: c.embedding,
-            tags: c.tags,
-            from_ms: c
-                .from
-                .as_deref()
-                .map(|s| parse_time("cue.from", s))
-                .transpose()?,
-            to_ms: c
-                .to
-                .as_deref()
-                .map(|s| parse_time("cue.to", s))
-                .transpose()?,
-            min_confidence: c.min_confidence,
-        };
-        let d = Spread::default();
-        let s = self.spread.unwrap_or_default();
-        let spread = Spread {
-            depth: s.depth.unwrap_or(d.depth),
-            decay: s.decay.unwrap_or(d.decay),
-            threshold: s.threshold.unwrap_or(d.threshold),
-            fan_out: s.fan_out.unwrap_or(d.fan_out),
-        };
+        let cue = self.cue.into_cue()?;
+        let spread = self.spread.unwrap_or_default().into_spread();
         Ok((cue, self.limit.unwrap_or(10), spread))
     }
 }
 
-#[derive(Debug, Deserialize)]
+/// `POST /api/v1/spaces`.
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-pub(crate) struct SpaceBody {
+pub struct SpaceBody {
+    /// Space name: 1–64 characters of `[A-Za-z0-9_-]`.
     pub id: String,
+    /// Fixes the embedding dimension (otherwise set by the first embedding).
     pub embedding_dim: Option<u32>,
+    /// Records kept in the hot cache for this space.
     pub hot_capacity: Option<u32>,
 }
 
-#[derive(Debug, Deserialize)]
+/// `POST /api/v1/consolidate`.
+#[derive(Debug, Default, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-pub(crate) struct ConsolidateBody {
+pub struct ConsolidateBody {
+    /// Similarity in (0, 1] above which memories merge into a concept.
     pub threshold: Option<f32>,
 }
 
-pub(crate) fn memory_json(m: &Memory) -> Value {
-    let mut v = json!({
-        "id": m.id,
-        "space": m.space,
-        "content": m.content,
-        "confidence": m.confidence,
-        "tags": m.tags,
-        "metadata": m.metadata,
-        "occurred_at": rfc3339(m.occurred_at_ms),
-        "stored_at": rfc3339(m.stored_at_ms),
-        "access_count": m.access_count,
-        "concept": m.concept,
-    });
-    if let Some(o) = v.as_object_mut() {
-        if let Some(s) = &m.session {
-            o.insert("session".into(), json!(s));
-        }
-        if let Some(t) = m.last_access_ms {
-            o.insert("last_accessed_at".into(), json!(rfc3339(t)));
-        }
-        if let Some(e) = &m.embedding {
-            o.insert("embedding".into(), json!(e));
-        }
-    }
-    v
+/// A stored memory.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct MemoryOut {
+    /// Memory id (ULID).
+    pub id: String,
+    /// Its space.
+    pub space: String,
+    /// Text.
+    pub content: String,
+    /// Confidence in [0, 1].
+    pub confidence: f32,
+    /// Tags.
+    pub tags: Vec<String>,
+    /// Metadata object.
+    #[schema(value_type = Object)]
+    pub metadata: Map<String, Value>,
+    /// Session id, when given.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub session: Option<String>,
+    /// When it happened (RFC 3339).
+    pub occurred_at: String,
+    /// When it was stored (RFC 3339).
+    pub stored_at: String,
+    /// Times it was recalled or read.
+    pub access_count: u32,
+    /// Last recall or read (RFC 3339).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_accessed_at: Option<String>,
+    /// Made by consolidation from similar memories.
+    pub concept: bool,
+    /// Only with `?include=embedding`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub embedding: Option<Vec<f32>>,
 }
 
-pub(crate) fn recalled_json(r: &Recalled) -> Value {
-    let via = match &r.via {
-        Via::Lexical => json!({"kind": "lexical"}),
-        Via::Vector => json!({"kind": "vector"}),
-        Via::Edge { path } => json!({"kind": "edge", "path": path}),
-    };
-    json!({
-        "memory": memory_json(&r.memory),
-        "score": r.score,
-        "activation": r.activation,
-        "confidence": r.confidence,
-        "via": via,
-    })
+impl From<&Memory> for MemoryOut {
+    fn from(m: &Memory) -> Self {
+        MemoryOut {
+            id: m.id.clone(),
+            space: m.space.clone(),
+            content: m.content.clone(),
+            confidence: m.confidence,
+            tags: m.tags.clone(),
+            metadata: m.metadata.clone(),
+            session: m.session.clone(),
+            occurred_at: rfc3339(m.occurred_at_ms),
+            stored_at: rfc3339(m.stored_at_ms),
+            access_count: m.access_count,
+            last_accessed_at: m.last_access_ms.map(rfc3339),
+            concept: m.concept,
+            embedding: m.embedding.clone(),
+        }
+    }
 }
 
-pub(crate) fn space_json(s: &SpaceStats) -> Value {
-    let mut v = json!({
-        "id": s.name,
-        "memories": s.memories,
-        "edges": s.edges,
-        "terms": s.terms,
-        "tiers": {"hot": s.hot, "hot_capacity": s.hot_capacity, "warm": s.memories - s.cold, "cold": s.cold},
-        "unlinked_vectors": s.unlinked_vectors,
-    });
-    if let (Some(o), Some(d)) = (v.as_object_mut(), s.embedding_dim) {
-        o.insert("embedding_dim".into(), json!(d));
+/// Answer to remember.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct RememberOut {
+    /// New (or, with `dedupe`, existing) memory id.
+    pub id: String,
+    /// Its space.
+    pub space: String,
+    /// The space's write sequence number of this write.
+    pub sequence: u64,
+    /// Stored confidence.
+    pub confidence: f32,
+    /// RFC 3339.
+    pub stored_at: String,
+    /// True when `dedupe` found identical content (status 200, not 201).
+    pub deduplicated: bool,
+}
+
+impl From<Remembered> for RememberOut {
+    fn from(r: Remembered) -> Self {
+        RememberOut {
+            id: r.id,
+            space: r.space,
+            sequence: r.sequence,
+            confidence: r.confidence,
+            stored_at: rfc3339(r.stored_at_ms),
+            deduplicated: r.deduplicated,
+        }
     }
-    v
+}
+
+/// Answer to search.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct SearchOut {
+    /// Ranked matches.
+    pub memories: Vec<MemoryOut>,
+    /// `memories.len()`.
+    pub count: usize,
+}
+
+/// How a result was reached.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ViaOut {
+    /// `lexical`, `vector` or `edge`.
+    pub kind: &'static str,
+    /// For `edge`: ids from the seed to this memory.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub path: Option<Vec<String>>,
+}
+
+/// One recall result.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct RecalledOut {
+    /// The memory.
+    pub memory: MemoryOut,
+    /// Final rank score.
+    pub score: f32,
+    /// Activation reached (1 for seeds).
+    pub activation: f32,
+    /// Confidence after the forgetting curve.
+    pub confidence: f32,
+    /// How it was found.
+    pub via: ViaOut,
+}
+
+impl From<&Recalled> for RecalledOut {
+    fn from(r: &Recalled) -> Self {
+        let via = match &r.via {
+            Via::Lexical => ViaOut {
+                kind: "lexical",
+                path: None,
+            },
+            Via::Vector => ViaOut {
+                kind: "vector",
+                path: None,
+            },
+            Via::Edge { path } => ViaOut {
+                kind: "edge",
+                path: Some(path.clone()),
+            },
+        };
+        RecalledOut {
+            memory: MemoryOut::from(&r.memory),
+            score: r.score,
+            activation: r.activation,
+            confidence: r.confidence,
+            via,
+        }
+    }
+}
+
+/// Answer to recall.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct RecallOut {
+    /// Ranked results.
+    pub results: Vec<RecalledOut>,
+    /// `results.len()`.
+    pub count: usize,
+}
+
+/// Answer to link.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct LinkOut {
+    /// From.
+    pub source: String,
+    /// To.
+    pub target: String,
+    /// Strength.
+    pub weight: f32,
+}
+
+/// Answer to consolidate.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ConsolidateOut {
+    /// Memories looked at.
+    pub examined: usize,
+    /// Concepts created.
+    pub concepts: usize,
+    /// Memories that joined a concept.
+    pub members: usize,
+    /// Threshold used.
+    pub threshold: f32,
+}
+
+impl ConsolidateOut {
+    pub(crate) fn new(r: ConsolidationReport, threshold: f32) -> Self {
+        ConsolidateOut {
+            examined: r.examined,
+            concepts: r.concepts,
+            members: r.members,
+            threshold,
+        }
+    }
+}
+
+/// Memories per tier.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct TiersOut {
+    /// Records in the hot cache.
+    pub hot: usize,
+    /// Hot cache bound.
+    pub hot_capacity: usize,
+    /// In the warm tier.
+    pub warm: usize,
+    /// Archived in the cold tier.
+    pub cold: usize,
+}
+
+/// A memory space and its figures.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct SpaceOut {
+    /// Name.
+    pub id: String,
+    /// Memories stored.
+    pub memories: usize,
+    /// Embedding dimension, once fixed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub embedding_dim: Option<u32>,
+    /// Association edges.
+    pub edges: usize,
+    /// Distinct terms in the lexical index.
+    pub terms: usize,
+    /// Tier sizes.
+    pub tiers: TiersOut,
+    /// Vectors not yet linked into the HNSW graph.
+    pub unlinked_vectors: usize,
+}
+
+impl From<&SpaceStats> for SpaceOut {
+    fn from(s: &SpaceStats) -> Self {
+        SpaceOut {
+            id: s.name.clone(),
+            memories: s.memories,
+            embedding_dim: s.embedding_dim,
+            edges: s.edges,
+            terms: s.terms,
+            tiers: TiersOut {
+                hot: s.hot,
+                hot_capacity: s.hot_capacity,
+                warm: s.memories.saturating_sub(s.cold),
+                cold: s.cold,
+            },
+            unlinked_vectors: s.unlinked_vectors,
+        }
+    }
+}
+
+/// Answer to list spaces.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct SpacesOut {
+    /// Every space.
+    pub spaces: Vec<SpaceOut>,
+}
+
+/// `GET /health`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct HealthOut {
+    /// `healthy`, `degraded` (starting or stopping) or `unhealthy`.
+    pub status: &'static str,
+    /// Server version.
+    pub version: &'static str,
+}
+
+/// `GET /health/alive`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct AliveOut {
+    /// Always `alive`.
+    pub status: &'static str,
+}
+
+/// One readiness check.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct CheckOut {
+    /// `recovery`, `wal` or `indexes`.
+    pub name: &'static str,
+    /// `pass` or `fail`.
+    pub status: &'static str,
+    /// Detail.
+    pub message: String,
+}
+
+/// WAL figures since the server started.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct WalOut {
+    /// Highest acknowledged log sequence number.
+    pub last_lsn: u64,
+    /// Highest LSN covered by fdatasync.
+    pub synced_lsn: u64,
+    /// Records appended.
+    pub records: u64,
+    /// Bytes appended.
+    pub bytes: u64,
+    /// fdatasync calls.
+    pub fsyncs: u64,
+    /// Mean fdatasync time in milliseconds (0 before the first).
+    pub fsync_mean_ms: f64,
+    /// Segment files on disk.
+    pub segments: u64,
+}
+
+/// RocksDB figures.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct StorageOut {
+    /// Bytes in the block cache.
+    pub block_cache_usage_bytes: u64,
+    /// Block cache capacity.
+    pub block_cache_capacity_bytes: u64,
+    /// Estimated bytes compaction has to rewrite.
+    pub pending_compaction_bytes: u64,
+    /// Live SST bytes.
+    pub sst_bytes: u64,
+    /// Memtable bytes.
+    pub memtable_bytes: u64,
+}
+
+/// `GET /api/v1/system/health` and `/health/ready`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct SystemHealthOut {
+    /// `healthy` when ready, else `unhealthy`.
+    pub status: &'static str,
+    /// True once recovery and warm-up finished (false again while stopping).
+    pub ready: bool,
+    /// Server version.
+    pub version: &'static str,
+    /// Seconds since the process started.
+    pub uptime_seconds: u64,
+    /// Individual checks.
+    pub checks: Vec<CheckOut>,
+    /// Every space with counts and tier sizes (empty until ready).
+    pub spaces: Vec<SpaceOut>,
+    /// WAL figures (absent until the storage is open).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub wal: Option<WalOut>,
+    /// RocksDB figures (absent until the storage is open).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub storage: Option<StorageOut>,
+}
+
+/// Error detail.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ErrorDetail {
+    /// Stable snake_case code.
+    pub code: String,
+    /// Human explanation.
+    pub message: String,
+}
+
+/// Every error answer.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ErrorBody {
+    /// The error.
+    pub error: ErrorDetail,
 }

@@ -67,7 +67,7 @@ pub use activation::Spread;
 pub use background::Background;
 pub use engine::{Committed, Engine, EngineConfig, EngineError, OpenOptions, RecoveryReport};
 pub use memory::{
-    ConsolidationConfig, ConsolidationReport, Cue, DEFAULT_SPACE, Graph, GraphConfig, GraphError,
-    Limits, LinkSpec, Memory, Recalled, RememberRequest, Remembered, SpaceOptions, SpaceStats, Via,
-    kind, valid_space_name,
+    ConsolidationConfig, ConsolidationReport, Cue, DEFAULT_LINK_WEIGHT, DEFAULT_SPACE, Graph,
+    GraphConfig, GraphError, Limits, LinkSpec, Memory, Recalled, RememberRequest, Remembered,
+    SpaceOptions, SpaceStats, Via, kind, valid_space_name,
 };

@@ -44,6 +44,9 @@ pub mod kind {
 /// Name of the space that always exists.
 pub const DEFAULT_SPACE: &str = "default";
 
+/// Weight of an explicit link when none is given.
+pub const DEFAULT_LINK_WEIGHT: f32 = 0.9;
+
 /// Input limits. Exceeding one is a typed error naming the limit.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Limits {
@@ -144,6 +147,54 @@ impl Default for ConsolidationConfig {
             batch_size: 256,
             threshold: 0.8,
         }
+    }
+}
+
+impl GraphConfig {
+    /// Checks every value; the error names the offending key.
+    pub fn validate(&self) -> Result<(), GraphError> {
+        if !(0.0..=1.0).contains(&self.default_confidence) {
+            return Err(invalid("default_confidence", "must be within [0, 1]"));
+        }
+        if !(self.temporal_weight > 0.0 && self.temporal_weight <= 1.0) {
+            return Err(invalid("temporal_weight", "must be within (0, 1]"));
+        }
+        if self.stability_days.is_nan() || self.stability_days <= 0.0 {
+            return Err(invalid("stability_days", "must be positive"));
+        }
+        if !(self.semantic_threshold > 0.0 && self.semantic_threshold <= 1.0) {
+            return Err(invalid("semantic_threshold", "must be within (0, 1]"));
+        }
+        let c = &self.consolidation;
+        if !(c.threshold > 0.0 && c.threshold <= 1.0) {
+            return Err(invalid("consolidation.threshold", "must be within (0, 1]"));
+        }
+        if c.batch_size == 0 {
+            return Err(invalid("consolidation.batch_size", "must be at least 1"));
+        }
+        if self.access_flush_ms == 0 {
+            return Err(invalid("access_flush_ms", "must be at least 1"));
+        }
+        if self.ann.m < 2 || self.ann.ef_construction == 0 || self.ann.ef_search == 0 {
+            return Err(invalid(
+                "ann",
+                "m must be at least 2 and ef_construction, ef_search at least 1",
+            ));
+        }
+        for name in &self.bootstrap_spaces {
+            if !valid_space_name(name) {
+                return Err(GraphError::InvalidSpaceName(name.clone()));
+            }
+        }
+        self.engine
+            .wal
+            .validate()
+            .map_err(|e| invalid("engine.wal", e.to_string()))?;
+        self.engine
+            .store
+            .validate()
+            .map_err(|e| invalid("engine.store", e.to_string()))?;
+        Ok(())
     }
 }
 
@@ -656,39 +707,7 @@ impl Graph {
         config: GraphConfig,
         options: OpenOptions,
     ) -> Result<(Graph, RecoveryReport), GraphError> {
-        if !(0.0..=1.0).contains(&config.default_confidence) {
-            return Err(invalid("default_confidence", "must be within [0, 1]"));
-        }
-        if !(config.temporal_weight > 0.0 && config.temporal_weight <= 1.0) {
-            return Err(invalid("temporal_weight", "must be within (0, 1]"));
-        }
-        if config.stability_days.is_nan() || config.stability_days <= 0.0 {
-            return Err(invalid("stability_days", "must be positive"));
-        }
-        if !(config.semantic_threshold > 0.0 && config.semantic_threshold <= 1.0) {
-            return Err(invalid("semantic_threshold", "must be within (0, 1]"));
-        }
-        let c = &config.consolidation;
-        if !(c.threshold > 0.0 && c.threshold <= 1.0) {
-            return Err(invalid("consolidation.threshold", "must be within (0, 1]"));
-        }
-        if c.batch_size == 0 {
-            return Err(invalid("consolidation.batch_size", "must be at least 1"));
-        }
-        if config.access_flush_ms == 0 {
-            return Err(invalid("access_flush_ms", "must be at least 1"));
-        }
-        if config.ann.m < 2 || config.ann.ef_construction == 0 || config.ann.ef_search == 0 {
-            return Err(invalid(
-                "ann",
-                "m must be at least 2 and ef_construction, ef_search at least 1",
-            ));
-        }
-        for name in &config.bootstrap_spaces {
-            if !valid_space_name(name) {
-                return Err(GraphError::InvalidSpaceName(name.clone()));
-            }
-        }
+        config.validate()?;
         let (engine, report) = Engine::open(data_dir, &config.engine, options)?;
         let store = engine.store();
         let mut max_id = 0;
@@ -1218,7 +1237,7 @@ impl Graph {
                     return Err(GraphError::MemoryNotFound(l.target.clone()));
                 }
                 let e = EdgeRecord {
-                    weight: l.weight.unwrap_or(0.9),
+                    weight: l.weight.unwrap_or(DEFAULT_LINK_WEIGHT),
                     kind: EdgeKind::Explicit,
                 };
                 edges_to.push((target, e));
@@ -1591,7 +1610,7 @@ impl Graph {
         let space = self.space(space_name)?;
         let st = self.state(&space)?;
         let (f, t) = (parse_id(from)?, parse_id(to)?);
-        let weight = weight.unwrap_or(0.9);
+        let weight = weight.unwrap_or(DEFAULT_LINK_WEIGHT);
         if !(weight > 0.0 && weight <= 1.0) {
             return Err(invalid("weight", format!("{weight} is outside (0, 1]")));
         }

@@ -33,7 +33,7 @@ mod store;
 pub use config::StoreConfig;
 pub use error::StoreError;
 pub use mutation::{DecodeError, Mutation, Operation};
-pub use store::{Cf, Entry, Store};
+pub use store::{Cf, Entry, Store, StoreStats};
 
 /// Numeric id of a memory space (assigned by the graph; below `u32::MAX`).
 pub type SpaceId = u32;

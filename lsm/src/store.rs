@@ -70,6 +70,24 @@ pub struct Store {
     db: DB,
     path: PathBuf,
     write_opts: WriteOptions,
+    cache: Cache,
+}
+
+/// RocksDB figures for status and metrics, summed over column families.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StoreStats {
+    /// Bytes held by the shared block cache.
+    pub block_cache_usage_bytes: u64,
+    /// Block cache capacity.
+    pub block_cache_capacity_bytes: u64,
+    /// Bytes RocksDB estimates compaction still has to rewrite.
+    pub pending_compaction_bytes: u64,
+    /// Size of all live SST files.
+    pub sst_bytes: u64,
+    /// Bytes in memtables (active and immutable).
+    pub memtable_bytes: u64,
+    /// Compactions running now.
+    pub running_compactions: u64,
 }
 
 impl std::fmt::Debug for Store {
@@ -134,6 +152,7 @@ impl Store {
             db,
             path: path.to_path_buf(),
             write_opts,
+            cache,
         })
     }
 
@@ -423,6 +442,40 @@ impl Store {
         self.db
             .flush_cfs_opt(&cfs, &rocksdb::FlushOptions::default())
             .map_err(|e| self.err(e))
+    }
+
+    /// Current RocksDB figures (cheap: in-memory properties only).
+    pub fn stats(&self) -> StoreStats {
+        let mut s = StoreStats {
+            block_cache_usage_bytes: self.cache.get_usage() as u64,
+            block_cache_capacity_bytes: self
+                .db
+                .property_int_value("rocksdb.block-cache-capacity")
+                .ok()
+                .flatten()
+                .unwrap_or(0),
+            running_compactions: self
+                .db
+                .property_int_value("rocksdb.num-running-compactions")
+                .ok()
+                .flatten()
+                .unwrap_or(0),
+            ..StoreStats::default()
+        };
+        for cf in Cf::ALL {
+            let Ok(h) = self.handle(cf) else { continue };
+            let prop = |name: &str| {
+                self.db
+                    .property_int_value_cf(h, name)
+                    .ok()
+                    .flatten()
+                    .unwrap_or(0)
+            };
+            s.pending_compaction_bytes += prop("rocksdb.estimate-pending-compaction-bytes");
+            s.sst_bytes += prop("rocksdb.total-sst-files-size");
+            s.memtable_bytes += prop("rocksdb.cur-size-all-mem-tables");
+        }
+        s
     }
 
     /// Writes a consistent, openable copy of the store to `dir` (which must

@@ -80,4 +80,5 @@ pub use error::WalError;
 pub use frame::RecordHeader;
 pub use log::{
     AppendTicket, CORRUPT_DIR, OpenReport, Pin, Record, Replay, Truncation, Wal, WalOptions,
+    WalStats,
 };

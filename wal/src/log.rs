@@ -67,6 +67,25 @@ pub struct Truncation {
     pub moved_to: Option<PathBuf>,
 }
 
+/// The log's counters since it was opened (see [`Wal::stats`]).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct WalStats {
+    /// Highest acknowledged LSN.
+    pub committed_lsn: u64,
+    /// Highest LSN covered by `fdatasync`.
+    pub synced_lsn: u64,
+    /// Records appended since open.
+    pub records: u64,
+    /// Bytes appended since open.
+    pub bytes: u64,
+    /// `fdatasync` calls since open.
+    pub fsyncs: u64,
+    /// Seconds spent in `fdatasync` since open.
+    pub fsync_seconds_total: f64,
+    /// Segment files on disk.
+    pub segments: u64,
+}
+
 /// One record read back from the log.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Record {
@@ -345,6 +364,20 @@ impl Wal {
     /// Highest LSN covered by `fdatasync`.
     pub fn synced_lsn(&self) -> u64 {
         self.shared.synced.load(Ordering::Acquire)
+    }
+
+    /// Counters for status reports.
+    pub fn stats(&self) -> WalStats {
+        let m = &self.shared.metrics;
+        WalStats {
+            committed_lsn: self.committed_lsn(),
+            synced_lsn: self.synced_lsn(),
+            records: m.records.get(),
+            bytes: m.bytes.get(),
+            fsyncs: m.fsyncs.get(),
+            fsync_seconds_total: m.fsync_seconds.get_sample_sum(),
+            segments: u64::try_from(m.segments.get()).unwrap_or(0),
+        }
     }
 
     /// The reason the log refuses appends, if it does.

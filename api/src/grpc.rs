@@ -1,0 +1,302 @@
+//! The gRPC API (`engram.v1.MemoryService`), mirroring the HTTP API: the
+//! same conversions and validation, the same errors mapped to gRPC codes.
+
+use std::sync::Arc;
+
+use engram_graph::{Cue, DEFAULT_LINK_WEIGHT, LinkSpec, RememberRequest, SpaceOptions};
+use serde_json::{Map, Value};
+use tonic::{Code, Request, Response, Status};
+
+use crate::http::{blocking, resolve_space};
+use crate::model::{
+    ConsolidateOut, CueBody, MemoryOut, RecalledOut, RememberOut, SpaceOut, SpreadBody, parse_time,
+};
+use crate::{ApiError, AppState};
+
+/// Generated messages and service traits of `engram.v1`.
+#[allow(missing_docs, clippy::all, clippy::pedantic)]
+pub mod pb {
+    tonic::include_proto!("engram.v1");
+
+    /// Encoded descriptors for server reflection.
+    pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("engram_descriptor");
+}
+
+pub use pb::memory_service_server::MemoryServiceServer;
+
+impl From<ApiError> for Status {
+    fn from(e: ApiError) -> Self {
+        let code = match e.status.as_u16() {
+            400 | 422 => Code::InvalidArgument,
+            404 => Code::NotFound,
+            408 => Code::DeadlineExceeded,
+            409 => Code::AlreadyExists,
+            413 => Code::ResourceExhausted,
+            503 => Code::Unavailable,
+            _ => Code::Internal,
+        };
+        Status::new(code, format!("{}: {}", e.code, e.message))
+    }
+}
+
+/// `engram.v1.MemoryService` over the shared [`AppState`].
+#[derive(Debug, Clone)]
+pub struct MemoryGrpc {
+    state: Arc<AppState>,
+}
+
+impl MemoryGrpc {
+    /// The service; wrap it in [`MemoryServiceServer`].
+    pub fn new(state: Arc<AppState>) -> Self {
+        Self { state }
+    }
+
+    fn graph(&self) -> Result<Arc<engram_graph::Graph>, Status> {
+        Ok(self.state.graph()?)
+    }
+}
+
+fn space(s: String) -> Result<String, ApiError> {
+    resolve_space(None, (!s.is_empty()).then_some(s))
+}
+
+fn opt_vec(v: Vec<f32>) -> Option<Vec<f32>> {
+    (!v.is_empty()).then_some(v)
+}
+
+fn metadata(text: &str) -> Result<Map<String, Value>, ApiError> {
+    if text.is_empty() {
+        return Ok(Map::new());
+    }
+    serde_json::from_str(text).map_err(|e| {
+        ApiError::bad_request(
+            "invalid_request",
+            format!("metadata_json must be a JSON object: {e}"),
+        )
+    })
+}
+
+fn memory(m: MemoryOut) -> pb::Memory {
+    pb::Memory {
+        id: m.id,
+        space: m.space,
+        content: m.content,
+        confidence: m.confidence,
+        tags: m.tags,
+        metadata_json: Value::Object(m.metadata).to_string(),
+        session: m.session,
+        occurred_at: m.occurred_at,
+        stored_at: m.stored_at,
+        embedding: m.embedding.unwrap_or_default(),
+        access_count: m.access_count,
+        last_accessed_at: m.last_accessed_at,
+        concept: m.concept,
+    }
+}
+
+fn space_pb(s: SpaceOut) -> pb::Space {
+    pb::Space {
+        id: s.id,
+        memories: s.memories as u64,
+        embedding_dim: s.embedding_dim,
+        edges: s.edges as u64,
+        terms: s.terms as u64,
+        tiers: Some(pb::Tiers {
+            hot: s.tiers.hot as u64,
+            hot_capacity: s.tiers.hot_capacity as u64,
+            warm: s.tiers.warm as u64,
+            cold: s.tiers.cold as u64,
+        }),
+        unlinked_vectors: s.unlinked_vectors as u64,
+    }
+}
+
+#[tonic::async_trait]
+impl pb::memory_service_server::MemoryService for MemoryGrpc {
+    async fn remember(
+        &self,
+        request: Request<pb::RememberRequest>,
+    ) -> Result<Response<pb::RememberResponse>, Status> {
+        let r = request.into_inner();
+        let space = space(r.space)?;
+        let req = RememberRequest {
+            content: r.content,
+            confidence: r.confidence,
+            embedding: opt_vec(r.embedding),
+            tags: r.tags,
+            metadata: metadata(&r.metadata_json)?,
+            occurred_at_ms: r
+                .occurred_at
+                .as_deref()
+                .map(|t| parse_time("occurred_at", t))
+                .transpose()?,
+            session: r.session,
+            links: r
+                .links
+                .into_iter()
+                .map(|l| LinkSpec {
+                    target: l.target,
+                    weight: l.weight,
+                })
+                .collect(),
+            dedupe: r.dedupe,
+        };
+        let graph = self.graph()?;
+        let out = RememberOut::from(blocking(move || Ok(graph.remember(&space, req)?)).await?);
+        Ok(Response::new(pb::RememberResponse {
+            id: out.id,
+            space: out.space,
+            sequence: out.sequence,
+            confidence: out.confidence,
+            stored_at: out.stored_at,
+            deduplicated: out.deduplicated,
+        }))
+    }
+
+    async fn recall(
+        &self,
+        request: Request<pb::RecallRequest>,
+    ) -> Result<Response<pb::RecallResponse>, Status> {
+        let r = request.into_inner();
+        let space = space(r.space)?;
+        let cue: Cue = match r.cue {
+            Some(c) => CueBody {
+                text: c.text,
+                embedding: opt_vec(c.embedding),
+                tags: c.tags,
+                from: c.from,
+                to: c.to,
+                min_confidence: c.min_confidence,
+            }
+            .into_cue()?,
+            None => Cue::default(),
+        };
+        let spread = r
+            .spread
+            .map(|s| SpreadBody {
+                depth: s.depth,
+                decay: s.decay,
+                threshold: s.threshold,
+                fan_out: s.fan_out.map(|f| f as usize),
+            })
+            .unwrap_or_default()
+            .into_spread();
+        let limit = if r.limit == 0 { 10 } else { r.limit as usize };
+        let graph = self.graph()?;
+        let hits = blocking(move || Ok(graph.recall(&space, &cue, limit, &spread)?)).await?;
+        let results: Vec<pb::Recalled> = hits
+            .iter()
+            .map(|h| {
+                let o = RecalledOut::from(h);
+                pb::Recalled {
+                    memory: Some(memory(o.memory)),
+                    score: o.score,
+                    activation: o.activation,
+                    confidence: o.confidence,
+                    via: Some(pb::Via {
+                        kind: o.via.kind.to_owned(),
+                        path: o.via.path.unwrap_or_default(),
+                    }),
+                }
+            })
+            .collect();
+        Ok(Response::new(pb::RecallResponse {
+            count: results.len() as u32,
+            results,
+        }))
+    }
+
+    async fn get(&self, request: Request<pb::GetRequest>) -> Result<Response<pb::Memory>, Status> {
+        let r = request.into_inner();
+        let space = space(r.space)?;
+        let graph = self.graph()?;
+        let m = blocking(move || Ok(graph.get(&space, &r.id, r.include_embedding)?)).await?;
+        Ok(Response::new(memory(MemoryOut::from(&m))))
+    }
+
+    async fn forget(
+        &self,
+        request: Request<pb::ForgetRequest>,
+    ) -> Result<Response<pb::ForgetResponse>, Status> {
+        let r = request.into_inner();
+        let space = space(r.space)?;
+        let graph = self.graph()?;
+        blocking(move || Ok(graph.forget(&space, &r.id)?)).await?;
+        Ok(Response::new(pb::ForgetResponse {}))
+    }
+
+    async fn link(
+        &self,
+        request: Request<pb::LinkRequest>,
+    ) -> Result<Response<pb::LinkResponse>, Status> {
+        let r = request.into_inner();
+        let space = space(r.space)?;
+        let graph = self.graph()?;
+        let (from, to, weight) = (r.source.clone(), r.target.clone(), r.weight);
+        blocking(move || Ok(graph.link(&space, &from, &to, weight)?)).await?;
+        Ok(Response::new(pb::LinkResponse {
+            source: r.source,
+            target: r.target,
+            weight: r.weight.unwrap_or(DEFAULT_LINK_WEIGHT),
+        }))
+    }
+
+    async fn consolidate(
+        &self,
+        request: Request<pb::ConsolidateRequest>,
+    ) -> Result<Response<pb::ConsolidateResponse>, Status> {
+        let r = request.into_inner();
+        let space = space(r.space)?;
+        let graph = self.graph()?;
+        let threshold = r
+            .threshold
+            .unwrap_or(graph.config().consolidation.threshold);
+        let rep = blocking(move || Ok(graph.consolidate(&space, threshold)?)).await?;
+        let o = ConsolidateOut::new(rep, threshold);
+        Ok(Response::new(pb::ConsolidateResponse {
+            examined: o.examined as u64,
+            concepts: o.concepts as u64,
+            members: o.members as u64,
+            threshold: o.threshold,
+        }))
+    }
+
+    async fn create_space(
+        &self,
+        request: Request<pb::CreateSpaceRequest>,
+    ) -> Result<Response<pb::Space>, Status> {
+        let r = request.into_inner();
+        let graph = self.graph()?;
+        let stats = blocking(move || {
+            let options = SpaceOptions {
+                embedding_dim: r.embedding_dim,
+                hot_capacity: r.hot_capacity,
+            };
+            graph.create_space_with(&r.id, options)?;
+            Ok(graph.space_stats(&r.id)?)
+        })
+        .await?;
+        Ok(Response::new(space_pb(SpaceOut::from(&stats))))
+    }
+
+    async fn list_spaces(
+        &self,
+        _request: Request<pb::ListSpacesRequest>,
+    ) -> Result<Response<pb::ListSpacesResponse>, Status> {
+        let graph = self.graph()?;
+        let spaces = blocking(move || Ok(graph.spaces()?)).await?;
+        Ok(Response::new(pb::ListSpacesResponse {
+            spaces: spaces.iter().map(|s| space_pb(SpaceOut::from(s))).collect(),
+        }))
+    }
+
+    async fn delete_space(
+        &self,
+        request: Request<pb::DeleteSpaceRequest>,
+    ) -> Result<Response<pb::DeleteSpaceResponse>, Status> {
+        let r = request.into_inner();
+        let graph = self.graph()?;
+        blocking(move || Ok(graph.delete_space(&r.id)?)).await?;
+        Ok(Response::new(pb::DeleteSpaceResponse {}))
+    }
+}

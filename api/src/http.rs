@@ -1,0 +1,586 @@
+//! HTTP handlers, the router and the OpenAPI document generated from them.
+
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::rejection::{BytesRejection, QueryRejection};
+use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use engram_graph::{Cue, GraphError, SpaceOptions, Spread};
+use serde::Deserialize;
+use serde::de::DeserializeOwned;
+use utoipa::OpenApi;
+
+use crate::model::*;
+use crate::{ApiConfig, ApiError, AppState, VERSION, backup, metrics};
+
+type Shared = State<Arc<AppState>>;
+type QueryResult<T> = Result<Query<T>, QueryRejection>;
+
+/// The whole HTTP API.
+pub(crate) fn router(state: Arc<AppState>, config: &ApiConfig) -> Router {
+    let api = Router::new()
+        .route("/health/alive", get(alive))
+        .route("/health", get(health))
+        .route("/health/ready", get(ready))
+        .route("/api/v1/system/health", get(ready))
+        .route("/metrics", get(metrics::render))
+        .route("/openapi.json", get(openapi_json))
+        .route("/api/v1/memories/remember", post(remember))
+        .route("/api/v1/memories/search", get(search))
+        .route("/api/v1/memories/recall", post(recall))
+        .route("/api/v1/memories/{id}", get(get_memory).delete(forget))
+        .route("/api/v1/memories/{id}/links", post(link))
+        .route("/api/v1/consolidate", post(consolidate))
+        .route("/api/v1/spaces", get(list_spaces).post(create_space))
+        .route(
+            "/api/v1/spaces/{space}",
+            get(get_space).delete(delete_space),
+        )
+        .fallback(not_found)
+        .layer(tower_http::timeout::TimeoutLayer::with_status_code(
+            StatusCode::REQUEST_TIMEOUT,
+            config.request_timeout,
+        ));
+    // A backup streams for as long as the store is large: no request timeout.
+    let long = Router::new().route("/api/v1/system/backup", post(backup::backup));
+    api.merge(long)
+        .layer(axum::middleware::from_fn_with_state(
+            Arc::clone(&state),
+            metrics::track,
+        ))
+        .layer(DefaultBodyLimit::max(config.body_limit_bytes))
+        .layer(tower_http::catch_panic::CatchPanicLayer::custom(
+            panic_response,
+        ))
+        .with_state(state)
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "Engram",
+        description = "Memory database for AI agents: remember episodes, recall them by cue with spreading activation."
+    ),
+    paths(
+        alive,
+        health,
+        ready,
+        system_health,
+        remember,
+        search,
+        recall,
+        get_memory,
+        forget,
+        link,
+        consolidate,
+        list_spaces,
+        create_space,
+        get_space,
+        delete_space,
+        backup::backup
+    ),
+    components(schemas(ErrorBody))
+)]
+struct ApiDoc;
+
+/// The OpenAPI 3.1 document of the HTTP API.
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    ApiDoc::openapi()
+}
+
+async fn openapi_json() -> Response {
+    match openapi().to_json() {
+        Ok(s) => ([(axum::http::header::CONTENT_TYPE, "application/json")], s).into_response(),
+        Err(e) => {
+            ApiError::internal(format!("rendering the OpenAPI document: {e}")).into_response()
+        }
+    }
+}
+
+fn panic_response(_: Box<dyn std::any::Any + Send + 'static>) -> Response {
+    ApiError::internal("the request handler panicked; see the server log").into_response()
+}
+
+async fn not_found() -> ApiError {
+    ApiError::not_found("route_not_found", "no such route")
+}
+
+/// Runs a blocking graph call on tokio's blocking pool.
+pub(crate) async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, ApiError> + Send + 'static,
+) -> Result<T, ApiError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| ApiError::internal(format!("worker failed: {e}")))?
+}
+
+/// Parses a JSON body, answering 400 (or 413 for an oversized body) with
+/// a JSON error instead of axum's plain-text rejections.
+fn parse<T: DeserializeOwned>(body: Result<Bytes, BytesRejection>) -> Result<T, ApiError> {
+    let body = body.map_err(|e| ApiError {
+        status: e.status(),
+        code: if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            "body_too_large"
+        } else {
+            "invalid_body"
+        },
+        message: e.body_text(),
+    })?;
+    serde_json::from_slice(&body).map_err(|e| ApiError::bad_request("invalid_json", e.to_string()))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SpaceQuery {
+    space: Option<String>,
+}
+
+/// The request's space: header `X-Memory-Space` or query `space`.
+pub(crate) fn space_of(headers: &HeaderMap, query: Option<String>) -> Result<String, ApiError> {
+    let header = match headers.get("x-memory-space") {
+        Some(v) => Some(
+            v.to_str()
+                .map_err(|_| {
+                    ApiError::bad_request("invalid_space_name", "X-Memory-Space is not ASCII")
+                })?
+                .to_owned(),
+        ),
+        None => None,
+    };
+    resolve_space(header, query)
+}
+
+/// Picks the space from a header value and a query value (both optional).
+pub(crate) fn resolve_space(
+    header: Option<String>,
+    query: Option<String>,
+) -> Result<String, ApiError> {
+    let space = match (header, query) {
+        (Some(h), Some(q)) if h != q => {
+            return Err(ApiError::bad_request(
+                "space_conflict",
+                format!("X-Memory-Space {h:?} and ?space={q:?} disagree; give one"),
+            ));
+        }
+        (Some(h), _) => h,
+        (None, Some(q)) => q,
+        (None, None) => engram_graph::DEFAULT_SPACE.to_owned(),
+    };
+    if !engram_graph::valid_space_name(&space) {
+        return Err(GraphError::InvalidSpaceName(space).into());
+    }
+    Ok(space)
+}
+
+fn query<T: DeserializeOwned>(q: QueryResult<T>) -> Result<T, ApiError> {
+    q.map(|Query(t)| t)
+        .map_err(|e| ApiError::bad_request("invalid_query", e.body_text()))
+}
+
+#[utoipa::path(get, path = "/health/alive", tag = "health",
+    responses((status = 200, description = "The process runs", body = AliveOut)))]
+async fn alive() -> Json<AliveOut> {
+    Json(AliveOut { status: "alive" })
+}
+
+#[utoipa::path(get, path = "/health", tag = "health",
+    responses((status = 200, description = "Summary status and version", body = HealthOut)))]
+async fn health(State(s): Shared) -> Json<HealthOut> {
+    let status = match s.graph_if_open() {
+        Some(g) if g.engine().wal().failure().is_some() => "unhealthy",
+        _ if s.is_ready() => "healthy",
+        _ => "degraded",
+    };
+    Json(HealthOut {
+        status,
+        version: VERSION,
+    })
+}
+
+#[utoipa::path(get, path = "/health/ready", tag = "health",
+    responses(
+        (status = 200, description = "Ready", body = SystemHealthOut),
+        (status = 503, description = "Starting, stopping or unhealthy", body = SystemHealthOut)))]
+async fn ready(state: Shared) -> Result<Response, ApiError> {
+    system_health(state).await
+}
+
+#[utoipa::path(get, path = "/api/v1/system/health", tag = "health",
+    responses(
+        (status = 200, description = "Ready, with checks and per-space figures", body = SystemHealthOut),
+        (status = 503, description = "Starting, stopping or unhealthy", body = SystemHealthOut)))]
+async fn system_health(State(s): Shared) -> Result<Response, ApiError> {
+    let is_ready = s.is_ready();
+    let graph = s.graph_if_open().cloned();
+    let mut checks = vec![CheckOut {
+        name: "recovery",
+        status: if is_ready { "pass" } else { "fail" },
+        message: if is_ready {
+            "ready".into()
+        } else if graph.is_none() {
+            "storage recovery running".into()
+        } else {
+            "warming up or shutting down".into()
+        },
+    }];
+    let (mut ok, mut spaces, mut wal, mut storage) = (is_ready, Vec::new(), None, None);
+    if let Some(graph) = graph {
+        let failure = graph.engine().wal().failure();
+        let w = graph.engine().wal().stats();
+        checks.push(CheckOut {
+            name: "wal",
+            status: if failure.is_none() { "pass" } else { "fail" },
+            message: failure
+                .clone()
+                .unwrap_or_else(|| format!("synced through LSN {}", w.synced_lsn)),
+        });
+        ok &= failure.is_none();
+        let (loaded, total) = graph.loaded_spaces();
+        checks.push(CheckOut {
+            name: "indexes",
+            status: "pass",
+            message: format!("{loaded} of {total} spaces loaded"),
+        });
+        wal = Some(WalOut {
+            last_lsn: w.committed_lsn,
+            synced_lsn: w.synced_lsn,
+            records: w.records,
+            bytes: w.bytes,
+            fsyncs: w.fsyncs,
+            fsync_mean_ms: if w.fsyncs == 0 {
+                0.0
+            } else {
+                w.fsync_seconds_total * 1000.0 / w.fsyncs as f64
+            },
+            segments: w.segments,
+        });
+        let st = graph.engine().store().stats();
+        storage = Some(StorageOut {
+            block_cache_usage_bytes: st.block_cache_usage_bytes,
+            block_cache_capacity_bytes: st.block_cache_capacity_bytes,
+            pending_compaction_bytes: st.pending_compaction_bytes,
+            sst_bytes: st.sst_bytes,
+            memtable_bytes: st.memtable_bytes,
+        });
+        if is_ready {
+            spaces = blocking(move || Ok(graph.spaces()?))
+                .await?
+                .iter()
+                .map(SpaceOut::from)
+                .collect();
+        }
+    }
+    let body = SystemHealthOut {
+        status: if ok { "healthy" } else { "unhealthy" },
+        ready: is_ready,
+        version: VERSION,
+        uptime_seconds: s.started.elapsed().as_secs(),
+        checks,
+        spaces,
+        wal,
+        storage,
+    };
+    let code = if ok {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    Ok((code, Json(body)).into_response())
+}
+
+#[utoipa::path(post, path = "/api/v1/memories/remember", tag = "memories",
+    params(
+        ("X-Memory-Space" = Option<String>, Header, description = "Target space (default `default`)"),
+        ("space" = Option<String>, Query, description = "Target space; must equal the header when both are given")),
+    request_body = RememberBody,
+    responses(
+        (status = 201, description = "Stored durably (WAL fsynced)", body = RememberOut),
+        (status = 200, description = "`dedupe` found identical content", body = RememberOut),
+        (status = 400, description = "Invalid input", body = ErrorBody),
+        (status = 404, description = "Unknown space or link target", body = ErrorBody),
+        (status = 413, description = "Body too large", body = ErrorBody),
+        (status = 503, description = "Starting or storage unavailable", body = ErrorBody)))]
+async fn remember(
+    State(s): Shared,
+    headers: HeaderMap,
+    q: QueryResult<SpaceQuery>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let space = space_of(&headers, query(q)?.space)?;
+    let req = parse::<RememberBody>(body)?.into_request()?;
+    let graph = s.graph()?;
+    let r = blocking(move || Ok(graph.remember(&space, req)?)).await?;
+    let status = if r.deduplicated {
+        StatusCode::OK
+    } else {
+        StatusCode::CREATED
+    };
+    Ok((status, Json(RememberOut::from(r))).into_response())
+}
+
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+struct SearchQuery {
+    /// Text to match.
+    q: String,
+    /// Most results (default 10).
+    limit: Option<usize>,
+    /// Target space.
+    space: Option<String>,
+}
+
+#[utoipa::path(get, path = "/api/v1/memories/search", tag = "memories",
+    params(SearchQuery,
+        ("X-Memory-Space" = Option<String>, Header, description = "Target space (default `default`)")),
+    responses(
+        (status = 200, description = "Ranked lexical matches, no spreading", body = SearchOut),
+        (status = 400, description = "Invalid input", body = ErrorBody),
+        (status = 404, description = "Unknown space", body = ErrorBody),
+        (status = 503, description = "Starting", body = ErrorBody)))]
+async fn search(
+    State(s): Shared,
+    headers: HeaderMap,
+    q: QueryResult<SearchQuery>,
+) -> Result<Json<SearchOut>, ApiError> {
+    let q = query(q)?;
+    let space = space_of(&headers, q.space)?;
+    let cue = Cue {
+        text: Some(q.q),
+        ..Cue::default()
+    };
+    let spread = Spread {
+        depth: 0,
+        ..Spread::default()
+    };
+    let limit = q.limit.unwrap_or(10);
+    let graph = s.graph()?;
+    let hits = blocking(move || Ok(graph.recall(&space, &cue, limit, &spread)?)).await?;
+    let memories: Vec<MemoryOut> = hits.iter().map(|h| MemoryOut::from(&h.memory)).collect();
+    Ok(Json(SearchOut {
+        count: memories.len(),
+        memories,
+    }))
+}
+
+#[utoipa::path(post, path = "/api/v1/memories/recall", tag = "memories",
+    params(
+        ("X-Memory-Space" = Option<String>, Header, description = "Target space (default `default`)"),
+        ("space" = Option<String>, Query, description = "Target space")),
+    request_body = RecallBody,
+    responses(
+        (status = 200, description = "Ranked results with how each was reached", body = RecallOut),
+        (status = 400, description = "Invalid input", body = ErrorBody),
+        (status = 404, description = "Unknown space", body = ErrorBody),
+        (status = 413, description = "Body too large", body = ErrorBody),
+        (status = 503, description = "Starting", body = ErrorBody)))]
+async fn recall(
+    State(s): Shared,
+    headers: HeaderMap,
+    q: QueryResult<SpaceQuery>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<RecallOut>, ApiError> {
+    let space = space_of(&headers, query(q)?.space)?;
+    let (cue, limit, spread) = parse::<RecallBody>(body)?.into_parts()?;
+    let graph = s.graph()?;
+    let hits = blocking(move || Ok(graph.recall(&space, &cue, limit, &spread)?)).await?;
+    let results: Vec<RecalledOut> = hits.iter().map(RecalledOut::from).collect();
+    Ok(Json(RecallOut {
+        count: results.len(),
+        results,
+    }))
+}
+
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+struct GetQuery {
+    /// Target space.
+    space: Option<String>,
+    /// `embedding` to include the stored embedding.
+    include: Option<String>,
+}
+
+#[utoipa::path(get, path = "/api/v1/memories/{id}", tag = "memories",
+    params(("id" = String, Path, description = "Memory id"), GetQuery,
+        ("X-Memory-Space" = Option<String>, Header, description = "Target space (default `default`)")),
+    responses(
+        (status = 200, description = "The memory", body = MemoryOut),
+        (status = 400, description = "Invalid input", body = ErrorBody),
+        (status = 404, description = "No such memory or space", body = ErrorBody),
+        (status = 503, description = "Starting", body = ErrorBody)))]
+async fn get_memory(
+    State(s): Shared,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    q: QueryResult<GetQuery>,
+) -> Result<Json<MemoryOut>, ApiError> {
+    let q = query(q)?;
+    let space = space_of(&headers, q.space)?;
+    let with_embedding = match q.include.as_deref() {
+        None => false,
+        Some("embedding") => true,
+        Some(other) => {
+            return Err(ApiError::bad_request(
+                "invalid_query",
+                format!("include={other:?}: only \"embedding\" is known"),
+            ));
+        }
+    };
+    let graph = s.graph()?;
+    let m = blocking(move || Ok(graph.get(&space, &id, with_embedding)?)).await?;
+    Ok(Json(MemoryOut::from(&m)))
+}
+
+#[utoipa::path(delete, path = "/api/v1/memories/{id}", tag = "memories",
+    params(("id" = String, Path, description = "Memory id"),
+        ("X-Memory-Space" = Option<String>, Header, description = "Target space (default `default`)"),
+        ("space" = Option<String>, Query, description = "Target space")),
+    responses(
+        (status = 204, description = "Forgotten everywhere: record, indexes, edges"),
+        (status = 400, description = "Invalid input", body = ErrorBody),
+        (status = 404, description = "No such memory or space", body = ErrorBody),
+        (status = 503, description = "Starting", body = ErrorBody)))]
+async fn forget(
+    State(s): Shared,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    q: QueryResult<SpaceQuery>,
+) -> Result<StatusCode, ApiError> {
+    let space = space_of(&headers, query(q)?.space)?;
+    let graph = s.graph()?;
+    blocking(move || Ok(graph.forget(&space, &id)?)).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[utoipa::path(post, path = "/api/v1/memories/{id}/links", tag = "memories",
+    params(("id" = String, Path, description = "Source memory id"),
+        ("X-Memory-Space" = Option<String>, Header, description = "Target space (default `default`)"),
+        ("space" = Option<String>, Query, description = "Target space")),
+    request_body = LinkBody,
+    responses(
+        (status = 201, description = "Association stored", body = LinkOut),
+        (status = 400, description = "Invalid input", body = ErrorBody),
+        (status = 404, description = "No such memory or space", body = ErrorBody),
+        (status = 413, description = "Body too large", body = ErrorBody),
+        (status = 503, description = "Starting", body = ErrorBody)))]
+async fn link(
+    State(s): Shared,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    q: QueryResult<SpaceQuery>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let space = space_of(&headers, query(q)?.space)?;
+    let l: LinkBody = parse(body)?;
+    let graph = s.graph()?;
+    let (from, to, weight) = (id.clone(), l.target.clone(), l.weight);
+    blocking(move || Ok(graph.link(&space, &from, &to, weight)?)).await?;
+    let out = LinkOut {
+        source: id,
+        target: l.target,
+        weight: l.weight.unwrap_or(engram_graph::DEFAULT_LINK_WEIGHT),
+    };
+    Ok((StatusCode::CREATED, Json(out)).into_response())
+}
+
+#[utoipa::path(post, path = "/api/v1/consolidate", tag = "memories",
+    params(
+        ("X-Memory-Space" = Option<String>, Header, description = "Target space (default `default`)"),
+        ("space" = Option<String>, Query, description = "Target space")),
+    request_body(content = Option<ConsolidateBody>, description = "Optional; empty body uses the configured threshold"),
+    responses(
+        (status = 200, description = "What consolidation did", body = ConsolidateOut),
+        (status = 400, description = "Invalid input", body = ErrorBody),
+        (status = 404, description = "Unknown space", body = ErrorBody),
+        (status = 413, description = "Body too large", body = ErrorBody),
+        (status = 503, description = "Starting", body = ErrorBody)))]
+async fn consolidate(
+    State(s): Shared,
+    headers: HeaderMap,
+    q: QueryResult<SpaceQuery>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<ConsolidateOut>, ApiError> {
+    let space = space_of(&headers, query(q)?.space)?;
+    let b: ConsolidateBody = match body {
+        Ok(b) if b.is_empty() => ConsolidateBody::default(),
+        other => parse(other)?,
+    };
+    let graph = s.graph()?;
+    let threshold = b
+        .threshold
+        .unwrap_or(graph.config().consolidation.threshold);
+    let r = blocking(move || Ok(graph.consolidate(&space, threshold)?)).await?;
+    Ok(Json(ConsolidateOut::new(r, threshold)))
+}
+
+#[utoipa::path(get, path = "/api/v1/spaces", tag = "spaces",
+    responses(
+        (status = 200, description = "Every space", body = SpacesOut),
+        (status = 503, description = "Starting", body = ErrorBody)))]
+async fn list_spaces(State(s): Shared) -> Result<Json<SpacesOut>, ApiError> {
+    let graph = s.graph()?;
+    let spaces = blocking(move || Ok(graph.spaces()?)).await?;
+    Ok(Json(SpacesOut {
+        spaces: spaces.iter().map(SpaceOut::from).collect(),
+    }))
+}
+
+#[utoipa::path(post, path = "/api/v1/spaces", tag = "spaces",
+    request_body = SpaceBody,
+    responses(
+        (status = 201, description = "Created", body = SpaceOut),
+        (status = 400, description = "Invalid input", body = ErrorBody),
+        (status = 409, description = "Exists", body = ErrorBody),
+        (status = 413, description = "Body too large", body = ErrorBody),
+        (status = 503, description = "Starting", body = ErrorBody)))]
+async fn create_space(
+    State(s): Shared,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let b: SpaceBody = parse(body)?;
+    let graph = s.graph()?;
+    let stats = blocking(move || {
+        let options = SpaceOptions {
+            embedding_dim: b.embedding_dim,
+            hot_capacity: b.hot_capacity,
+        };
+        graph.create_space_with(&b.id, options)?;
+        Ok(graph.space_stats(&b.id)?)
+    })
+    .await?;
+    Ok((StatusCode::CREATED, Json(SpaceOut::from(&stats))).into_response())
+}
+
+#[utoipa::path(get, path = "/api/v1/spaces/{space}", tag = "spaces",
+    params(("space" = String, Path, description = "Space name")),
+    responses(
+        (status = 200, description = "The space", body = SpaceOut),
+        (status = 400, description = "Invalid name", body = ErrorBody),
+        (status = 404, description = "Unknown space", body = ErrorBody),
+        (status = 503, description = "Starting", body = ErrorBody)))]
+async fn get_space(
+    State(s): Shared,
+    Path(space): Path<String>,
+) -> Result<Json<SpaceOut>, ApiError> {
+    let graph = s.graph()?;
+    let stats = blocking(move || Ok(graph.space_stats(&space)?)).await?;
+    Ok(Json(SpaceOut::from(&stats)))
+}
+
+#[utoipa::path(delete, path = "/api/v1/spaces/{space}", tag = "spaces",
+    params(("space" = String, Path, description = "Space name")),
+    responses(
+        (status = 204, description = "Deleted with every memory in it"),
+        (status = 400, description = "Invalid name or the default space", body = ErrorBody),
+        (status = 404, description = "Unknown space", body = ErrorBody),
+        (status = 503, description = "Starting", body = ErrorBody)))]
+async fn delete_space(State(s): Shared, Path(space): Path<String>) -> Result<StatusCode, ApiError> {
+    let graph = s.graph()?;
+    blocking(move || Ok(graph.delete_space(&space)?)).await?;
+    Ok(StatusCode::NO_CONTENT)
+}

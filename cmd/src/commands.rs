@@ -1,0 +1,447 @@
+//! Every subcommand but `start`'s server loop.
+
+use std::io::Write;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::{Duration, SystemTime};
+
+use anyhow::{Context, Result, bail};
+use http_body_util::BodyExt;
+use hyper::Method;
+use serde_json::{Value, json};
+
+use crate::client::{Client, Unreachable, encode};
+use crate::config::{self, Config, Overrides, ServerOverrides};
+use crate::lock::DirLock;
+use crate::{Cli, Command, ConfigAction, SpaceAction, SpaceTarget, Target};
+
+/// Exit code of `status` when the server cannot be reached.
+const UNREACHABLE: u8 = 3;
+
+/// Runs the parsed command line.
+pub fn run(cli: Cli) -> Result<ExitCode> {
+    let file = config::config_file(cli.config.as_deref())?;
+    match cli.command {
+        Command::Start(a) => {
+            let overrides = Overrides {
+                data_dir: a.data_dir,
+                server: ServerOverrides {
+                    bind: a.bind,
+                    http_port: a.http_port,
+                    grpc_port: a.grpc_port,
+                },
+            };
+            let config = config::load(file.as_deref(), &overrides)?;
+            crate::logging::init(config.log.format, &config.log.level)?;
+            if let Some(f) = &file {
+                tracing::info!(file = %f.display(), "configuration file loaded");
+            }
+            if let Err(e) = crate::server::run(config) {
+                tracing::error!(error = %format!("{e:#}"), "engram failed");
+                return Err(e);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Config {
+            action: ConfigAction::Check { print },
+        } => {
+            let config = config::load(file.as_deref(), &Overrides::default())?;
+            if print {
+                print!("{}", config.to_toml()?);
+            }
+            match &file {
+                Some(f) => eprintln!("configuration OK (file {})", f.display()),
+                None => eprintln!("configuration OK (no config file; defaults and environment)"),
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Version => {
+            println!("engram {}", engram_api::VERSION);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Restore { input, data_dir } => {
+            let config = config::load(file.as_deref(), &Overrides::default())?;
+            restore(&input, &data_dir, &config)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        other => {
+            let config = config::load(file.as_deref(), &Overrides::default())?;
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            rt.block_on(remote(other, &config))
+        }
+    }
+}
+
+/// The URL of the local server from the configuration.
+fn default_url(config: &Config) -> String {
+    let host = match config.server.bind {
+        ip if ip.is_unspecified() || ip.is_loopback() => "127.0.0.1".to_owned(),
+        IpAddr::V4(ip) => ip.to_string(),
+        IpAddr::V6(ip) => format!("[{ip}]"),
+    };
+    format!("http://{host}:{}", config.server.http_port)
+}
+
+fn client(target: &Target, config: &Config, timeout: Duration) -> Result<Client> {
+    let url = target.url.clone().unwrap_or_else(|| default_url(config));
+    Client::new(&url, timeout)
+}
+
+fn space_query(t: &SpaceTarget) -> String {
+    match &t.space {
+        Some(s) => format!("?space={}", encode(s)),
+        None => String::new(),
+    }
+}
+
+async fn remote(command: Command, config: &Config) -> Result<ExitCode> {
+    let timeout = Duration::from_secs(30);
+    match command {
+        Command::Status { json, target } => {
+            status(&client(&target, config, Duration::from_secs(5))?, json).await
+        }
+        Command::Remember {
+            text,
+            tags,
+            confidence,
+            target,
+        } => {
+            let c = client(&target.target, config, timeout)?;
+            let mut body = json!({"content": text, "tags": tags});
+            if let Some(conf) = confidence {
+                body["confidence"] = json!(conf);
+            }
+            let path = format!("/api/v1/memories/remember{}", space_query(&target));
+            let v = c.call(Method::POST, &path, Some(&body)).await?;
+            println!("{}", v["id"].as_str().unwrap_or_default());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Recall {
+            cue,
+            limit,
+            json: as_json,
+            target,
+        } => {
+            let c = client(&target.target, config, timeout)?;
+            let body = json!({"cue": {"text": cue}, "limit": limit});
+            let path = format!("/api/v1/memories/recall{}", space_query(&target));
+            let v = c.call(Method::POST, &path, Some(&body)).await?;
+            if as_json {
+                println!("{}", serde_json::to_string_pretty(&v)?);
+            } else {
+                for r in v["results"].as_array().into_iter().flatten() {
+                    println!(
+                        "{:.3}\t{}\t{}\t{}",
+                        r["score"].as_f64().unwrap_or(0.0),
+                        r["via"]["kind"].as_str().unwrap_or(""),
+                        r["memory"]["id"].as_str().unwrap_or(""),
+                        r["memory"]["content"].as_str().unwrap_or("")
+                    );
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Forget { id, target } => {
+            let c = client(&target.target, config, timeout)?;
+            let path = format!("/api/v1/memories/{}{}", encode(&id), space_query(&target));
+            c.call(Method::DELETE, &path, None).await?;
+            eprintln!("forgot {id}");
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Space { action } => match action {
+            SpaceAction::Create {
+                name,
+                embedding_dim,
+                target,
+            } => {
+                let c = client(&target, config, timeout)?;
+                let mut body = json!({"id": name});
+                if let Some(d) = embedding_dim {
+                    body["embedding_dim"] = json!(d);
+                }
+                c.call(Method::POST, "/api/v1/spaces", Some(&body)).await?;
+                eprintln!("created space {name}");
+                Ok(ExitCode::SUCCESS)
+            }
+            SpaceAction::List { json, target } => {
+                let c = client(&target, config, timeout)?;
+                let v = c.call(Method::GET, "/api/v1/spaces", None).await?;
+                if json {
+                    println!("{}", serde_json::to_string_pretty(&v)?);
+                } else {
+                    println!("SPACE\tMEMORIES\tHOT\tWARM\tCOLD\tDIM");
+                    for s in v["spaces"].as_array().into_iter().flatten() {
+                        println!(
+                            "{}\t{}\t{}\t{}\t{}\t{}",
+                            s["id"].as_str().unwrap_or(""),
+                            s["memories"],
+                            s["tiers"]["hot"],
+                            s["tiers"]["warm"],
+                            s["tiers"]["cold"],
+                            s.get("embedding_dim").map_or("-".into(), Value::to_string),
+                        );
+                    }
+                }
+                Ok(ExitCode::SUCCESS)
+            }
+            SpaceAction::Delete { name, target } => {
+                let c = client(&target, config, timeout)?;
+                c.call(
+                    Method::DELETE,
+                    &format!("/api/v1/spaces/{}", encode(&name)),
+                    None,
+                )
+                .await?;
+                eprintln!("deleted space {name}");
+                Ok(ExitCode::SUCCESS)
+            }
+        },
+        Command::Consolidate { threshold, target } => {
+            let c = client(&target.target, config, timeout)?;
+            let body = match threshold {
+                Some(t) => json!({"threshold": t}),
+                None => json!({}),
+            };
+            let path = format!("/api/v1/consolidate{}", space_query(&target));
+            let v = c.call(Method::POST, &path, Some(&body)).await?;
+            println!(
+                "examined {} memories, created {} concepts from {} members (threshold {})",
+                v["examined"], v["concepts"], v["members"], v["threshold"]
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Backup { output, target } => {
+            let c = client(&target, config, Duration::from_secs(3600))?;
+            let dir = backup(&c, &output).await?;
+            println!("{}", dir.display());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Start(_) | Command::Config { .. } | Command::Version | Command::Restore { .. } => {
+            bail!("internal: local command routed to the server")
+        }
+    }
+}
+
+/// `engram status`: exit 0 only when the server answers and is ready.
+async fn status(c: &Client, as_json: bool) -> Result<ExitCode> {
+    let (code, v) = match c.json(Method::GET, "/api/v1/system/health", None).await {
+        Ok(r) => r,
+        Err(e) if e.downcast_ref::<Unreachable>().is_some() => {
+            if as_json {
+                println!(
+                    "{}",
+                    json!({"url": c.base(), "reachable": false, "ready": false, "error": e.to_string()})
+                );
+            }
+            eprintln!("engram status: {e}");
+            return Ok(ExitCode::from(UNREACHABLE));
+        }
+        Err(e) => return Err(e),
+    };
+    let ready = code.is_success() && v["ready"] == json!(true) && v["status"] == "healthy";
+    if as_json {
+        let mut out = v.clone();
+        if let Some(o) = out.as_object_mut() {
+            o.insert("url".into(), json!(c.base()));
+            o.insert("reachable".into(), json!(true));
+        }
+        println!("{}", serde_json::to_string_pretty(&out)?);
+    } else {
+        println!(
+            "{} {} at {} (version {}, up {}s)",
+            if ready { "READY" } else { "NOT READY" },
+            v["status"].as_str().unwrap_or("?"),
+            c.base(),
+            v["version"].as_str().unwrap_or("?"),
+            v["uptime_seconds"]
+        );
+        for check in v["checks"].as_array().into_iter().flatten() {
+            println!(
+                "  check {:<9} {:<4} {}",
+                check["name"].as_str().unwrap_or(""),
+                check["status"].as_str().unwrap_or(""),
+                check["message"].as_str().unwrap_or("")
+            );
+        }
+        if v["wal"].is_object() {
+            println!(
+                "  wal       last LSN {}, {} fsyncs, mean {:.2} ms",
+                v["wal"]["last_lsn"],
+                v["wal"]["fsyncs"],
+                v["wal"]["fsync_mean_ms"].as_f64().unwrap_or(0.0)
+            );
+        }
+        for s in v["spaces"].as_array().into_iter().flatten() {
+            println!(
+                "  space {:<20} {} memories (hot {}, warm {}, cold {})",
+                s["id"].as_str().unwrap_or(""),
+                s["memories"],
+                s["tiers"]["hot"],
+                s["tiers"]["warm"],
+                s["tiers"]["cold"]
+            );
+        }
+    }
+    Ok(if ready {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+/// Streams the server's backup archive into `<output>/engram-backup-<time>/`.
+async fn backup(c: &Client, output: &Path) -> Result<PathBuf> {
+    std::fs::create_dir_all(output)
+        .with_context(|| format!("creating backup directory {}", output.display()))?;
+    let stamp = humantime::format_rfc3339_seconds(SystemTime::now())
+        .to_string()
+        .replace(':', "");
+    let dir = output.join(format!("engram-backup-{stamp}"));
+    if dir.exists() {
+        bail!("{} already exists", dir.display());
+    }
+    let partial = output.join(format!(".engram-backup-{stamp}.tar.partial"));
+    let resp = c.send(Method::POST, "/api/v1/system/backup", None).await?;
+    if !resp.status().is_success() {
+        let status = resp.status();
+        let body = resp.into_body().collect().await?.to_bytes();
+        bail!(
+            "server answered {status}: {}",
+            String::from_utf8_lossy(&body)
+        );
+    }
+    let mut file = std::fs::File::create(&partial)
+        .with_context(|| format!("creating {}", partial.display()))?;
+    let mut body = resp.into_body();
+    let mut bytes = 0u64;
+    while let Some(frame) = body.frame().await {
+        let frame = frame.context("backup stream broke off")?;
+        if let Some(data) = frame.data_ref() {
+            file.write_all(data)?;
+            bytes += data.len() as u64;
+        }
+    }
+    file.sync_all()?;
+    drop(file);
+    let staging = output.join(format!(".engram-backup-{stamp}.partial"));
+    let unpacked = (|| -> Result<()> {
+        let f = std::fs::File::open(&partial)?;
+        tar::Archive::new(f)
+            .unpack(&staging)
+            .context("unpacking the backup archive")?;
+        check_manifest(&staging)?;
+        sync_tree(&staging)?;
+        std::fs::rename(&staging, &dir)?;
+        sync_dir(output)?;
+        Ok(())
+    })();
+    let _ = std::fs::remove_file(&partial);
+    if let Err(e) = unpacked {
+        let _ = std::fs::remove_dir_all(&staging);
+        return Err(e);
+    }
+    eprintln!("backup of {bytes} bytes written to {}", dir.display());
+    Ok(dir)
+}
+
+/// Reads and checks a backup's manifest.
+fn check_manifest(dir: &Path) -> Result<Value> {
+    let path = dir.join("manifest.json");
+    let text = std::fs::read_to_string(&path).with_context(|| {
+        format!(
+            "{} is not an engram backup (no manifest.json)",
+            dir.display()
+        )
+    })?;
+    let v: Value = serde_json::from_str(&text)
+        .with_context(|| format!("{} is not valid JSON", path.display()))?;
+    if v["format"] != json!(1) {
+        bail!(
+            "{}: unsupported backup format {} (this engram reads format 1)",
+            path.display(),
+            v["format"]
+        );
+    }
+    if !dir.join("db").is_dir() {
+        bail!("{} has no db/ directory", dir.display());
+    }
+    Ok(v)
+}
+
+fn sync_dir(dir: &Path) -> Result<()> {
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .with_context(|| format!("syncing {}", dir.display()))
+}
+
+/// fsyncs every file and directory under `root`.
+fn sync_tree(root: &Path) -> Result<()> {
+    for entry in std::fs::read_dir(root)? {
+        let entry = entry?;
+        let path = entry.path();
+        if entry.file_type()?.is_dir() {
+            sync_tree(&path)?;
+        } else {
+            std::fs::File::open(&path)
+                .and_then(|f| f.sync_all())
+                .with_context(|| format!("syncing {}", path.display()))?;
+        }
+    }
+    sync_dir(root)
+}
+
+/// `engram restore`: copies a backup into an empty data directory, then
+/// opens it once to prove it recovers.
+fn restore(input: &Path, data_dir: &Path, config: &Config) -> Result<()> {
+    let manifest = check_manifest(input)?;
+    let lock = DirLock::acquire(data_dir)?;
+    for entry in std::fs::read_dir(data_dir)? {
+        let name = entry?.file_name();
+        if name != crate::lock::LOCK_FILE {
+            bail!(
+                "data directory {} is not empty (found {:?}); restore only into an empty directory",
+                data_dir.display(),
+                name
+            );
+        }
+    }
+    let db = data_dir.join("db");
+    std::fs::create_dir(&db)?;
+    for entry in std::fs::read_dir(input.join("db"))? {
+        let entry = entry?;
+        if !entry.file_type()?.is_file() {
+            bail!(
+                "unexpected entry {:?} in the backup's db/",
+                entry.file_name()
+            );
+        }
+        std::fs::copy(entry.path(), db.join(entry.file_name()))
+            .with_context(|| format!("copying {}", entry.path().display()))?;
+    }
+    sync_tree(&db)?;
+    std::fs::create_dir(data_dir.join("wal"))?;
+    sync_dir(data_dir)?;
+    let (graph, report) = engram_graph::Graph::open(
+        data_dir,
+        config.graph_config()?,
+        engram_graph::OpenOptions::default(),
+    )
+    .context("the restored data directory does not open")?;
+    let spaces = graph.spaces()?;
+    let memories: usize = spaces.iter().map(|s| s.memories).sum();
+    drop(graph);
+    drop(lock);
+    eprintln!(
+        "restored {} (backup of {}, applied LSN {}) into {}: {} spaces, {} memories",
+        input.display(),
+        manifest["created_at"].as_str().unwrap_or("?"),
+        report.applied_after,
+        data_dir.display(),
+        spaces.len(),
+        memories
+    );
+    Ok(())
+}

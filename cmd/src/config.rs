@@ -1,0 +1,686 @@
+//! Layered configuration: built-in defaults < config file < `ENGRAM_*`
+//! environment < command-line flags (figment). Every key is documented in
+//! `config/default.toml`; unknown keys and bad values are errors that name
+//! the key.
+//!
+//! Environment: `ENGRAM_<SECTION>__<KEY>` sets a nested key (double
+//! underscore between levels, e.g. `ENGRAM_MEMORY__CONSOLIDATION__THRESHOLD`),
+//! `ENGRAM_<KEY>` a top-level one (`ENGRAM_DATA_DIR`). The deployment
+//! documents' short names are aliases: `ENGRAM_HTTP_PORT`, `ENGRAM_GRPC_PORT`,
+//! `ENGRAM_BIND`, `ENGRAM_CACHE_SIZE_MB`, `ENGRAM_LOG_FORMAT`, `ENGRAM_LOG_LEVEL`.
+
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use engram_graph::hnsw::HnswParams;
+use engram_graph::{ConsolidationConfig, EngineConfig, GraphConfig, Limits};
+use engram_lsm::StoreConfig;
+use engram_wal::{Durability, WalConfig};
+use figment::Figment;
+use figment::providers::{Env, Format, Serialized, Toml};
+use serde::{Deserialize, Serialize};
+
+/// Where a config file is looked for when `--config` is not given.
+pub const CONTAINER_CONFIG: &str = "/config/engram.toml";
+
+/// Short environment names used by the deployment documents.
+const ALIASES: &[(&str, &str)] = &[
+    ("ENGRAM_HTTP_PORT", "server.http_port"),
+    ("ENGRAM_GRPC_PORT", "server.grpc_port"),
+    ("ENGRAM_BIND", "server.bind"),
+    ("ENGRAM_CACHE_SIZE_MB", "storage.cache_size_mb"),
+    ("ENGRAM_LOG_FORMAT", "log.format"),
+    ("ENGRAM_LOG_LEVEL", "log.level"),
+];
+
+/// The whole configuration (the shape of `config/default.toml`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Data directory: WAL, RocksDB, lock file.
+    pub data_dir: PathBuf,
+    /// Listeners and request handling.
+    pub server: ServerConfig,
+    /// Logging.
+    pub log: LogConfig,
+    /// RocksDB (warm tier).
+    pub storage: StorageConfig,
+    /// Write-ahead log.
+    pub wal: WalSection,
+    /// The memory model.
+    pub memory: MemorySection,
+}
+
+/// `[server]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    /// Address both listeners bind.
+    pub bind: IpAddr,
+    /// HTTP port (0 picks a free one, for tests).
+    pub http_port: u16,
+    /// gRPC port (0 picks a free one, for tests).
+    pub grpc_port: u16,
+    /// Largest request body.
+    pub body_limit_bytes: usize,
+    /// Requests taking longer are answered 408.
+    pub request_timeout_ms: u64,
+    /// How long in-flight requests may drain at shutdown.
+    pub shutdown_drain_ms: u64,
+    /// Load every space's indexes before reporting ready.
+    pub warm_up: bool,
+}
+
+/// `[log]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// `human` or `json`.
+    pub format: LogFormat,
+    /// Filter when `RUST_LOG` is unset (tracing `EnvFilter` syntax).
+    pub level: String,
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Readable lines.
+    Human,
+    /// One JSON object per line.
+    Json,
+}
+
+/// `[storage]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StorageConfig {
+    /// Shared RocksDB block cache in MiB.
+    pub cache_size_mb: usize,
+    /// Memtable size per column family in MiB.
+    pub write_buffer_mb: usize,
+    /// Bloom filter bits per key (0 disables).
+    pub bloom_bits_per_key: f64,
+    /// RocksDB flush and compaction threads.
+    pub max_background_jobs: i32,
+    /// zstd level of the bottommost level and the cold tier.
+    pub zstd_level: i32,
+    /// Records applied between RocksDB WAL syncs and WAL segment release.
+    pub wal_release_interval: u64,
+}
+
+/// `[wal]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WalSection {
+    /// Segment file size in MiB.
+    pub segment_size_mb: u64,
+    /// Largest record payload in bytes.
+    pub max_record_bytes: u32,
+    /// `always` (fsync before every acknowledgement), `never`, or an
+    /// interval such as `10ms` (acknowledged writes of the last interval can
+    /// be lost in a power failure).
+    pub fsync: String,
+    /// Preallocate segment files (much faster fsync on most file systems).
+    pub preallocate: bool,
+}
+
+/// `[memory]`: mirrors the graph's configuration.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MemorySection {
+    /// Confidence of a memory remembered without one.
+    pub default_confidence: f32,
+    /// Spaces created at startup if missing (besides `default`).
+    pub bootstrap_spaces: Vec<String>,
+    /// Forgetting curve: days for confidence to fall to 1/e without access.
+    pub stability_days: f64,
+    /// Weight of recency in recall ranking, (0, 1].
+    pub temporal_weight: f32,
+    /// Vectors per space below which vector recall scans exactly.
+    pub exact_search_below: usize,
+    /// Semantic edges made per new embedded memory.
+    pub semantic_k: usize,
+    /// Cosine similarity for a semantic edge.
+    pub semantic_threshold: f32,
+    /// How often recall statistics are written.
+    pub access_flush_ms: u64,
+    /// Accesses buffered between writes (more are dropped and counted).
+    pub access_buffer: usize,
+    /// Default hot-cache records per space.
+    pub hot_capacity: usize,
+    /// Seconds without access before a memory moves to the cold tier (0: never).
+    pub cold_after_sec: u64,
+    /// Input limits.
+    pub limits: LimitsSection,
+    /// HNSW parameters.
+    pub ann: AnnSection,
+    /// Background consolidation.
+    pub consolidation: ConsolidationSection,
+}
+
+/// `[memory.limits]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsSection {
+    /// Largest content in bytes.
+    pub max_content_bytes: usize,
+    /// Largest metadata (serialised) in bytes.
+    pub max_metadata_bytes: usize,
+    /// Most tags per memory.
+    pub max_tags: usize,
+    /// Longest tag in bytes.
+    pub max_tag_bytes: usize,
+    /// Largest embedding dimension.
+    pub max_embedding_dim: usize,
+    /// Largest recall limit.
+    pub max_recall_limit: usize,
+}
+
+/// `[memory.ann]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AnnSection {
+    /// Links per node.
+    pub m: usize,
+    /// Candidates while building.
+    pub ef_construction: usize,
+    /// Candidates while searching.
+    pub ef_search: usize,
+}
+
+/// `[memory.consolidation]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ConsolidationSection {
+    /// Seconds between background runs (0: never).
+    pub interval_sec: u64,
+    /// Memories examined per space and run.
+    pub batch_size: usize,
+    /// Similarity that merges memories into a concept.
+    pub threshold: f32,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        let g = GraphConfig::default();
+        let e = &g.engine;
+        Config {
+            data_dir: PathBuf::from("./engram-data"),
+            server: ServerConfig::default(),
+            log: LogConfig {
+                format: LogFormat::Human,
+                level: "info".into(),
+            },
+            storage: StorageConfig {
+                cache_size_mb: e.store.block_cache_mb,
+                write_buffer_mb: e.store.write_buffer_mb,
+                bloom_bits_per_key: e.store.bloom_bits_per_key,
+                max_background_jobs: e.store.max_background_jobs,
+                zstd_level: e.store.zstd_level,
+                wal_release_interval: e.wal_release_interval,
+            },
+            wal: WalSection {
+                segment_size_mb: e.wal.segment_size / (1024 * 1024),
+                max_record_bytes: e.wal.max_payload,
+                fsync: "always".into(),
+                preallocate: e.wal.preallocate,
+            },
+            memory: MemorySection {
+                default_confidence: g.default_confidence,
+                bootstrap_spaces: g.bootstrap_spaces.clone(),
+                stability_days: g.stability_days,
+                temporal_weight: g.temporal_weight,
+                exact_search_below: g.exact_search_below,
+                semantic_k: g.semantic_k,
+                semantic_threshold: g.semantic_threshold,
+                access_flush_ms: g.access_flush_ms,
+                access_buffer: g.access_buffer,
+                hot_capacity: g.hot_capacity,
+                cold_after_sec: g.cold_after_sec,
+                limits: LimitsSection {
+                    max_content_bytes: g.limits.max_content_bytes,
+                    max_metadata_bytes: g.limits.max_metadata_bytes,
+                    max_tags: g.limits.max_tags,
+                    max_tag_bytes: g.limits.max_tag_bytes,
+                    max_embedding_dim: g.limits.max_embedding_dim,
+                    max_recall_limit: g.limits.max_recall_limit,
+                },
+                ann: AnnSection {
+                    m: g.ann.m,
+                    ef_construction: g.ann.ef_construction,
+                    ef_search: g.ann.ef_search,
+                },
+                consolidation: ConsolidationSection {
+                    interval_sec: g.consolidation.interval_sec,
+                    batch_size: g.consolidation.batch_size,
+                    threshold: g.consolidation.threshold,
+                },
+            },
+        }
+    }
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            bind: IpAddr::from([127, 0, 0, 1]),
+            http_port: 7432,
+            grpc_port: 50051,
+            body_limit_bytes: 1024 * 1024,
+            request_timeout_ms: 30_000,
+            shutdown_drain_ms: 20_000,
+            warm_up: true,
+        }
+    }
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Config::default().log
+    }
+}
+impl Default for StorageConfig {
+    fn default() -> Self {
+        Config::default().storage
+    }
+}
+impl Default for WalSection {
+    fn default() -> Self {
+        Config::default().wal
+    }
+}
+impl Default for MemorySection {
+    fn default() -> Self {
+        Config::default().memory
+    }
+}
+impl Default for LimitsSection {
+    fn default() -> Self {
+        Config::default().memory.limits
+    }
+}
+impl Default for AnnSection {
+    fn default() -> Self {
+        Config::default().memory.ann
+    }
+}
+impl Default for ConsolidationSection {
+    fn default() -> Self {
+        Config::default().memory.consolidation
+    }
+}
+
+/// Flag values that override everything else (only those given).
+#[derive(Debug, Default, Serialize)]
+pub struct Overrides {
+    /// `--data-dir`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub data_dir: Option<PathBuf>,
+    /// `--bind`, `--http-port`, `--grpc-port`.
+    #[serde(skip_serializing_if = "ServerOverrides::is_empty")]
+    pub server: ServerOverrides,
+}
+
+/// `[server]` flags.
+#[derive(Debug, Default, Serialize)]
+pub struct ServerOverrides {
+    /// `--bind`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bind: Option<IpAddr>,
+    /// `--http-port`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub http_port: Option<u16>,
+    /// `--grpc-port`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub grpc_port: Option<u16>,
+}
+
+impl ServerOverrides {
+    fn is_empty(&self) -> bool {
+        self.bind.is_none() && self.http_port.is_none() && self.grpc_port.is_none()
+    }
+}
+
+/// The config file in effect: `--config`, else `/config/engram.toml`, else
+/// `$XDG_CONFIG_HOME/engram/config.toml` (`~/.config` when unset), if present.
+pub fn config_file(explicit: Option<&Path>) -> Result<Option<PathBuf>> {
+    if let Some(p) = explicit {
+        if !p.is_file() {
+            bail!(
+                "config file {} does not exist or is not a file",
+                p.display()
+            );
+        }
+        return Ok(Some(p.to_path_buf()));
+    }
+    let mut candidates = vec![PathBuf::from(CONTAINER_CONFIG)];
+    match std::env::var_os("XDG_CONFIG_HOME").filter(|v| !v.is_empty()) {
+        Some(x) => candidates.push(PathBuf::from(x).join("engram/config.toml")),
+        None => {
+            if let Some(h) = std::env::var_os("HOME").filter(|v| !v.is_empty()) {
+                candidates.push(PathBuf::from(h).join(".config/engram/config.toml"));
+            }
+        }
+    }
+    Ok(candidates.into_iter().find(|p| p.is_file()))
+}
+
+/// Environment variables that are not configuration keys but belong to
+/// Engram's tooling, and are therefore not rejected.
+const NOT_CONFIG: &[&str] = &["ENGRAM_FUZZ_SECONDS", "ENGRAM_URL"];
+
+/// Loads the layered configuration. `file` comes from [`config_file`].
+pub fn load(file: Option<&Path>, overrides: &Overrides) -> Result<Config> {
+    let mut fig = Figment::from(Serialized::defaults(Config::default()));
+    if let Some(f) = file {
+        let text = std::fs::read_to_string(f)
+            .with_context(|| format!("reading config file {}", f.display()))?;
+        // Parse first so a syntax error names the file and line.
+        toml::from_str::<toml::Table>(&text)
+            .with_context(|| format!("config file {} is not valid TOML", f.display()))?;
+        fig = fig.merge(Toml::file(f));
+    }
+    // Unknown ENGRAM_* variables are errors like unknown keys in a file.
+    for (k, _) in std::env::vars_os() {
+        let Some(k) = k.to_str() else { continue };
+        if !k.starts_with("ENGRAM_") || NOT_CONFIG.contains(&k) {
+            continue;
+        }
+        if ALIASES.iter().any(|(a, _)| *a == k) {
+            continue;
+        }
+        let key = k["ENGRAM_".len()..].to_ascii_lowercase().replace("__", ".");
+        if !known_key(&key) {
+            bail!(
+                "unknown environment variable {k} (config key {key:?}); nested keys use \
+                 ENGRAM_<SECTION>__<KEY>, e.g. ENGRAM_SERVER__HTTP_PORT; every key is in config/default.toml"
+            );
+        }
+    }
+    fig = fig.merge(
+        Env::prefixed("ENGRAM_")
+            .filter(|k| {
+                let k = k.as_str().to_ascii_uppercase();
+                !ALIASES.iter().any(|(a, _)| a["ENGRAM_".len()..] == k)
+                    && !NOT_CONFIG.iter().any(|n| n["ENGRAM_".len()..] == k)
+            })
+            .split("__"),
+    );
+    for (var, key) in ALIASES {
+        fig = fig.merge(Env::raw().only(&[*var]).map(move |_| (*key).into()));
+    }
+    fig = fig.merge(Serialized::defaults(overrides));
+    let config: Config = fig.extract().map_err(|e| {
+        let mut msg = String::new();
+        for err in e {
+            let key = err.path.join(".");
+            let source = err
+                .metadata
+                .as_ref()
+                .map(|m| match &m.source {
+                    Some(s) => format!("{} ({s})", m.name),
+                    None => m.name.to_string(),
+                })
+                .unwrap_or_default();
+            msg.push_str(&format!(
+                "\n  config key {:?}: {} [from {}]",
+                key,
+                err.kind,
+                if source.is_empty() {
+                    "?".into()
+                } else {
+                    source
+                }
+            ));
+        }
+        anyhow::anyhow!("invalid configuration:{msg}")
+    })?;
+    config.validate()?;
+    Ok(config)
+}
+
+/// Every dotted key of the configuration (for environment checks).
+fn known_key(key: &str) -> bool {
+    fn walk(prefix: &str, v: &toml::Value, out: &mut Vec<String>) {
+        if let toml::Value::Table(t) = v {
+            for (k, v) in t {
+                let p = if prefix.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{prefix}.{k}")
+                };
+                walk(&p, v, out);
+                out.push(p);
+            }
+        }
+    }
+    let Ok(v) = toml::Value::try_from(Config::default()) else {
+        return false;
+    };
+    let mut keys = Vec::new();
+    walk("", &v, &mut keys);
+    keys.iter().any(|k| k == key)
+}
+
+impl Config {
+    /// Checks ranges and cross-field rules; errors name the key.
+    pub fn validate(&self) -> Result<()> {
+        if self.data_dir.as_os_str().is_empty() {
+            bail!("config key \"data_dir\" must not be empty");
+        }
+        if self.server.body_limit_bytes < 1024 {
+            bail!("config key \"server.body_limit_bytes\" must be at least 1024");
+        }
+        if self.server.request_timeout_ms == 0 {
+            bail!("config key \"server.request_timeout_ms\" must be at least 1");
+        }
+        if self.server.shutdown_drain_ms > 25_000 {
+            bail!(
+                "config key \"server.shutdown_drain_ms\" must be at most 25000 (shutdown must finish within 30 s)"
+            );
+        }
+        if self.server.http_port != 0 && self.server.http_port == self.server.grpc_port {
+            bail!("config keys \"server.http_port\" and \"server.grpc_port\" must differ");
+        }
+        if self.storage.cache_size_mb == 0 {
+            bail!("config key \"storage.cache_size_mb\" must be at least 1");
+        }
+        if self.storage.wal_release_interval == 0 {
+            bail!("config key \"storage.wal_release_interval\" must be at least 1");
+        }
+        if self.wal.segment_size_mb == 0 {
+            bail!("config key \"wal.segment_size_mb\" must be at least 1");
+        }
+        parse_fsync(&self.wal.fsync)?;
+        tracing_subscriber::EnvFilter::try_new(&self.log.level).with_context(|| {
+            format!(
+                "config key \"log.level\": {:?} is not a valid filter",
+                self.log.level
+            )
+        })?;
+        let g = self.graph_config()?;
+        g.validate().map_err(|e| match e {
+            engram_graph::GraphError::Invalid { field, message } => {
+                let key = match field {
+                    "engine.wal" => "wal".to_owned(),
+                    "engine.store" => "storage".to_owned(),
+                    f => format!("memory.{f}"),
+                };
+                anyhow::anyhow!("config key {key:?}: {message}")
+            }
+            engram_graph::GraphError::InvalidSpaceName(n) => anyhow::anyhow!(
+                "config key \"memory.bootstrap_spaces\": {n:?} is not a valid space name (1-64 of A-Z a-z 0-9 _ -)"
+            ),
+            e => anyhow::anyhow!("invalid configuration: {e}"),
+        })?;
+        Ok(())
+    }
+
+    /// The graph's configuration.
+    pub fn graph_config(&self) -> Result<GraphConfig> {
+        let m = &self.memory;
+        let s = &self.storage;
+        let segment_size = self
+            .wal
+            .segment_size_mb
+            .checked_mul(1024 * 1024)
+            .context("config key \"wal.segment_size_mb\" is too large")?;
+        Ok(GraphConfig {
+            engine: EngineConfig {
+                wal: WalConfig {
+                    segment_size,
+                    max_payload: self.wal.max_record_bytes,
+                    durability: parse_fsync(&self.wal.fsync)?,
+                    preallocate: self.wal.preallocate,
+                },
+                store: StoreConfig {
+                    block_cache_mb: s.cache_size_mb,
+                    bloom_bits_per_key: s.bloom_bits_per_key,
+                    write_buffer_mb: s.write_buffer_mb,
+                    max_background_jobs: s.max_background_jobs,
+                    zstd_level: s.zstd_level,
+                    ..StoreConfig::default()
+                },
+                wal_release_interval: s.wal_release_interval,
+            },
+            limits: Limits {
+                max_content_bytes: m.limits.max_content_bytes,
+                max_metadata_bytes: m.limits.max_metadata_bytes,
+                max_tags: m.limits.max_tags,
+                max_tag_bytes: m.limits.max_tag_bytes,
+                max_embedding_dim: m.limits.max_embedding_dim,
+                max_recall_limit: m.limits.max_recall_limit,
+            },
+            default_confidence: m.default_confidence,
+            bootstrap_spaces: m.bootstrap_spaces.clone(),
+            stability_days: m.stability_days,
+            temporal_weight: m.temporal_weight,
+            ann: HnswParams {
+                m: m.ann.m,
+                ef_construction: m.ann.ef_construction,
+                ef_search: m.ann.ef_search,
+            },
+            exact_search_below: m.exact_search_below,
+            semantic_k: m.semantic_k,
+            semantic_threshold: m.semantic_threshold,
+            access_flush_ms: m.access_flush_ms,
+            access_buffer: m.access_buffer,
+            consolidation: ConsolidationConfig {
+                interval_sec: m.consolidation.interval_sec,
+                batch_size: m.consolidation.batch_size,
+                threshold: m.consolidation.threshold,
+            },
+            hot_capacity: m.hot_capacity,
+            cold_after_sec: m.cold_after_sec,
+        })
+    }
+
+    /// The HTTP limits.
+    pub fn api_config(&self) -> engram_api::ApiConfig {
+        engram_api::ApiConfig {
+            body_limit_bytes: self.server.body_limit_bytes,
+            request_timeout: Duration::from_millis(self.server.request_timeout_ms),
+        }
+    }
+
+    /// The effective configuration as TOML.
+    pub fn to_toml(&self) -> Result<String> {
+        Ok(toml::to_string(self)?)
+    }
+}
+
+/// `always`, `never` or a duration such as `10ms`.
+fn parse_fsync(s: &str) -> Result<Durability> {
+    match s {
+        "always" => Ok(Durability::Always),
+        "never" => Ok(Durability::None),
+        other => {
+            let d = humantime_like(other).with_context(|| {
+                format!("config key \"wal.fsync\": {other:?} is not \"always\", \"never\" or an interval like \"10ms\"")
+            })?;
+            if d.is_zero() {
+                bail!("config key \"wal.fsync\": the interval must be at least 1ms");
+            }
+            Ok(Durability::Interval(d))
+        }
+    }
+}
+
+/// `<n>ms` or `<n>s`.
+fn humantime_like(s: &str) -> Option<Duration> {
+    if let Some(n) = s.strip_suffix("ms") {
+        return n.trim().parse().ok().map(Duration::from_millis);
+    }
+    if let Some(n) = s.strip_suffix('s') {
+        return n.trim().parse().ok().map(Duration::from_secs);
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_match_the_graph_defaults_and_validate() {
+        let c = Config::default();
+        c.validate().expect("defaults are valid");
+        assert_eq!(c.graph_config().expect("converts"), GraphConfig::default());
+    }
+
+    #[test]
+    fn every_key_is_known_and_nested_keys_are_found() {
+        assert!(known_key("server.http_port"));
+        assert!(known_key("memory.consolidation.threshold"));
+        assert!(known_key("data_dir"));
+        assert!(!known_key("server.nope"));
+        assert!(!known_key("http_port"));
+    }
+
+    #[test]
+    fn fsync_values_parse_and_reject_nonsense() {
+        assert_eq!(parse_fsync("always").ok(), Some(Durability::Always));
+        assert_eq!(parse_fsync("never").ok(), Some(Durability::None));
+        assert_eq!(
+            parse_fsync("10ms").ok(),
+            Some(Durability::Interval(Duration::from_millis(10)))
+        );
+        assert!(parse_fsync("0ms").is_err());
+        assert!(parse_fsync("sometimes").is_err());
+    }
+}
+
+#[cfg(test)]
+mod default_file {
+    use super::*;
+
+    /// `config/default.toml` documents exactly the built-in defaults, and
+    /// every key: a new key without documentation fails here.
+    #[test]
+    fn the_documented_defaults_are_the_built_in_ones() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/default.toml");
+        let text = std::fs::read_to_string(&path).expect("config/default.toml");
+        let parsed: Config = toml::from_str(&text).expect("parses with deny_unknown_fields");
+        assert_eq!(parsed, Config::default());
+        let table: toml::Table = toml::from_str(&text).expect("toml");
+        let full = toml::Value::try_from(Config::default()).expect("serialises");
+        fn keys(prefix: &str, v: &toml::Value, out: &mut Vec<String>) {
+            if let toml::Value::Table(t) = v {
+                for (k, v) in t {
+                    let p = format!("{prefix}{k}");
+                    keys(&format!("{p}."), v, out);
+                    out.push(p);
+                }
+            }
+        }
+        let (mut documented, mut all) = (Vec::new(), Vec::new());
+        keys("", &toml::Value::Table(table), &mut documented);
+        keys("", &full, &mut all);
+        documented.sort();
+        all.sort();
+        assert_eq!(documented, all, "config/default.toml must list every key");
+    }
+}

@@ -1,0 +1,197 @@
+//! `engram`: the server (`engram start`) and the command-line tool that
+//! talks to it over HTTP (`status`, `remember`, `recall`, …) or works on a
+//! stopped server's data directory (`restore`).
+
+mod client;
+mod commands;
+mod config;
+mod lock;
+mod logging;
+mod server;
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+/// Memory database for AI agents.
+#[derive(Debug, Parser)]
+#[command(name = "engram", version = engram_api::VERSION, about, propagate_version = true)]
+struct Cli {
+    /// Config file (default: /config/engram.toml, else $XDG_CONFIG_HOME/engram/config.toml, if present).
+    #[arg(long, global = true, value_name = "FILE")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Runs the server until SIGTERM or SIGINT.
+    Start(StartArgs),
+    /// Asks a server whether it is ready. Exit code 0: ready; 1: answering
+    /// but not ready or unhealthy; 3: unreachable.
+    Status {
+        /// Print the server's JSON report.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Stores a memory.
+    Remember {
+        /// The memory's text.
+        text: String,
+        /// Tag (repeatable).
+        #[arg(long = "tag", value_name = "TAG")]
+        tags: Vec<String>,
+        /// Confidence in [0, 1].
+        #[arg(long)]
+        confidence: Option<f32>,
+        #[command(flatten)]
+        target: SpaceTarget,
+    },
+    /// Recalls memories by a text cue, with spreading activation.
+    Recall {
+        /// The cue.
+        cue: String,
+        /// Most results.
+        #[arg(long, default_value_t = 10)]
+        limit: usize,
+        /// Print the JSON answer.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        target: SpaceTarget,
+    },
+    /// Forgets a memory (record, index entries and edges).
+    Forget {
+        /// Memory id.
+        id: String,
+        #[command(flatten)]
+        target: SpaceTarget,
+    },
+    /// Creates, lists or deletes memory spaces.
+    Space {
+        #[command(subcommand)]
+        action: SpaceAction,
+    },
+    /// Merges similar memories of a space into concepts.
+    Consolidate {
+        /// Similarity in (0, 1] above which memories merge (default: the server's config).
+        #[arg(long)]
+        threshold: Option<f32>,
+        #[command(flatten)]
+        target: SpaceTarget,
+    },
+    /// Takes an online backup of a running server into a new directory under DIR.
+    Backup {
+        /// Directory that receives `engram-backup-<time>/`.
+        #[arg(long, value_name = "DIR")]
+        output: PathBuf,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Restores a backup into an empty data directory (server stopped).
+    Restore {
+        /// A backup directory written by `engram backup`.
+        #[arg(long, value_name = "DIR")]
+        input: PathBuf,
+        /// The data directory to create.
+        #[arg(long, value_name = "DIR")]
+        data_dir: PathBuf,
+    },
+    /// Validates the configuration.
+    Config {
+        #[command(subcommand)]
+        action: ConfigAction,
+    },
+    /// Prints the version.
+    Version,
+}
+
+#[derive(Debug, Args)]
+struct StartArgs {
+    /// HTTP port.
+    #[arg(long)]
+    http_port: Option<u16>,
+    /// gRPC port.
+    #[arg(long)]
+    grpc_port: Option<u16>,
+    /// Address to bind (default 127.0.0.1; containers use 0.0.0.0).
+    #[arg(long)]
+    bind: Option<IpAddr>,
+    /// Data directory (default ./engram-data).
+    #[arg(long, value_name = "DIR")]
+    data_dir: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+struct Target {
+    /// Server URL (default: http://127.0.0.1:<server.http_port> from the configuration).
+    #[arg(long, env = "ENGRAM_URL")]
+    url: Option<String>,
+}
+
+#[derive(Debug, Args)]
+struct SpaceTarget {
+    /// Memory space (default `default`).
+    #[arg(long)]
+    space: Option<String>,
+    #[command(flatten)]
+    target: Target,
+}
+
+#[derive(Debug, Subcommand)]
+enum SpaceAction {
+    /// Creates a space.
+    Create {
+        /// Name: 1–64 of A-Z a-z 0-9 _ -.
+        name: String,
+        /// Fixes the embedding dimension.
+        #[arg(long)]
+        embedding_dim: Option<u32>,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Lists spaces with their figures.
+    List {
+        /// Print the JSON answer.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Deletes a space and every memory in it.
+    Delete {
+        /// Name.
+        name: String,
+        #[command(flatten)]
+        target: Target,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum ConfigAction {
+    /// Loads and validates the layered configuration; exit 1 with the key on error.
+    Check {
+        /// Print the effective configuration as TOML.
+        #[arg(long)]
+        print: bool,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match commands::run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("engram: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,286 @@
+//! `engram start`: the server's lifecycle.
+//!
+//! 1. lock the data directory, bind both listeners (a busy port or a second
+//!    server on the same data directory fails here, clearly);
+//! 2. serve at once: `/health/alive` answers, readiness is 503;
+//! 3. recover storage, start background work, warm up, then report ready;
+//! 4. on SIGTERM or SIGINT: not ready, stop accepting, drain (bounded),
+//!    flush, log `Graceful shutdown complete`, exit 0. A second signal
+//!    exits at once.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, anyhow};
+use engram_api::AppState;
+use engram_api::grpc::{MemoryGrpc, MemoryServiceServer, pb};
+use engram_graph::{Background, Graph, OpenOptions};
+use prometheus::Registry;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tonic_health::ServingStatus;
+
+use crate::config::Config;
+use crate::lock::DirLock;
+
+/// Runs the server until a signal; returns after a clean shutdown.
+pub fn run(config: Config) -> Result<()> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("engram-worker")
+        .build()
+        .context("starting the async runtime")?;
+    let result = rt.block_on(serve(config));
+    // Blocking graph calls still running after the drain get a short grace.
+    rt.shutdown_timeout(Duration::from_secs(2));
+    if result.is_ok() {
+        tracing::info!("Graceful shutdown complete");
+    }
+    result
+}
+
+async fn bind(addr: SocketAddr, what: &str, flag: &str, env: &str) -> Result<TcpListener> {
+    TcpListener::bind(addr).await.map_err(|e| {
+        if e.kind() == std::io::ErrorKind::AddrInUse {
+            anyhow!(
+                "cannot listen for {what} on {addr}: the port is already in use (another engram or another program?); choose another with {flag} or {env}"
+            )
+        } else {
+            anyhow!("cannot listen for {what} on {addr}: {e}")
+        }
+    })
+}
+
+async fn serve(config: Config) -> Result<()> {
+    let started = Instant::now();
+    let lock = DirLock::acquire(&config.data_dir)?;
+    let bind_ip = config.server.bind;
+    let http = bind(
+        SocketAddr::new(bind_ip, config.server.http_port),
+        "HTTP",
+        "--http-port",
+        "ENGRAM_HTTP_PORT",
+    )
+    .await?;
+    let grpc = bind(
+        SocketAddr::new(bind_ip, config.server.grpc_port),
+        "gRPC",
+        "--grpc-port",
+        "ENGRAM_GRPC_PORT",
+    )
+    .await?;
+    let http_addr = http.local_addr()?;
+    let grpc_addr = grpc.local_addr()?;
+    tracing::info!(
+        version = engram_api::VERSION,
+        http = %http_addr,
+        grpc = %grpc_addr,
+        data_dir = %config.data_dir.display(),
+        lock = %lock.path().display(),
+        "engram starting"
+    );
+
+    let registry = Registry::new();
+    registry
+        .register(Box::new(
+            prometheus::process_collector::ProcessCollector::for_self(),
+        ))
+        .context("registering process metrics")?;
+    let state = AppState::starting(registry.clone()).context("registering HTTP metrics")?;
+
+    // Shutdown: a watch flips to true on the first signal.
+    let (stop_tx, stop_rx) = watch::channel(false);
+    tokio::spawn(signals(stop_tx));
+
+    let router = engram_api::router(Arc::clone(&state), &config.api_config());
+    let mut http_rx = stop_rx.clone();
+    let http_task = tokio::spawn(async move {
+        axum::serve(http, router)
+            .with_graceful_shutdown(async move {
+                let _ = http_rx.wait_for(|s| *s).await;
+            })
+            .await
+    });
+
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health
+        .set_service_status("", ServingStatus::NotServing)
+        .await;
+    health
+        .set_not_serving::<MemoryServiceServer<MemoryGrpc>>()
+        .await;
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .context("building gRPC reflection")?;
+    let memory = MemoryServiceServer::new(MemoryGrpc::new(Arc::clone(&state)))
+        .max_decoding_message_size(config.server.body_limit_bytes);
+    let mut grpc_rx = stop_rx.clone();
+    let grpc_task = tokio::spawn(async move {
+        tonic::transport::Server::builder()
+            .add_service(health_service)
+            .add_service(reflection)
+            .add_service(memory)
+            .serve_with_incoming_shutdown(
+                tonic::transport::server::TcpIncoming::from(grpc).with_nodelay(Some(true)),
+                async move {
+                    let _ = grpc_rx.wait_for(|s| *s).await;
+                },
+            )
+            .await
+    });
+
+    // Recovery runs while health checks already answer (503 until ready).
+    let graph_config = config.graph_config()?;
+    let data_dir = config.data_dir.clone();
+    let open_registry = registry.clone();
+    let opened = tokio::task::spawn_blocking(move || {
+        Graph::open(
+            &data_dir,
+            graph_config,
+            OpenOptions {
+                repair: false,
+                registry: Some(open_registry),
+            },
+        )
+    })
+    .await
+    .context("storage recovery task failed")?;
+    let (graph, report) = match opened {
+        Ok(g) => g,
+        Err(e) => {
+            return Err(anyhow!(e).context(format!(
+                "opening the data directory {}",
+                config.data_dir.display()
+            )));
+        }
+    };
+    let graph = Arc::new(graph);
+    state.attach(Arc::clone(&graph));
+    tracing::info!(
+        replayed = report.replayed,
+        applied_lsn = report.applied_after,
+        elapsed_ms = report.elapsed.as_millis() as u64,
+        "storage recovered"
+    );
+    let background = Background::start(&graph).context("starting background tasks")?;
+    if config.server.warm_up && !*stop_rx.borrow() {
+        let g = Arc::clone(&graph);
+        let warm = tokio::task::spawn_blocking(move || g.warm_up()).await;
+        match warm {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return Err(anyhow!(e).context("loading space indexes")),
+            Err(e) => return Err(anyhow!(e).context("warm-up task failed")),
+        }
+    }
+    let (loaded, total) = graph.loaded_spaces();
+    if !*stop_rx.borrow() {
+        state.set_ready(true);
+        health.set_service_status("", ServingStatus::Serving).await;
+        health
+            .set_serving::<MemoryServiceServer<MemoryGrpc>>()
+            .await;
+        tracing::info!(
+            http = %http_addr,
+            grpc = %grpc_addr,
+            spaces = total,
+            loaded,
+            startup_ms = started.elapsed().as_millis() as u64,
+            "engram ready"
+        );
+    }
+
+    // Wait for the first signal.
+    let mut rx = stop_rx.clone();
+    let _ = rx.wait_for(|s| *s).await;
+    tracing::info!("shutdown requested: readiness off, draining requests");
+    state.set_ready(false);
+    health
+        .set_service_status("", ServingStatus::NotServing)
+        .await;
+    health
+        .set_not_serving::<MemoryServiceServer<MemoryGrpc>>()
+        .await;
+
+    let drain = Duration::from_millis(config.server.shutdown_drain_ms);
+    let deadline = tokio::time::Instant::now() + drain;
+    for (name, task) in [("HTTP", http_task), ("gRPC", grpc_task.map_err_box())] {
+        match tokio::time::timeout_at(deadline, task).await {
+            Ok(Ok(Ok(()))) => tracing::info!(server = name, "listener closed, requests drained"),
+            Ok(Ok(Err(e))) => {
+                tracing::warn!(server = name, error = %e, "server ended with an error")
+            }
+            Ok(Err(e)) => tracing::warn!(server = name, error = %e, "server task failed"),
+            Err(_) => tracing::warn!(
+                server = name,
+                drain_ms = drain.as_millis() as u64,
+                "requests still running after the drain period; closing them"
+            ),
+        }
+    }
+
+    // Background work stops (its last access flush runs), then everything
+    // applied reaches SST files. Every acknowledged write was fsynced in
+    // the WAL before its answer, so this only shortens the next start.
+    let g = Arc::clone(&graph);
+    tokio::task::spawn_blocking(move || {
+        drop(background);
+        if let Err(e) = g.flush_access() {
+            tracing::warn!(error = %e, "writing access statistics at shutdown failed");
+        }
+        match g.engine().store().flush() {
+            Ok(()) => tracing::info!("store flushed"),
+            Err(e) => tracing::warn!(error = %e, "flushing the store at shutdown failed"),
+        }
+    })
+    .await
+    .context("final flush task failed")?;
+    drop(lock);
+    Ok(())
+}
+
+/// Sets the stop flag on the first SIGTERM/SIGINT; exits on the second.
+async fn signals(stop: watch::Sender<bool>) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        tracing::error!("cannot install signal handlers; stop the server with SIGKILL");
+        return;
+    };
+    for round in 0.. {
+        let name = tokio::select! {
+            _ = term.recv() => "SIGTERM",
+            _ = int.recv() => "SIGINT",
+        };
+        if round == 0 {
+            tracing::info!(signal = name, "signal received");
+            let _ = stop.send(true);
+        } else {
+            tracing::warn!(
+                signal = name,
+                "second signal: exiting without a clean shutdown"
+            );
+            std::process::exit(130);
+        }
+    }
+}
+
+/// Makes the gRPC task's error type printable like the HTTP one.
+trait MapErrBox {
+    fn map_err_box(self) -> tokio::task::JoinHandle<Result<(), std::io::Error>>;
+}
+
+impl MapErrBox for tokio::task::JoinHandle<Result<(), tonic::transport::Error>> {
+    fn map_err_box(self) -> tokio::task::JoinHandle<Result<(), std::io::Error>> {
+        tokio::spawn(async move {
+            match self.await {
+                Ok(r) => r.map_err(std::io::Error::other),
+                Err(e) => Err(std::io::Error::other(e)),
+            }
+        })
+    }
+}
