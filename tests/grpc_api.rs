@@ -159,6 +159,16 @@ async fn memory_service_round_trip() {
     })
     .await
     .expect("delete space");
+
+    // Calls are counted per method and code.
+    let metrics = s.get("/metrics").text();
+    for line in [
+        "engram_grpc_requests_total{code=\"Ok\",method=\"Remember\"} 2",
+        "engram_grpc_requests_total{code=\"NotFound\",method=\"Get\"} 2",
+        "engram_grpc_request_duration_seconds_count{method=\"Recall\"} 1",
+    ] {
+        assert!(metrics.contains(line), "{line} missing:\n{metrics}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -391,6 +391,13 @@ fn bad_input_is_a_json_4xx_and_never_stops_the_server() {
             400,
         ),
         ("GET", "/no/such/route".into(), vec![], vec![], 404),
+        (
+            "PUT",
+            "/api/v1/memories/remember".into(),
+            ct.to_vec(),
+            br#"{"content": "x"}"#.to_vec(),
+            405,
+        ),
     ];
     for (method, path, headers, body, want) in cases {
         let r = s.req(method, &path, &headers, &body);

@@ -54,6 +54,24 @@ impl MemoryGrpc {
     fn graph(&self) -> Result<Arc<engram_graph::Graph>, Status> {
         Ok(self.state.graph()?)
     }
+
+    /// Counts and times one call under its method name and status code.
+    async fn observed<T>(
+        &self,
+        method: &'static str,
+        call: impl std::future::Future<Output = Result<Response<T>, Status>>,
+    ) -> Result<Response<T>, Status> {
+        let started = std::time::Instant::now();
+        let result = call.await;
+        let code = match &result {
+            Ok(_) => Code::Ok,
+            Err(s) => s.code(),
+        };
+        self.state
+            .http
+            .observe_grpc(method, code, started.elapsed().as_secs_f64());
+        result
+    }
 }
 
 fn space(s: String) -> Result<String, ApiError> {
@@ -111,9 +129,8 @@ fn space_pb(s: SpaceOut) -> pb::Space {
     }
 }
 
-#[tonic::async_trait]
-impl pb::memory_service_server::MemoryService for MemoryGrpc {
-    async fn remember(
+impl MemoryGrpc {
+    async fn do_remember(
         &self,
         request: Request<pb::RememberRequest>,
     ) -> Result<Response<pb::RememberResponse>, Status> {
@@ -153,7 +170,7 @@ impl pb::memory_service_server::MemoryService for MemoryGrpc {
         }))
     }
 
-    async fn recall(
+    async fn do_recall(
         &self,
         request: Request<pb::RecallRequest>,
     ) -> Result<Response<pb::RecallResponse>, Status> {
@@ -206,7 +223,10 @@ impl pb::memory_service_server::MemoryService for MemoryGrpc {
         }))
     }
 
-    async fn get(&self, request: Request<pb::GetRequest>) -> Result<Response<pb::Memory>, Status> {
+    async fn do_get(
+        &self,
+        request: Request<pb::GetRequest>,
+    ) -> Result<Response<pb::Memory>, Status> {
         let r = request.into_inner();
         let space = space(r.space)?;
         let graph = self.graph()?;
@@ -214,7 +234,7 @@ impl pb::memory_service_server::MemoryService for MemoryGrpc {
         Ok(Response::new(memory(MemoryOut::from(&m))))
     }
 
-    async fn forget(
+    async fn do_forget(
         &self,
         request: Request<pb::ForgetRequest>,
     ) -> Result<Response<pb::ForgetResponse>, Status> {
@@ -225,7 +245,7 @@ impl pb::memory_service_server::MemoryService for MemoryGrpc {
         Ok(Response::new(pb::ForgetResponse {}))
     }
 
-    async fn link(
+    async fn do_link(
         &self,
         request: Request<pb::LinkRequest>,
     ) -> Result<Response<pb::LinkResponse>, Status> {
@@ -241,7 +261,7 @@ impl pb::memory_service_server::MemoryService for MemoryGrpc {
         }))
     }
 
-    async fn consolidate(
+    async fn do_consolidate(
         &self,
         request: Request<pb::ConsolidateRequest>,
     ) -> Result<Response<pb::ConsolidateResponse>, Status> {
@@ -261,7 +281,7 @@ impl pb::memory_service_server::MemoryService for MemoryGrpc {
         }))
     }
 
-    async fn create_space(
+    async fn do_create_space(
         &self,
         request: Request<pb::CreateSpaceRequest>,
     ) -> Result<Response<pb::Space>, Status> {
@@ -279,7 +299,7 @@ impl pb::memory_service_server::MemoryService for MemoryGrpc {
         Ok(Response::new(space_pb(SpaceOut::from(&stats))))
     }
 
-    async fn list_spaces(
+    async fn do_list_spaces(
         &self,
         _request: Request<pb::ListSpacesRequest>,
     ) -> Result<Response<pb::ListSpacesResponse>, Status> {
@@ -290,7 +310,7 @@ impl pb::memory_service_server::MemoryService for MemoryGrpc {
         }))
     }
 
-    async fn delete_space(
+    async fn do_delete_space(
         &self,
         request: Request<pb::DeleteSpaceRequest>,
     ) -> Result<Response<pb::DeleteSpaceResponse>, Status> {
@@ -298,5 +318,72 @@ impl pb::memory_service_server::MemoryService for MemoryGrpc {
         let graph = self.graph()?;
         blocking(move || Ok(graph.delete_space(&r.id)?)).await?;
         Ok(Response::new(pb::DeleteSpaceResponse {}))
+    }
+}
+
+#[tonic::async_trait]
+impl pb::memory_service_server::MemoryService for MemoryGrpc {
+    async fn remember(
+        &self,
+        request: Request<pb::RememberRequest>,
+    ) -> Result<Response<pb::RememberResponse>, Status> {
+        self.observed("Remember", self.do_remember(request)).await
+    }
+
+    async fn recall(
+        &self,
+        request: Request<pb::RecallRequest>,
+    ) -> Result<Response<pb::RecallResponse>, Status> {
+        self.observed("Recall", self.do_recall(request)).await
+    }
+
+    async fn get(&self, request: Request<pb::GetRequest>) -> Result<Response<pb::Memory>, Status> {
+        self.observed("Get", self.do_get(request)).await
+    }
+
+    async fn forget(
+        &self,
+        request: Request<pb::ForgetRequest>,
+    ) -> Result<Response<pb::ForgetResponse>, Status> {
+        self.observed("Forget", self.do_forget(request)).await
+    }
+
+    async fn link(
+        &self,
+        request: Request<pb::LinkRequest>,
+    ) -> Result<Response<pb::LinkResponse>, Status> {
+        self.observed("Link", self.do_link(request)).await
+    }
+
+    async fn consolidate(
+        &self,
+        request: Request<pb::ConsolidateRequest>,
+    ) -> Result<Response<pb::ConsolidateResponse>, Status> {
+        self.observed("Consolidate", self.do_consolidate(request))
+            .await
+    }
+
+    async fn create_space(
+        &self,
+        request: Request<pb::CreateSpaceRequest>,
+    ) -> Result<Response<pb::Space>, Status> {
+        self.observed("CreateSpace", self.do_create_space(request))
+            .await
+    }
+
+    async fn list_spaces(
+        &self,
+        request: Request<pb::ListSpacesRequest>,
+    ) -> Result<Response<pb::ListSpacesResponse>, Status> {
+        self.observed("ListSpaces", self.do_list_spaces(request))
+            .await
+    }
+
+    async fn delete_space(
+        &self,
+        request: Request<pb::DeleteSpaceRequest>,
+    ) -> Result<Response<pb::DeleteSpaceResponse>, Status> {
+        self.observed("DeleteSpace", self.do_delete_space(request))
+            .await
     }
 }

@@ -41,9 +41,10 @@ pub(crate) fn router(state: Arc<AppState>, config: &ApiConfig) -> Router {
             get(get_space).delete(delete_space),
         )
         .fallback(not_found)
-        .layer(tower_http::timeout::TimeoutLayer::with_status_code(
-            StatusCode::REQUEST_TIMEOUT,
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(axum::middleware::from_fn_with_state(
             config.request_timeout,
+            timeout,
         ));
     // A backup streams for as long as the store is large: no request timeout.
     let long = Router::new().route("/api/v1/system/backup", post(backup::backup));
@@ -107,6 +108,33 @@ fn panic_response(_: Box<dyn std::any::Any + Send + 'static>) -> Response {
 
 async fn not_found() -> ApiError {
     ApiError::not_found("route_not_found", "no such route")
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError {
+        status: StatusCode::METHOD_NOT_ALLOWED,
+        code: "method_not_allowed",
+        message: "this route does not accept that method".into(),
+    }
+}
+
+/// Answers 408 with a JSON error when a request runs longer than the
+/// configured timeout. The graph call it waited for may still complete (a
+/// write that timed out here can be stored; retry with `dedupe`).
+async fn timeout(
+    State(limit): State<std::time::Duration>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    match tokio::time::timeout(limit, next.run(req)).await {
+        Ok(r) => r,
+        Err(_) => ApiError {
+            status: StatusCode::REQUEST_TIMEOUT,
+            code: "request_timeout",
+            message: format!("the request took longer than {limit:?}"),
+        }
+        .into_response(),
+    }
 }
 
 /// Runs a blocking graph call on tokio's blocking pool.

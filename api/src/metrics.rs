@@ -23,6 +23,8 @@ pub struct HttpMetrics {
     tiers: IntGaugeVec,
     storage: IntGaugeVec,
     ready: IntGauge,
+    grpc_requests: IntCounterVec,
+    grpc_latency: HistogramVec,
 }
 
 impl HttpMetrics {
@@ -59,6 +61,23 @@ impl HttpMetrics {
             &["kind"],
         )?;
         let ready = IntGauge::new("engram_ready", "1 when the server is ready to serve")?;
+        let grpc_requests = IntCounterVec::new(
+            Opts::new(
+                "engram_grpc_requests_total",
+                "gRPC calls by method and status code",
+            ),
+            &["method", "code"],
+        )?;
+        let grpc_latency = HistogramVec::new(
+            HistogramOpts::new(
+                "engram_grpc_request_duration_seconds",
+                "gRPC call latency by method",
+            )
+            .buckets(prometheus::exponential_buckets(0.000_05, 2.5, 14)?),
+            &["method"],
+        )?;
+        r.register(Box::new(grpc_requests.clone()))?;
+        r.register(Box::new(grpc_latency.clone()))?;
         r.register(Box::new(storage.clone()))?;
         r.register(Box::new(ready.clone()))?;
         r.register(Box::new(requests.clone()))?;
@@ -72,7 +91,19 @@ impl HttpMetrics {
             tiers,
             storage,
             ready,
+            grpc_requests,
+            grpc_latency,
         })
+    }
+
+    /// Records one gRPC call.
+    pub(crate) fn observe_grpc(&self, method: &str, code: tonic::Code, seconds: f64) {
+        self.grpc_latency
+            .with_label_values(&[method])
+            .observe(seconds);
+        self.grpc_requests
+            .with_label_values(&[method, &format!("{code:?}")])
+            .inc();
     }
 }
 

@@ -185,9 +185,9 @@ impl RecallBody {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SpaceBody {
-    /// Space name: 1–64 characters of `[A-Za-z0-9_-]`.
+    /// Space name: 1–63 characters of `a-z`, `0-9`, `_`, `-`, starting with a letter or digit.
     pub id: String,
-    /// Fixes the embedding dimension (otherwise set by the first embedding).
+    /// Embedding dimension of the space; without it the space stores no vectors.
     pub embedding_dim: Option<u32>,
     /// Records kept in the hot cache for this space.
     pub hot_capacity: Option<u32>,

@@ -37,7 +37,10 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
             if let Some(f) = &file {
                 tracing::info!(file = %f.display(), "configuration file loaded");
             }
-            if let Err(e) = crate::server::run(config) {
+            if a.repair {
+                tracing::warn!("starting in WAL repair mode (--repair)");
+            }
+            if let Err(e) = crate::server::run(config, a.repair) {
                 tracing::error!(error = %format!("{e:#}"), "engram failed");
                 return Err(e);
             }

@@ -369,8 +369,16 @@ pub fn config_file(explicit: Option<&Path>) -> Result<Option<PathBuf>> {
 }
 
 /// Environment variables that are not configuration keys but belong to
-/// Engram's tooling, and are therefore not rejected.
-const NOT_CONFIG: &[&str] = &["ENGRAM_FUZZ_SECONDS", "ENGRAM_URL"];
+/// Engram's CLI and tooling (`./x`, tests, benchmarks), and are therefore
+/// not rejected.
+const NOT_CONFIG: &[&str] = &[
+    "ENGRAM_URL",
+    "ENGRAM_FUZZ_SECONDS",
+    "ENGRAM_CRASH_ITERATIONS",
+    "ENGRAM_CRASH_SEED",
+    "ENGRAM_SCHEMATHESIS_EXAMPLES",
+    "ENGRAM_BENCH_DIR",
+];
 
 /// Loads the layered configuration. `file` comes from [`config_file`].
 pub fn load(file: Option<&Path>, overrides: &Overrides) -> Result<Config> {
@@ -512,7 +520,7 @@ impl Config {
                 anyhow::anyhow!("config key {key:?}: {message}")
             }
             engram_graph::GraphError::InvalidSpaceName(n) => anyhow::anyhow!(
-                "config key \"memory.bootstrap_spaces\": {n:?} is not a valid space name (1-64 of A-Z a-z 0-9 _ -)"
+                "config key \"memory.bootstrap_spaces\": {n:?} is not a valid space name (1-63 of a-z 0-9 _ -, starting with a letter or digit)"
             ),
             e => anyhow::anyhow!("invalid configuration: {e}"),
         })?;

@@ -128,6 +128,12 @@ struct StartArgs {
     /// Data directory (default ./engram-data).
     #[arg(long, value_name = "DIR")]
     data_dir: Option<PathBuf>,
+    /// Start even if the WAL is damaged before its tail: cut the log at the
+    /// damage and move the rest aside to wal/corrupt/ (see docs/storage.md).
+    /// Acknowledged writes after the damage are lost; use only when no
+    /// replica or backup can restore them.
+    #[arg(long)]
+    repair: bool,
 }
 
 #[derive(Debug, Args)]
@@ -150,7 +156,7 @@ struct SpaceTarget {
 enum SpaceAction {
     /// Creates a space.
     Create {
-        /// Name: 1–64 of A-Z a-z 0-9 _ -.
+        /// Name: 1–63 of a-z 0-9 _ -, starting with a letter or digit.
         name: String,
         /// Fixes the embedding dimension.
         #[arg(long)]

@@ -25,13 +25,13 @@ use crate::config::Config;
 use crate::lock::DirLock;
 
 /// Runs the server until a signal; returns after a clean shutdown.
-pub fn run(config: Config) -> Result<()> {
+pub fn run(config: Config, repair: bool) -> Result<()> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("engram-worker")
         .build()
         .context("starting the async runtime")?;
-    let result = rt.block_on(serve(config));
+    let result = rt.block_on(serve(config, repair));
     // Blocking graph calls still running after the drain get a short grace.
     rt.shutdown_timeout(Duration::from_secs(2));
     if result.is_ok() {
@@ -52,7 +52,7 @@ async fn bind(addr: SocketAddr, what: &str, flag: &str, env: &str) -> Result<Tcp
     })
 }
 
-async fn serve(config: Config) -> Result<()> {
+async fn serve(config: Config, repair: bool) -> Result<()> {
     let started = Instant::now();
     let lock = DirLock::acquire(&config.data_dir)?;
     let bind_ip = config.server.bind;
@@ -89,12 +89,14 @@ async fn serve(config: Config) -> Result<()> {
         .context("registering process metrics")?;
     let state = AppState::starting(registry.clone()).context("registering HTTP metrics")?;
 
-    // Shutdown: a watch flips to true on the first signal.
+    // Shutdown: `stop` flips on the first signal; `close` flips after
+    // readiness is off, and only then do the listeners stop accepting.
     let (stop_tx, stop_rx) = watch::channel(false);
+    let (close_tx, close_rx) = watch::channel(false);
     tokio::spawn(signals(stop_tx));
 
     let router = engram_api::router(Arc::clone(&state), &config.api_config());
-    let mut http_rx = stop_rx.clone();
+    let mut http_rx = close_rx.clone();
     let http_task = tokio::spawn(async move {
         axum::serve(http, router)
             .with_graceful_shutdown(async move {
@@ -117,7 +119,7 @@ async fn serve(config: Config) -> Result<()> {
         .context("building gRPC reflection")?;
     let memory = MemoryServiceServer::new(MemoryGrpc::new(Arc::clone(&state)))
         .max_decoding_message_size(config.server.body_limit_bytes);
-    let mut grpc_rx = stop_rx.clone();
+    let mut grpc_rx = close_rx.clone();
     let grpc_task = tokio::spawn(async move {
         tonic::transport::Server::builder()
             .add_service(health_service)
@@ -141,7 +143,7 @@ async fn serve(config: Config) -> Result<()> {
             &data_dir,
             graph_config,
             OpenOptions {
-                repair: false,
+                repair,
                 registry: Some(open_registry),
             },
         )
@@ -203,6 +205,7 @@ async fn serve(config: Config) -> Result<()> {
     health
         .set_not_serving::<MemoryServiceServer<MemoryGrpc>>()
         .await;
+    let _ = close_tx.send(true);
 
     let drain = Duration::from_millis(config.server.shutdown_drain_ms);
     let deadline = tokio::time::Instant::now() + drain;

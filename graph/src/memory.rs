@@ -1195,7 +1195,7 @@ impl Graph {
             return Err(invalid(
                 "embedding",
                 format!(
-                    "space {:?} was created without embeddings",
+                    "space {:?} was created without an embedding dimension; store vectors in a space created with one (POST /api/v1/spaces {{\"id\": \"...\", \"embedding_dim\": N}})",
                     space.record.name
                 ),
             ));
