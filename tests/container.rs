@@ -472,6 +472,19 @@ fn compose_stack_keeps_data_across_down_up_and_applies_config_changes() {
     };
     let took = up("first");
     println!("compose up to healthy: {:.2} s", took.as_secs_f64());
+    // The hardening the compose file asks for is what Docker applied.
+    assert_eq!(c.inspect("{{.HostConfig.ReadonlyRootfs}}"), "true");
+    assert_eq!(c.inspect("{{json .HostConfig.CapDrop}}"), r#"["ALL"]"#);
+    assert!(
+        c.inspect("{{json .HostConfig.SecurityOpt}}")
+            .contains("no-new-privileges")
+    );
+    assert_eq!(
+        c.inspect("{{.HostConfig.Memory}}"),
+        (1u64 << 30).to_string()
+    );
+    assert_eq!(c.inspect("{{.Config.User}}"), "65532:65532");
+    assert_eq!(c.inspect("{{.HostConfig.LogConfig.Type}}"), "json-file");
     assert_eq!(c.http().port().to_string(), port);
     let id = c.remember("kept by the named volume");
     let (ok, out) = compose(&project, &env, &["down", "-t", "30"]);

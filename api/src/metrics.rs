@@ -13,6 +13,19 @@ use prometheus::{
 
 use crate::{ApiError, AppState};
 
+/// `engram.v1.MemoryService` methods, as labelled in the gRPC metrics.
+const GRPC_METHODS: [&str; 9] = [
+    "Remember",
+    "Recall",
+    "Get",
+    "Forget",
+    "Link",
+    "Consolidate",
+    "CreateSpace",
+    "ListSpaces",
+    "DeleteSpace",
+];
+
 /// Request counters and latency histograms, plus per-space gauges refreshed
 /// at each scrape.
 #[derive(Debug, Clone)]
@@ -76,6 +89,12 @@ impl HttpMetrics {
             .buckets(prometheus::exponential_buckets(0.000_05, 2.5, 14)?),
             &["method"],
         )?;
+        // Every method's series exist from the start (rate() over a series
+        // that appears mid-window undercounts, and dashboards show zeros).
+        for method in GRPC_METHODS {
+            grpc_requests.with_label_values(&[method, "Ok"]);
+            grpc_latency.with_label_values(&[method]);
+        }
         r.register(Box::new(grpc_requests.clone()))?;
         r.register(Box::new(grpc_latency.clone()))?;
         r.register(Box::new(storage.clone()))?;

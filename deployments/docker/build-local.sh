@@ -79,9 +79,12 @@ if [ "${ENGRAM_SBOM:-1}" = 1 ]; then
     fi
     sbom_dir="$CARGO_TARGET_DIR/sbom"
     mkdir -p "$sbom_dir"
+    # One SBOM per workspace member is written next to its Cargo.toml; the
+    # binary's (cmd/, which depends on every other crate) is the one kept.
     cargo cyclonedx --manifest-path cmd/Cargo.toml --format json --spec-version 1.5 \
-        --override-filename engram.cdx >/dev/null
+        --override-filename engram.cdx --no-build-deps >/dev/null
     mv cmd/engram.cdx.json "$sbom_dir/engram.cdx.json"
-    components=$(grep -c '"bom-ref"' "$sbom_dir/engram.cdx.json" || true)
+    rm -f wal/engram.cdx.json lsm/engram.cdx.json graph/engram.cdx.json api/engram.cdx.json bench/engram.cdx.json
+    components=$(python3 -c 'import json,sys; print(len(json.load(open(sys.argv[1])).get("components", [])))' "$sbom_dir/engram.cdx.json")
     say "SBOM: $sbom_dir/engram.cdx.json ($components components)"
 fi
