@@ -462,15 +462,24 @@ fn compose_stack_keeps_data_across_down_up_and_applies_config_changes() {
         }
     }
     let _down = Down(&project, &env);
-    let c = Container {
-        name: format!("{project}_engram_1"),
-    };
+    // The container's id from Compose itself (v1 and v2 name containers differently).
     let up = |what: &str| {
         let (ok, out) = compose(&project, &env, &["up", "-d", "--no-build"]);
         assert!(ok, "compose up ({what}): {out}");
-        c.wait_healthy(Duration::from_secs(30))
+        let (ok, id) = compose(&project, &env, &["ps", "-q", "engram"]);
+        assert!(ok, "compose ps: {id}");
+        let id = id
+            .lines()
+            .map(str::trim)
+            .find(|l| l.len() == 64 && l.chars().all(|c| c.is_ascii_hexdigit()))
+            .unwrap_or_else(|| panic!("no container id in: {id}"));
+        let c = Container {
+            name: id.to_owned(),
+        };
+        let took = c.wait_healthy(Duration::from_secs(30));
+        (c, took)
     };
-    let took = up("first");
+    let (c, took) = up("first");
     println!("compose up to healthy: {:.2} s", took.as_secs_f64());
     // The hardening the compose file asks for is what Docker applied.
     assert_eq!(c.inspect("{{.HostConfig.ReadonlyRootfs}}"), "true");
@@ -493,7 +502,7 @@ fn compose_stack_keeps_data_across_down_up_and_applies_config_changes() {
     let mut text = std::fs::read_to_string(&config).expect("config");
     text.push_str("\n[memory]\nbootstrap_spaces = [\"compose-check\"]\n");
     std::fs::write(&config, text).expect("write config");
-    up("second");
+    let (c, _) = up("second");
     assert!(c.has(&id), "data lost across down/up");
     let r = c.req("GET", "/api/v1/spaces/compose-check", &json!(null));
     assert_eq!(r.status, 200, "config change not applied: {}", r.text());

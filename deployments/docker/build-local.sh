@@ -34,7 +34,7 @@ cargo build --release --workspace --all-targets --quiet
 bin="$CARGO_TARGET_DIR/release/engram"
 
 stage=$(mktemp -d)
-trap 'rm -rf "$stage"' EXIT
+trap 'rm -rf "$stage" deployments/docker/prebuilt' EXIT
 root="$stage/rootfs"
 mkdir -p "$root/etc/ssl/certs" "$root/tmp" "$root/home/nonroot"
 # Every shared library the binary loads, under the path the loader looks in.
