@@ -274,6 +274,21 @@ fn config_check_names_bad_keys_and_layers_in_order() {
         assert_eq!(code, 1, "{text:?} must be rejected");
         assert!(err.contains(key), "{text:?}: error must name {key}: {err}");
     }
+    // What Kubernetes injects for a Service named `engram` is not config.
+    let (code, _, err) = run_cli(
+        &["config", "check"],
+        &[
+            ("ENGRAM_SERVICE_HOST", "10.0.0.1"),
+            ("ENGRAM_SERVICE_PORT", "7432"),
+            ("ENGRAM_SERVICE_PORT_HTTP", "7432"),
+            ("ENGRAM_PORT", "tcp://10.0.0.1:7432"),
+            ("ENGRAM_PORT_7432_TCP_ADDR", "10.0.0.1"),
+            ("ENGRAM_PROD_SERVICE_HOST", "10.0.0.2"),
+            ("ENGRAM_PROD_PORT_50051_TCP", "tcp://10.0.0.2:50051"),
+            ("ENGRAM_HEADLESS_SERVICE_PORT_GRPC", "50051"),
+        ],
+    );
+    assert_eq!(code, 0, "service-link variables must be ignored: {err}");
     let (code, _, err) = run_cli(&["config", "check"], &[("ENGRAM_SERVER__NOPE", "1")]);
     assert_eq!(code, 1);
     assert!(err.contains("ENGRAM_SERVER__NOPE"), "{err}");

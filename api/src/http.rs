@@ -219,7 +219,7 @@ async fn alive() -> Json<AliveOut> {
     responses((status = 200, description = "Summary status and version", body = HealthOut)))]
 async fn health(State(s): Shared) -> Json<HealthOut> {
     let status = match s.graph_if_open() {
-        Some(g) if g.engine().wal().failure().is_some() => "unhealthy",
+        Some(g) if g.engine().failure().is_some() => "unhealthy",
         _ if s.is_ready() => "healthy",
         _ => "degraded",
     };
@@ -257,7 +257,7 @@ async fn system_health(State(s): Shared) -> Result<Response, ApiError> {
     }];
     let (mut ok, mut spaces, mut wal, mut storage) = (is_ready, Vec::new(), None, None);
     if let Some(graph) = graph {
-        let failure = graph.engine().wal().failure();
+        let failure = graph.engine().failure();
         let w = graph.engine().wal().stats();
         checks.push(CheckOut {
             name: "wal",

@@ -403,7 +403,8 @@ fn restore(input: &Path, data_dir: &Path, config: &Config) -> Result<()> {
     let lock = DirLock::acquire(data_dir)?;
     for entry in std::fs::read_dir(data_dir)? {
         let name = entry?.file_name();
-        if name != crate::lock::LOCK_FILE {
+        // A fresh ext4 volume's root holds lost+found; it is not data.
+        if name != crate::lock::LOCK_FILE && name != "lost+found" {
             bail!(
                 "data directory {} is not empty (found {:?}); restore only into an empty directory",
                 data_dir.display(),

@@ -401,7 +401,7 @@ pub fn load(file: Option<&Path>, overrides: &Overrides) -> Result<Config> {
             continue;
         }
         let key = k["ENGRAM_".len()..].to_ascii_lowercase().replace("__", ".");
-        if !known_key(&key) {
+        if !known_key(&key) && !service_link(k) {
             bail!(
                 "unknown environment variable {k} (config key {key:?}); nested keys use \
                  ENGRAM_<SECTION>__<KEY>, e.g. ENGRAM_SERVER__HTTP_PORT; every key is in config/default.toml"
@@ -412,8 +412,10 @@ pub fn load(file: Option<&Path>, overrides: &Overrides) -> Result<Config> {
         Env::prefixed("ENGRAM_")
             .filter(|k| {
                 let k = k.as_str().to_ascii_uppercase();
+                // Only real keys: everything else was rejected above or is a
+                // service-link variable.
                 !ALIASES.iter().any(|(a, _)| a["ENGRAM_".len()..] == k)
-                    && !NOT_CONFIG.iter().any(|n| n["ENGRAM_".len()..] == k)
+                    && known_key(&k.to_ascii_lowercase().replace("__", "."))
             })
             .split("__"),
     );
@@ -448,6 +450,25 @@ pub fn load(file: Option<&Path>, overrides: &Overrides) -> Result<Config> {
     })?;
     config.validate()?;
     Ok(config)
+}
+
+/// Variables that Kubernetes service links (of any Service named `engram` or
+/// `engram-…`) and Docker links inject into every container:
+/// `ENGRAM[_X]_SERVICE_HOST`, `ENGRAM[_X]_SERVICE_PORT[_NAME]`,
+/// `ENGRAM[_X]_PORT[_7432_TCP…]`, `ENGRAM[_X]_NAME`, `ENGRAM[_X]_ENV_…`.
+/// They are not configuration and must not stop the server. (A real key is
+/// checked first, so `ENGRAM_SERVER__HTTP_PORT` is never taken for one.)
+fn service_link(var: &str) -> bool {
+    let rest = &var["ENGRAM_".len().min(var.len())..];
+    let rest = format!("_{rest}");
+    rest.ends_with("_SERVICE_HOST")
+        || rest.ends_with("_SERVICE_PORT")
+        || rest.contains("_SERVICE_PORT_")
+        || rest.ends_with("_PORT")
+        || (rest.contains("_PORT_")
+            && (rest.contains("_TCP") || rest.contains("_UDP") || rest.contains("_SCTP")))
+        || rest.ends_with("_NAME")
+        || rest.contains("_ENV_")
 }
 
 /// Every dotted key of the configuration (for environment checks).

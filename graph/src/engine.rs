@@ -391,6 +391,17 @@ impl Engine {
         lock(&self.applied).lsn
     }
 
+    /// Why the engine refuses writes, if it does: a WAL failure or a failed
+    /// apply to the store (both last until restart).
+    pub fn failure(&self) -> Option<String> {
+        if let Some(w) = self.wal.failure() {
+            return Some(format!("WAL: {w}"));
+        }
+        lock(&self.failed)
+            .as_ref()
+            .map(|s| format!("store apply: {s}"))
+    }
+
     /// The warm store, for reads.
     pub fn store(&self) -> &Store {
         &self.store
