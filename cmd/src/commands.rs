@@ -79,7 +79,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
 }
 
 /// The URL of the local server from the configuration.
-fn default_url(config: &Config) -> String {
+pub(crate) fn default_url(config: &Config) -> String {
     let host = match config.server.bind {
         ip if ip.is_unspecified() || ip.is_loopback() => "127.0.0.1".to_owned(),
         IpAddr::V4(ip) => ip.to_string(),
@@ -214,6 +214,10 @@ async fn remote(command: Command, config: &Config) -> Result<ExitCode> {
                 "examined {} memories, created {} concepts from {} members (threshold {})",
                 v["examined"], v["concepts"], v["members"], v["threshold"]
             );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Benchmark(args) => {
+            crate::benchmark::run(args, config).await?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Backup { output, target } => {

@@ -2,6 +2,7 @@
 //! talks to it over HTTP (`status`, `remember`, `recall`, …) or works on a
 //! stopped server's data directory (`restore`).
 
+mod benchmark;
 mod client;
 mod commands;
 mod config;
@@ -112,6 +113,8 @@ enum Command {
     },
     /// Prints the version.
     Version,
+    /// Measures throughput and latency: embedded, or against a server over HTTP or gRPC.
+    Benchmark(benchmark::BenchArgs),
 }
 
 #[derive(Debug, Args)]
