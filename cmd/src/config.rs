@@ -71,6 +71,9 @@ pub struct ServerConfig {
     pub shutdown_drain_ms: u64,
     /// Load every space's indexes before reporting ready.
     pub warm_up: bool,
+    /// Threads that run storage calls (each request's graph work holds one
+    /// while it waits for its fsync); more concurrent requests queue.
+    pub blocking_threads: usize,
 }
 
 /// `[log]`.
@@ -273,6 +276,7 @@ impl Default for ServerConfig {
             request_timeout_ms: 30_000,
             shutdown_drain_ms: 20_000,
             warm_up: true,
+            blocking_threads: 64,
         }
     }
 }
@@ -502,6 +506,9 @@ impl Config {
         }
         if self.server.body_limit_bytes < 1024 {
             bail!("config key \"server.body_limit_bytes\" must be at least 1024");
+        }
+        if !(1..=4096).contains(&self.server.blocking_threads) {
+            bail!("config key \"server.blocking_threads\" must be within 1..=4096");
         }
         if self.server.request_timeout_ms == 0 {
             bail!("config key \"server.request_timeout_ms\" must be at least 1");

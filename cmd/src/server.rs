@@ -29,6 +29,7 @@ pub fn run(config: Config, repair: bool) -> Result<()> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("engram-worker")
+        .max_blocking_threads(config.server.blocking_threads)
         .build()
         .context("starting the async runtime")?;
     let result = rt.block_on(serve(config, repair));
@@ -52,8 +53,35 @@ async fn bind(addr: SocketAddr, what: &str, flag: &str, env: &str) -> Result<Tcp
     })
 }
 
+/// Raises the soft open-files limit to the hard one: every client
+/// connection and every RocksDB SST file holds a descriptor, and 1024 (a
+/// common default) is too few for a database with many clients.
+fn raise_nofile_limit() -> u64 {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit only read/write the struct we pass.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
+            return 0;
+        }
+        if lim.rlim_cur < lim.rlim_max {
+            let raised = libc::rlimit {
+                rlim_cur: lim.rlim_max,
+                rlim_max: lim.rlim_max,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
+                lim = raised;
+            }
+        }
+    }
+    lim.rlim_cur
+}
+
 async fn serve(config: Config, repair: bool) -> Result<()> {
     let started = Instant::now();
+    let open_files = raise_nofile_limit();
     let lock = DirLock::acquire(&config.data_dir)?;
     let bind_ip = config.server.bind;
     let http = bind(
@@ -78,6 +106,7 @@ async fn serve(config: Config, repair: bool) -> Result<()> {
         grpc = %grpc_addr,
         data_dir = %config.data_dir.display(),
         lock = %lock.path().display(),
+        open_files_limit = open_files,
         "engram starting"
     );
 

@@ -1,0 +1,82 @@
+#!/usr/bin/env bash
+# Load test: 1000 concurrent HTTP keep-alive connections, then 1000
+# concurrent gRPC streams, against one Engram on loopback, with the
+# server's RSS sampled every second. Prints a markdown table.
+#
+#   bench/load.sh                      # 30 s per phase
+#   LOAD_SECONDS=60 bench/load.sh
+#   bench/load.sh --soak               # + 10 minutes of mixed load at 2000 ops/s: RSS must stay flat
+#
+# Every loop is bounded in time and count; only 127.0.0.1 is used.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/engram/target}"
+SECS="${LOAD_SECONDS:-30}"
+SOAK=0
+[ "${1:-}" = "--soak" ] && SOAK=1
+bin="$CARGO_TARGET_DIR/release/engram"
+cargo build --release --workspace --all-targets --quiet
+
+work=$(mktemp -d)
+log="$work/engram.log"
+ENGRAM_LOG_FORMAT=json "$bin" start --http-port 0 --grpc-port 0 --data-dir "$work/data" 2>"$log" &
+pid=$!
+cleanup() { kill -TERM "$pid" 2>/dev/null; wait "$pid" 2>/dev/null || true; rm -rf "$work"; }
+trap cleanup EXIT
+for _ in $(seq 1 300); do
+    grep -q '"engram ready"' "$log" 2>/dev/null && break
+    sleep 0.1
+done
+http=$(grep -o '"http":"127.0.0.1:[0-9]*"' "$log" | head -1 | grep -o '[0-9]*"$' | tr -d '"')
+grpc=$(grep -o '"grpc":"127.0.0.1:[0-9]*"' "$log" | head -1 | grep -o '[0-9]*"$' | tr -d '"')
+url="http://127.0.0.1:$http"
+
+rss() { awk '/^VmRSS:/ { printf "%d\n", $2 * 1024 }' "/proc/$pid/status"; }
+# Samples RSS once a second into $1 while the given command runs.
+sampled() {
+    local out="$1"; shift
+    : >"$out"
+    ( for _ in $(seq 1 3600); do rss >>"$out" 2>/dev/null || break; sleep 1; done ) &
+    local sampler=$!
+    "$@" || { kill "$sampler" 2>/dev/null; return 1; }
+    kill "$sampler" 2>/dev/null || true
+}
+
+printf '| phase | connections | ops/s | p50 µs | p99 µs | p99.9 µs | max µs | errors | RSS start → peak → end (MiB) |\n'
+printf '|---|---|---|---|---|---|---|---|---|\n'
+row() {
+    local name="$1" conns="$2" json="$3" samples="$4"
+    python3 - "$name" "$conns" "$json" "$samples" <<'PY'
+import json, sys
+name, conns, path, samples = sys.argv[1:]
+r = json.load(open(path))
+l = r["latency_us"]
+rss = [int(x) / 1048576 for x in open(samples).read().split()] or [0]
+print(f"| {name} | {conns} | {r['ops_per_sec']:.0f} | {l['p50']} | {l['p99']} | {l['p999']} | {l['max']} | {r['errors']} | {rss[0]:.0f} → {max(rss):.0f} → {rss[-1]:.0f} |")
+PY
+}
+
+sampled "$work/rss-http" "$bin" benchmark --url "$url" --workload mixed --concurrent 1000 \
+    --duration "${SECS}s" --operations 100000000 --dataset-size 10000 --space load-http \
+    --output "$work/http.json" 2>/dev/null
+row "HTTP mixed 80/20" 1000 "$work/http.json" "$work/rss-http"
+sampled "$work/rss-grpc" "$bin" benchmark --url "$url" --grpc --grpc-port "$grpc" --workload mixed \
+    --concurrent 1000 --duration "${SECS}s" --operations 100000000 --dataset-size 0 --space load-http \
+    --output "$work/grpc.json" 2>/dev/null
+row "gRPC mixed 80/20" 1000 "$work/grpc.json" "$work/rss-grpc"
+
+if [ "$SOAK" = 1 ]; then
+    sampled "$work/rss-soak" "$bin" benchmark --url "$url" --workload mixed --concurrent 64 \
+        --rate 2000 --duration 600s --operations 100000000 --dataset-size 0 --space load-soak \
+        --output "$work/soak.json" 2>/dev/null
+    row "soak: mixed at 2000 ops/s, 10 min" 64 "$work/soak.json" "$work/rss-soak"
+    python3 - "$work/rss-soak" <<'PY'
+import sys
+rss = [int(x) for x in open(sys.argv[1]).read().split()]
+warm = rss[len(rss) // 5:]          # after the first fifth (warm-up)
+lo, hi = min(warm), max(warm)
+drift = (hi - lo) / lo * 100
+print(f"\nsoak RSS after warm-up: {lo / 1048576:.0f}–{hi / 1048576:.0f} MiB, spread {drift:.1f} % (flat means ≤ 10 %)")
+sys.exit(0 if drift <= 10 else 1)
+PY
+fi
