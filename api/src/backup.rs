@@ -56,6 +56,19 @@ fn io(what: &str, path: &Path, e: std::io::Error) -> ApiError {
     ApiError::internal(format!("backup: {what} {}: {e}", path.display()))
 }
 
+/// Removes a directory tree when dropped.
+struct RemoveOnDrop<'a>(&'a Path);
+
+impl Drop for RemoveOnDrop<'_> {
+    fn drop(&mut self) {
+        if self.0.exists() {
+            if let Err(e) = std::fs::remove_dir_all(self.0) {
+                tracing::warn!(path = %self.0.display(), error = %e, "removing backup scratch failed");
+            }
+        }
+    }
+}
+
 /// Writes the archive to an unlinked temporary file and returns it open.
 fn archive(graph: &Graph) -> Result<File, ApiError> {
     let _one = RUNNING.lock().unwrap_or_else(PoisonError::into_inner);
@@ -70,12 +83,15 @@ fn archive(graph: &Graph) -> Result<File, ApiError> {
         std::fs::remove_dir_all(&scratch).map_err(|e| io("clearing", &scratch, e))?;
     }
     std::fs::create_dir_all(&scratch).map_err(|e| io("creating", &scratch, e))?;
+    // The scratch directory (hard links and a full-size tar) goes on every
+    // path, so a failed backup never leaves space used on the data volume.
+    let _cleanup = RemoveOnDrop(&scratch);
     let started = std::time::Instant::now();
-    let applied_lsn = store
-        .applied_lsn()
-        .map_err(|e| ApiError::internal(format!("backup: {e}")))?;
     let db = scratch.join("db");
-    store
+    // The LSN is read under the engine's apply lock: exactly what the
+    // checkpoint holds.
+    let applied_lsn = graph
+        .engine()
         .checkpoint(&db)
         .map_err(|e| ApiError::internal(format!("backup: {e}")))?;
     let now_ms = SystemTime::now()
@@ -100,9 +116,8 @@ fn archive(graph: &Graph) -> Result<File, ApiError> {
     tar.into_inner()
         .and_then(|f| f.sync_all())
         .map_err(|e| io("finishing", &tar_path, e))?;
-    let file = File::open(&tar_path).map_err(|e| io("opening", &tar_path, e))?;
     // The open handle keeps the archive readable after the directory goes.
-    std::fs::remove_dir_all(&scratch).map_err(|e| io("removing", &scratch, e))?;
+    let file = File::open(&tar_path).map_err(|e| io("opening", &tar_path, e))?;
     tracing::info!(
         applied_lsn,
         elapsed_ms = started.elapsed().as_millis() as u64,

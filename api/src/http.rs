@@ -40,8 +40,6 @@ pub(crate) fn router(state: Arc<AppState>, config: &ApiConfig) -> Router {
             "/api/v1/spaces/{space}",
             get(get_space).delete(delete_space),
         )
-        .fallback(not_found)
-        .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::middleware::from_fn_with_state(
             config.request_timeout,
             timeout,
@@ -49,6 +47,8 @@ pub(crate) fn router(state: Arc<AppState>, config: &ApiConfig) -> Router {
     // A backup streams for as long as the store is large: no request timeout.
     let long = Router::new().route("/api/v1/system/backup", post(backup::backup));
     api.merge(long)
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::middleware::from_fn_with_state(
             Arc::clone(&state),
             metrics::track,

@@ -365,6 +365,12 @@ pub async fn run(a: BenchArgs, config: &Config) -> Result<()> {
     if a.concurrent == 0 || a.operations == 0 {
         bail!("--concurrent and --operations must be at least 1");
     }
+    if !(a.rate == 0.0 || (a.rate.is_finite() && (0.001..=10_000_000.0).contains(&a.rate))) {
+        bail!("--rate must be 0 (closed loop) or within 0.001..=10000000 operations per second");
+    }
+    if a.dataset_size > 100_000_000 || a.operations > 1_000_000_000_000 {
+        bail!("--dataset-size is limited to 100000000 and --operations to 10^12");
+    }
     if !(0.0..=1.0).contains(&a.read_ratio) {
         bail!("--read-ratio must be within [0, 1]");
     }

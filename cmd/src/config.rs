@@ -382,6 +382,15 @@ const NOT_CONFIG: &[&str] = &[
     "ENGRAM_CRASH_SEED",
     "ENGRAM_SCHEMATHESIS_EXAMPLES",
     "ENGRAM_BENCH_DIR",
+    // deployments/docker (build-local.sh, docker-compose.yml) and ./x
+    "ENGRAM_IMAGE",
+    "ENGRAM_RUNTIME_BASE",
+    "ENGRAM_SBOM",
+    "ENGRAM_CONFIG_FILE",
+    "ENGRAM_HTTP_HOST_PORT",
+    "ENGRAM_GRPC_HOST_PORT",
+    "ENGRAM_PUBLISH_ADDR",
+    "ENGRAM_RENDERED_DIR",
 ];
 
 /// Loads the layered configuration. `file` comes from [`config_file`].
@@ -396,8 +405,9 @@ pub fn load(file: Option<&Path>, overrides: &Overrides) -> Result<Config> {
         fig = fig.merge(Toml::file(f));
     }
     // Unknown ENGRAM_* variables are errors like unknown keys in a file.
-    for (k, _) in std::env::vars_os() {
+    for (k, v) in std::env::vars_os() {
         let Some(k) = k.to_str() else { continue };
+        let v = v.to_str().unwrap_or("");
         if !k.starts_with("ENGRAM_") || NOT_CONFIG.contains(&k) {
             continue;
         }
@@ -405,7 +415,7 @@ pub fn load(file: Option<&Path>, overrides: &Overrides) -> Result<Config> {
             continue;
         }
         let key = k["ENGRAM_".len()..].to_ascii_lowercase().replace("__", ".");
-        if !known_key(&key) && !service_link(k) {
+        if !known_key(&key) && !service_link(k, v) {
             bail!(
                 "unknown environment variable {k} (config key {key:?}); nested keys use \
                  ENGRAM_<SECTION>__<KEY>, e.g. ENGRAM_SERVER__HTTP_PORT; every key is in config/default.toml"
@@ -457,22 +467,47 @@ pub fn load(file: Option<&Path>, overrides: &Overrides) -> Result<Config> {
 }
 
 /// Variables that Kubernetes service links (of any Service named `engram` or
-/// `engram-…`) and Docker links inject into every container:
+/// `engram-…`) inject into every container of the namespace:
 /// `ENGRAM[_X]_SERVICE_HOST`, `ENGRAM[_X]_SERVICE_PORT[_NAME]`,
-/// `ENGRAM[_X]_PORT[_7432_TCP…]`, `ENGRAM[_X]_NAME`, `ENGRAM[_X]_ENV_…`.
-/// They are not configuration and must not stop the server. (A real key is
-/// checked first, so `ENGRAM_SERVER__HTTP_PORT` is never taken for one.)
-fn service_link(var: &str) -> bool {
-    let rest = &var["ENGRAM_".len().min(var.len())..];
-    let rest = format!("_{rest}");
-    rest.ends_with("_SERVICE_HOST")
-        || rest.ends_with("_SERVICE_PORT")
-        || rest.contains("_SERVICE_PORT_")
-        || rest.ends_with("_PORT")
-        || (rest.contains("_PORT_")
-            && (rest.contains("_TCP") || rest.contains("_UDP") || rest.contains("_SCTP")))
-        || rest.ends_with("_NAME")
-        || rest.contains("_ENV_")
+/// `ENGRAM[_X]_PORT=tcp://…` and `ENGRAM[_X]_PORT_<n>_<TCP|UDP|SCTP>[_PROTO|_PORT|_ADDR]`.
+/// They are not configuration and must not stop the server. The shapes are
+/// matched exactly (a bare `…_PORT` only with a `tcp://`-style value), so a
+/// mistyped key such as `ENGRAM_SERVER_HTTP_PORT=8000` is still an error.
+fn service_link(var: &str, value: &str) -> bool {
+    let Some(rest) = var.strip_prefix("ENGRAM") else {
+        return false;
+    };
+    let parts: Vec<&str> = rest.split('_').skip(1).collect();
+    let n = parts.len();
+    let is = |i: usize, s: &str| n > i && parts[n - 1 - i] == s;
+    let proto = |p: &str| matches!(p, "TCP" | "UDP" | "SCTP");
+    // …_SERVICE_HOST, …_SERVICE_PORT
+    if n >= 2 && is(1, "SERVICE") && (is(0, "HOST") || is(0, "PORT")) {
+        return true;
+    }
+    // …_SERVICE_PORT_<NAME>
+    if n >= 3 && is(2, "SERVICE") && is(1, "PORT") {
+        return true;
+    }
+    // …_PORT=tcp://host:port
+    if n >= 1
+        && is(0, "PORT")
+        && ["tcp://", "udp://", "sctp://"]
+            .iter()
+            .any(|p| value.starts_with(p))
+    {
+        return true;
+    }
+    // …_PORT_<n>_<PROTO>[_PROTO|_PORT|_ADDR]
+    let numeric = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+    if n >= 3 && is(2, "PORT") && numeric(parts[n - 2]) && proto(parts[n - 1]) {
+        return true;
+    }
+    n >= 4
+        && is(3, "PORT")
+        && numeric(parts[n - 3])
+        && proto(parts[n - 2])
+        && matches!(parts[n - 1], "PROTO" | "PORT" | "ADDR")
 }
 
 /// Every dotted key of the configuration (for environment checks).
@@ -674,6 +709,31 @@ mod tests {
         assert!(known_key("data_dir"));
         assert!(!known_key("server.nope"));
         assert!(!known_key("http_port"));
+    }
+
+    #[test]
+    fn service_link_variables_are_recognised_exactly() {
+        for (k, v) in [
+            ("ENGRAM_SERVICE_HOST", "10.0.0.1"),
+            ("ENGRAM_SERVICE_PORT", "7432"),
+            ("ENGRAM_SERVICE_PORT_HTTP", "7432"),
+            ("ENGRAM_PORT", "tcp://10.0.0.1:7432"),
+            ("ENGRAM_PORT_7432_TCP", "tcp://10.0.0.1:7432"),
+            ("ENGRAM_PORT_7432_TCP_ADDR", "10.0.0.1"),
+            ("ENGRAM_PROD_SERVICE_HOST", "10.0.0.2"),
+            ("ENGRAM_PROD_PORT_50051_TCP_PORT", "50051"),
+        ] {
+            assert!(service_link(k, v), "{k}");
+        }
+        for (k, v) in [
+            ("ENGRAM_SERVER_HTTP_PORT", "8000"),
+            ("ENGRAM_HTTP_PORT_NUMBER", "8000"),
+            ("ENGRAM_PORT", "8000"),
+            ("ENGRAM_NAME", "x"),
+            ("ENGRAM_CACHE", "1"),
+        ] {
+            assert!(!service_link(k, v), "{k}");
+        }
     }
 
     #[test]

@@ -33,8 +33,10 @@ pub fn run(config: Config, repair: bool) -> Result<()> {
         .build()
         .context("starting the async runtime")?;
     let result = rt.block_on(serve(config, repair));
-    // Blocking graph calls still running after the drain get a short grace.
+    // Blocking graph calls still running after the drain get a short grace;
+    // only then is the data directory's lock released.
     rt.shutdown_timeout(Duration::from_secs(2));
+    let result = result.map(drop);
     if result.is_ok() {
         tracing::info!("Graceful shutdown complete");
     }
@@ -79,7 +81,9 @@ fn raise_nofile_limit() -> u64 {
     lim.rlim_cur
 }
 
-async fn serve(config: Config, repair: bool) -> Result<()> {
+/// Serves until a signal; returns the data directory's lock, which the
+/// caller releases only after every storage call has ended.
+async fn serve(config: Config, repair: bool) -> Result<DirLock> {
     let started = Instant::now();
     let open_files = raise_nofile_limit();
     let lock = DirLock::acquire(&config.data_dir)?;
@@ -269,8 +273,7 @@ async fn serve(config: Config, repair: bool) -> Result<()> {
     })
     .await
     .context("final flush task failed")?;
-    drop(lock);
-    Ok(())
+    Ok(lock)
 }
 
 /// Sets the stop flag on the first SIGTERM/SIGINT; exits on the second.
@@ -281,6 +284,8 @@ async fn signals(stop: watch::Sender<bool>) {
         signal(SignalKind::interrupt()),
     ) else {
         tracing::error!("cannot install signal handlers; stop the server with SIGKILL");
+        // Keep the sender alive: returning would read as a stop request.
+        std::future::pending::<()>().await;
         return;
     };
     for round in 0.. {

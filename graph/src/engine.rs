@@ -414,9 +414,9 @@ impl Engine {
 
     /// Writes a consistent, openable copy of the store to `dir` (which must not
     /// exist). Its applied LSN tells a restore where the WAL continues.
-    pub fn checkpoint(&self, dir: &Path) -> Result<(), EngineError> {
-        let _applied = lock(&self.applied);
+    pub fn checkpoint(&self, dir: &Path) -> Result<u64, EngineError> {
+        let applied = lock(&self.applied);
         self.store.checkpoint(dir)?;
-        Ok(())
+        Ok(applied.lsn)
     }
 }
