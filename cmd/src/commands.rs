@@ -320,19 +320,15 @@ async fn backup(c: &Client, output: &Path) -> Result<PathBuf> {
             String::from_utf8_lossy(&body)
         );
     }
-    let mut file = std::fs::File::create(&partial)
-        .with_context(|| format!("creating {}", partial.display()))?;
-    let mut body = resp.into_body();
-    let mut bytes = 0u64;
-    while let Some(frame) = body.frame().await {
-        let frame = frame.context("backup stream broke off")?;
-        if let Some(data) = frame.data_ref() {
-            file.write_all(data)?;
-            bytes += data.len() as u64;
+    // The partial archive goes on every path, also when the stream breaks.
+    let streamed = stream_to(resp.into_body(), &partial).await;
+    let bytes = match streamed {
+        Ok(b) => b,
+        Err(e) => {
+            let _ = std::fs::remove_file(&partial);
+            return Err(e);
         }
-    }
-    file.sync_all()?;
-    drop(file);
+    };
     let staging = output.join(format!(".engram-backup-{stamp}.partial"));
     let unpacked = (|| -> Result<()> {
         let f = std::fs::File::open(&partial)?;
@@ -352,6 +348,31 @@ async fn backup(c: &Client, output: &Path) -> Result<PathBuf> {
     }
     eprintln!("backup of {bytes} bytes written to {}", dir.display());
     Ok(dir)
+}
+
+/// A backup stream that sends nothing for this long is abandoned.
+const BACKUP_IDLE: Duration = Duration::from_secs(120);
+
+/// Writes a response body to `path`, fsynced; returns its size.
+async fn stream_to(mut body: hyper::body::Incoming, path: &Path) -> Result<u64> {
+    let mut file =
+        std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?;
+    let mut bytes = 0u64;
+    loop {
+        let frame = tokio::time::timeout(BACKUP_IDLE, body.frame())
+            .await
+            .map_err(|_| anyhow::anyhow!("backup stream stalled for {BACKUP_IDLE:?}"))?;
+        let Some(frame) = frame else { break };
+        let frame = frame.context("backup stream broke off")?;
+        if let Some(data) = frame.data_ref() {
+            file.write_all(data)
+                .with_context(|| format!("writing {}", path.display()))?;
+            bytes += data.len() as u64;
+        }
+    }
+    file.sync_all()
+        .with_context(|| format!("syncing {}", path.display()))?;
+    Ok(bytes)
 }
 
 /// Reads and checks a backup's manifest.
