@@ -3,13 +3,14 @@
 
 use std::sync::Arc;
 
-use engram_graph::{Cue, DEFAULT_LINK_WEIGHT, LinkSpec, RememberRequest, SpaceOptions};
+use engram_graph::{Cue, DEFAULT_LINK_WEIGHT, SpaceOptions};
 use serde_json::{Map, Value};
 use tonic::{Code, Request, Response, Status};
 
 use crate::http::{blocking, resolve_space};
 use crate::model::{
-    ConsolidateOut, CueBody, MemoryOut, RecalledOut, RememberOut, SpaceOut, SpreadBody, parse_time,
+    ConsolidateOut, CueBody, LinkBody, MemoryOut, RecalledOut, RememberBody, RememberOut, SpaceOut,
+    SpreadBody,
 };
 use crate::{ApiError, AppState};
 
@@ -136,28 +137,26 @@ impl MemoryGrpc {
     ) -> Result<Response<pb::RememberResponse>, Status> {
         let r = request.into_inner();
         let space = space(r.space)?;
-        let req = RememberRequest {
+        // The HTTP body's conversion, so both APIs validate alike.
+        let req = RememberBody {
             content: r.content,
             confidence: r.confidence,
             embedding: opt_vec(r.embedding),
             tags: r.tags,
-            metadata: metadata(&r.metadata_json)?,
-            occurred_at_ms: r
-                .occurred_at
-                .as_deref()
-                .map(|t| parse_time("occurred_at", t))
-                .transpose()?,
+            metadata: Some(metadata(&r.metadata_json)?),
+            occurred_at: r.occurred_at,
             session: r.session,
             links: r
                 .links
                 .into_iter()
-                .map(|l| LinkSpec {
+                .map(|l| LinkBody {
                     target: l.target,
                     weight: l.weight,
                 })
                 .collect(),
             dedupe: r.dedupe,
-        };
+        }
+        .into_request()?;
         let graph = self.graph()?;
         let out = RememberOut::from(blocking(move || Ok(graph.remember(&space, req)?)).await?);
         Ok(Response::new(pb::RememberResponse {
