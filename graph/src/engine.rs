@@ -110,6 +110,15 @@ pub struct Committed {
     pub seq: u64,
 }
 
+/// A record appended to the WAL but not yet acknowledged (see
+/// [`Engine::append`]). Dropping it abandons the wait, not the record: it is
+/// still applied in LSN order by the next write.
+#[derive(Debug)]
+pub struct Appended {
+    ticket: engram_wal::AppendTicket,
+    seq: u64,
+}
+
 struct Order {
     next_seq: HashMap<SpaceId, u64>,
     pending: VecDeque<Operation>,
@@ -309,26 +318,51 @@ impl Engine {
         kind: u8,
         mutations: Vec<Mutation>,
     ) -> Result<Committed, EngineError> {
-        let payload = mutation::encode(&mutations);
-        let (ticket, seq) = {
-            let mut order = lock(&self.order);
-            self.check_failed()?;
-            let seq = order.next_seq.get(&space).copied().unwrap_or(1);
-            let ticket = self
-                .wal
-                .append(RecordHeader { space, seq, kind }, &payload)?;
-            order.next_seq.insert(space, seq + 1);
-            order.pending.push_back(Operation {
-                lsn: ticket.lsn(),
-                space,
-                seq,
-                mutations,
-            });
-            (ticket, seq)
-        };
-        let lsn = ticket.wait()?;
+        let appended = self.append(space, kind, mutations)?;
+        let lsn = appended.ticket.wait()?;
         self.apply_through(lsn)?;
-        Ok(Committed { lsn, seq })
+        Ok(Committed {
+            lsn,
+            seq: appended.seq,
+        })
+    }
+
+    /// The first half of [`Engine::submit`]: appends the record (ordered
+    /// like `submit`) without waiting. Finish with [`Engine::durable`]; the
+    /// write is acknowledged only when that returns `Ok`.
+    pub fn append(
+        &self,
+        space: SpaceId,
+        kind: u8,
+        mutations: Vec<Mutation>,
+    ) -> Result<Appended, EngineError> {
+        let payload = mutation::encode(&mutations);
+        let mut order = lock(&self.order);
+        self.check_failed()?;
+        let seq = order.next_seq.get(&space).copied().unwrap_or(1);
+        let ticket = self
+            .wal
+            .append(RecordHeader { space, seq, kind }, &payload)?;
+        order.next_seq.insert(space, seq + 1);
+        order.pending.push_back(Operation {
+            lsn: ticket.lsn(),
+            space,
+            seq,
+            mutations,
+        });
+        Ok(Appended { ticket, seq })
+    }
+
+    /// The second half of [`Engine::submit`] for async callers: awaits the
+    /// group commit without holding a thread, then applies the record to
+    /// the store (a short, unsynced RocksDB write, done inline).
+    pub async fn durable(&self, appended: Appended) -> Result<Committed, EngineError> {
+        let lsn = appended.ticket.durable().await?;
+        self.apply_through(lsn)?;
+        Ok(Committed {
+            lsn,
+            seq: appended.seq,
+        })
     }
 
     /// Applies every acknowledged pending record up to at least `lsn`, in

@@ -305,6 +305,24 @@ pub struct RememberRequest {
 }
 
 /// A new episode before it gets an id (remember, consolidation).
+/// What a remember request turns into.
+enum Draft {
+    /// `dedupe` found this memory: nothing to write.
+    Existing(Remembered),
+    /// A new episode, its confidence and storage time.
+    New(NewEpisode, f32, i64),
+}
+
+/// A new episode between its WAL append and its index update.
+struct PreparedEpisode {
+    id: EpisodeId,
+    record: EpisodeRecord,
+    embedding: Option<Vec<f32>>,
+    tf: std::collections::HashMap<String, u32>,
+    len: u32,
+    edges: Vec<(EpisodeId, EpisodeId, EdgeRecord)>,
+}
+
 struct NewEpisode {
     record: EpisodeRecord,
     embedding: Option<Vec<f32>>,
@@ -1112,6 +1130,13 @@ impl Graph {
         Ok(written)
     }
 
+    /// Every space's name, sorted, without loading any space's indexes.
+    pub fn space_names(&self) -> Vec<String> {
+        let mut names: Vec<String> = read(&self.spaces).keys().cloned().collect();
+        names.sort();
+        names
+    }
+
     /// Every space with its statistics, by name.
     pub fn spaces(&self) -> Result<Vec<SpaceStats>, GraphError> {
         let all: Vec<Arc<Space>> = read(&self.spaces).values().cloned().collect();
@@ -1220,10 +1245,89 @@ impl Graph {
     ) -> Result<Remembered, GraphError> {
         let space = self.space(space_name)?;
         let st = self.state(&space)?;
-        let metadata_json = self.validate(&space, &req)?;
+        let (draft, confidence, stored_at_ms) = match self.remember_draft(&space, st, req)? {
+            Draft::Existing(found) => return Ok(found),
+            Draft::New(d, c, t) => (d, c, t),
+        };
+        let (id, committed) = self.store_episode(&space, st, draft, kind::REMEMBER)?;
+        Ok(Remembered {
+            id: id_string(&id),
+            space: space.record.name.clone(),
+            sequence: committed.seq,
+            confidence,
+            stored_at_ms,
+            deduplicated: false,
+        })
+    }
+
+    /// Whether [`Graph::remember_async`] can serve `req` without blocking
+    /// its thread for long: the space's indexes are loaded, there is no
+    /// embedding (its semantic-neighbour scan is CPU work) and no dedupe
+    /// (it reads records). Otherwise use [`Graph::remember`] on a thread
+    /// that may block.
+    pub fn remember_is_quick(&self, space_name: &str, req: &RememberRequest) -> bool {
+        req.embedding.is_none()
+            && !req.dedupe
+            && self
+                .space(space_name)
+                .is_ok_and(|s| s.state.get().is_some())
+    }
+
+    /// [`Graph::remember`] that awaits the WAL's group commit instead of
+    /// parking a thread (no thread hand-off per write). The rest is short,
+    /// lock-protected in-memory work and one unsynced RocksDB write.
+    ///
+    /// Not cancel-safe: once the record is appended, dropping the future
+    /// leaves the memory durable and in the store but missing from the
+    /// in-memory indexes until the next restart. Run it to completion in
+    /// its own task (e.g. `tokio::spawn`), as the API does.
+    pub async fn remember_async(
+        &self,
+        space_name: &str,
+        req: RememberRequest,
+    ) -> Result<Remembered, GraphError> {
+        let space = self.space(space_name)?;
+        let st = self.state(&space)?;
+        let (draft, confidence, stored_at_ms) = match self.remember_draft(&space, st, req)? {
+            Draft::Existing(found) => return Ok(found),
+            Draft::New(d, c, t) => (d, c, t),
+        };
+        let (prepared, mutations) = self.prepare_episode(st, draft)?;
+        let appended = {
+            // As in `submit`: a deleted space refuses the write, and a
+            // delete in progress waits for the append (its own record then
+            // follows this one in LSN order).
+            let alive = read(&space.alive);
+            if !*alive {
+                return Err(GraphError::SpaceNotFound(space.record.name.clone()));
+            }
+            self.engine.append(space.id, kind::REMEMBER, mutations)?
+        };
+        let committed = self.engine.durable(appended).await?;
+        let id = prepared.id;
+        self.finish_episode(&space, st, prepared);
+        Ok(Remembered {
+            id: id_string(&id),
+            space: space.record.name.clone(),
+            sequence: committed.seq,
+            confidence,
+            stored_at_ms,
+            deduplicated: false,
+        })
+    }
+
+    /// Validates a remember request and builds its episode, or finds the
+    /// existing duplicate.
+    fn remember_draft(
+        &self,
+        space: &Space,
+        st: &RwLock<SpaceState>,
+        req: RememberRequest,
+    ) -> Result<Draft, GraphError> {
+        let metadata_json = self.validate(space, &req)?;
         if req.dedupe {
-            if let Some(found) = self.find_duplicate(&space, &req.content)? {
-                return Ok(found);
+            if let Some(found) = self.find_duplicate(space, &req.content)? {
+                return Ok(Draft::Existing(found));
             }
         }
         let confidence = req.confidence.unwrap_or(self.config.default_confidence);
@@ -1260,15 +1364,7 @@ impl Graph {
             edges_to,
             edges_from: Vec::new(),
         };
-        let (id, committed) = self.store_episode(&space, st, draft, kind::REMEMBER)?;
-        Ok(Remembered {
-            id: id_string(&id),
-            space: space.record.name.clone(),
-            sequence: committed.seq,
-            confidence,
-            stored_at_ms,
-            deduplicated: false,
-        })
+        Ok(Draft::New(draft, confidence, stored_at_ms))
     }
 
     /// Vector neighbours of `q` accepted by `accept`, most similar first:
@@ -1308,6 +1404,20 @@ impl Graph {
         draft: NewEpisode,
         wal_kind: u8,
     ) -> Result<(EpisodeId, crate::Committed), GraphError> {
+        let (prepared, m) = self.prepare_episode(st, draft)?;
+        let committed = self.submit(space, wal_kind, m)?;
+        let id = prepared.id;
+        self.finish_episode(space, st, prepared);
+        Ok((id, committed))
+    }
+
+    /// The WAL mutations of a new episode, and what [`Graph::finish_episode`]
+    /// needs once they are durable.
+    fn prepare_episode(
+        &self,
+        st: &RwLock<SpaceState>,
+        draft: NewEpisode,
+    ) -> Result<(PreparedEpisode, Vec<Mutation>), GraphError> {
         let NewEpisode {
             mut record,
             embedding,
@@ -1370,7 +1480,27 @@ impl Graph {
                 record: record::encode(e)?,
             });
         }
-        let committed = self.submit(space, wal_kind, m)?;
+        let prepared = PreparedEpisode {
+            id,
+            record,
+            embedding,
+            tf,
+            len,
+            edges,
+        };
+        Ok((prepared, m))
+    }
+
+    /// Adds a durable new episode to the in-memory indexes.
+    fn finish_episode(&self, space: &Space, st: &RwLock<SpaceState>, p: PreparedEpisode) {
+        let PreparedEpisode {
+            id,
+            record,
+            embedding,
+            tf,
+            len,
+            edges,
+        } = p;
 
         let record = Arc::new(record);
         lock(&space.hot).insert(id, Arc::clone(&record));
@@ -1414,8 +1544,8 @@ impl Graph {
                 tracing::warn!(error = %e, "could not delete edges to a forgotten memory; they are removed at the next load");
             }
         }
-        Ok((id, committed))
     }
+
     fn find_duplicate(
         &self,
         space: &Space,

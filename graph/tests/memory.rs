@@ -875,3 +875,82 @@ fn vector_links_deferred_at_load_are_built_in_the_background() {
         .expect("recall");
     assert_eq!(hits[0].memory.content, "vector 5");
 }
+
+#[test]
+fn async_remember_is_durable_indexed_and_refused_for_a_deleted_space() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let g = std::sync::Arc::new(open(dir.path()));
+    g.create_space("notes", None).expect("create");
+    g.create_space("gone", None).expect("create");
+    assert!(g.remember_is_quick("notes", &text("plain text")));
+    let mut embedded = text("with a vector");
+    embedded.embedding = Some(vec![0.1; 4]);
+    assert!(!g.remember_is_quick("notes", &embedded));
+    let mut dedupe = text("deduplicated");
+    dedupe.dedupe = true;
+    assert!(!g.remember_is_quick("notes", &dedupe));
+    assert!(!g.remember_is_quick("missing", &text("x")));
+
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let written: Vec<(String, u64)> = rt.block_on(async {
+        let tasks: Vec<_> = (0..64)
+            .map(|i| {
+                let g = std::sync::Arc::clone(&g);
+                tokio::spawn(async move {
+                    g.remember_async("notes", text(&format!("apple note number {i}")))
+                        .await
+                        .expect("remember_async")
+                })
+            })
+            .collect();
+        let mut out = Vec::new();
+        for t in tasks {
+            let r = t.await.expect("task");
+            out.push((r.id, r.sequence));
+        }
+        out
+    });
+    let mut seqs: Vec<u64> = written.iter().map(|w| w.1).collect();
+    seqs.sort_unstable();
+    assert_eq!(
+        seqs,
+        (1..=64).collect::<Vec<u64>>(),
+        "one sequence each, no gaps"
+    );
+    let found: HashSet<String> = ids(&g
+        .recall("notes", &cue("apple note"), 100, &Spread::default())
+        .expect("recall"))
+    .into_iter()
+    .collect();
+    let expected: HashSet<String> = written.iter().map(|w| w.0.clone()).collect();
+    assert_eq!(found, expected, "every async write is indexed at once");
+
+    g.delete_space("gone").expect("delete");
+    let refused = rt.block_on(g.remember_async("gone", text("too late")));
+    assert!(
+        matches!(refused, Err(GraphError::SpaceNotFound(_))),
+        "{refused:?}"
+    );
+
+    drop(rt);
+    assert_eq!(
+        std::sync::Arc::strong_count(&g),
+        1,
+        "no task keeps the graph"
+    );
+    drop(g);
+    let g = open(dir.path());
+    let after: HashSet<String> = ids(&g
+        .recall("notes", &cue("apple note"), 100, &Spread::default())
+        .expect("recall"))
+    .into_iter()
+    .collect();
+    assert_eq!(
+        after, expected,
+        "every acknowledged async write survives a restart"
+    );
+}
