@@ -7,7 +7,7 @@ use engram_graph::{Cue, DEFAULT_LINK_WEIGHT, SpaceOptions};
 use serde_json::{Map, Value};
 use tonic::{Code, Request, Response, Status};
 
-use crate::http::{blocking, resolve_space};
+use crate::http::{blocking, remember_durably, resolve_space};
 use crate::model::{
     ConsolidateOut, CueBody, LinkBody, MemoryOut, RecalledOut, RememberBody, RememberOut, SpaceOut,
     SpreadBody,
@@ -23,6 +23,7 @@ pub mod pb {
     pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("engram_descriptor");
 }
 
+pub use pb::cluster_service_server::ClusterServiceServer;
 pub use pb::memory_service_server::MemoryServiceServer;
 
 impl From<ApiError> for Status {
@@ -157,8 +158,7 @@ impl MemoryGrpc {
             dedupe: r.dedupe,
         }
         .into_request()?;
-        let graph = self.graph()?;
-        let out = RememberOut::from(blocking(move || Ok(graph.remember(&space, req)?)).await?);
+        let out = RememberOut::from(remember_durably(self.graph()?, space, req).await?);
         Ok(Response::new(pb::RememberResponse {
             id: out.id,
             space: out.space,
@@ -383,6 +383,77 @@ impl pb::memory_service_server::MemoryService for MemoryGrpc {
         request: Request<pb::DeleteSpaceRequest>,
     ) -> Result<Response<pb::DeleteSpaceResponse>, Status> {
         self.observed("DeleteSpace", self.do_delete_space(request))
+            .await
+    }
+}
+
+/// `engram.v1.ClusterService` over the shared [`AppState`].
+#[derive(Debug, Clone)]
+pub struct ClusterGrpc {
+    inner: MemoryGrpc,
+}
+
+impl ClusterGrpc {
+    /// The service; wrap it in [`ClusterServiceServer`].
+    pub fn new(state: Arc<AppState>) -> Self {
+        Self {
+            inner: MemoryGrpc::new(state),
+        }
+    }
+}
+
+fn member_pb(m: crate::model::ClusterMemberOut) -> pb::ClusterMember {
+    pb::ClusterMember {
+        node_id: m.node_id,
+        state: m.state.into(),
+        gossip_addr: m.gossip_addr,
+        http_addr: m.http_addr,
+        grpc_addr: m.grpc_addr,
+        rack: m.rack,
+        zone: m.zone,
+        generation: m.generation,
+        is_self: m.is_self,
+    }
+}
+
+#[tonic::async_trait]
+impl pb::cluster_service_server::ClusterService for ClusterGrpc {
+    async fn get_cluster_health(
+        &self,
+        _request: Request<pb::GetClusterHealthRequest>,
+    ) -> Result<Response<pb::ClusterHealth>, Status> {
+        let state = Arc::clone(&self.inner.state);
+        self.inner
+            .observed("GetClusterHealth", async move {
+                let h = crate::http::cluster_health_out(&state);
+                Ok(Response::new(pb::ClusterHealth {
+                    enabled: h.enabled,
+                    status: h.status.into(),
+                    node: h.node.map(member_pb),
+                    members: h.members.into_iter().map(member_pb).collect(),
+                    replication_factor: h.replication_factor.unwrap_or(0),
+                    jump_buckets: h.jump_buckets.unwrap_or(0),
+                    rebalance: h.rebalance.map(|r| pb::RebalanceStatus {
+                        placed_nodes: r.placed_nodes,
+                        pending: r.pending,
+                        pending_for_ms: r.pending_for_ms.unwrap_or(0),
+                        grace_ms: r.grace_ms,
+                        rebalances: r.rebalances,
+                        partitions_moved: r.partitions_moved,
+                    }),
+                    spaces: h
+                        .spaces
+                        .into_iter()
+                        .map(|s| pb::SpacePlacement {
+                            space: s.space,
+                            partition: s.partition,
+                            primary: s.primary.unwrap_or_default(),
+                            replicas: s.replicas,
+                            live_replicas: s.live_replicas,
+                        })
+                        .collect(),
+                }))
+            })
             .await
     }
 }

@@ -28,6 +28,7 @@ pub(crate) fn router(state: Arc<AppState>, config: &ApiConfig) -> Router {
         .route("/health/ready", get(ready))
         .route("/api/v1/system/health", get(ready))
         .route("/metrics", get(metrics::render))
+        .route("/cluster/health", get(cluster_health))
         .route("/openapi.json", get(openapi_json))
         .route("/api/v1/memories/remember", post(remember))
         .route("/api/v1/memories/search", get(search))
@@ -71,6 +72,7 @@ pub(crate) fn router(state: Arc<AppState>, config: &ApiConfig) -> Router {
         health,
         ready,
         system_health,
+        cluster_health,
         remember,
         search,
         recall,
@@ -146,6 +148,26 @@ pub(crate) async fn blocking<T: Send + 'static>(
         .map_err(|e| ApiError::internal(format!("worker failed: {e}")))?
 }
 
+/// Remembers `req` in `space` and returns once it is durable. Plain text
+/// writes await the WAL's group commit in a task of their own (no thread
+/// hand-off, and the write completes even if the client goes away); writes
+/// with an embedding or dedupe, or to a space not loaded yet, run on the
+/// blocking pool.
+pub(crate) async fn remember_durably(
+    graph: Arc<engram_graph::Graph>,
+    space: String,
+    req: engram_graph::RememberRequest,
+) -> Result<engram_graph::Remembered, ApiError> {
+    if graph.remember_is_quick(&space, &req) {
+        tokio::spawn(async move { graph.remember_async(&space, req).await })
+            .await
+            .map_err(|e| ApiError::internal(format!("worker failed: {e}")))?
+            .map_err(ApiError::from)
+    } else {
+        blocking(move || Ok(graph.remember(&space, req)?)).await
+    }
+}
+
 /// Parses a JSON body, answering 400 (or 413 for an oversized body) with
 /// a JSON error instead of axum's plain-text rejections.
 fn parse<T: DeserializeOwned>(body: Result<Bytes, BytesRejection>) -> Result<T, ApiError> {
@@ -213,6 +235,25 @@ fn query<T: DeserializeOwned>(q: QueryResult<T>) -> Result<T, ApiError> {
     responses((status = 200, description = "The process runs", body = AliveOut)))]
 async fn alive() -> Json<AliveOut> {
     Json(AliveOut { status: "alive" })
+}
+
+#[utoipa::path(get, path = "/cluster/health", tag = "cluster",
+    responses((status = 200, description = "Members with their state and addresses, placement of every space, and an overall status (always 200: the status is in the body)", body = ClusterHealthOut)))]
+async fn cluster_health(State(s): Shared) -> Json<ClusterHealthOut> {
+    Json(cluster_health_out(&s))
+}
+
+/// `/cluster/health`'s answer (shared with gRPC `GetClusterHealth`).
+pub(crate) fn cluster_health_out(s: &AppState) -> ClusterHealthOut {
+    // Names only: listing must not load a space's indexes.
+    let spaces = s
+        .graph_if_open()
+        .map(|g| g.space_names())
+        .unwrap_or_default();
+    match s.cluster() {
+        Some(c) => c.health(&spaces).into(),
+        None => ClusterHealthOut::standalone(spaces),
+    }
 }
 
 #[utoipa::path(get, path = "/health", tag = "health",
@@ -340,8 +381,7 @@ async fn remember(
 ) -> Result<Response, ApiError> {
     let space = space_of(&headers, query(q)?.space)?;
     let req = parse::<RememberBody>(body)?.into_request()?;
-    let graph = s.graph()?;
-    let r = blocking(move || Ok(graph.remember(&space, req)?)).await?;
+    let r = remember_durably(s.graph()?, space, req).await?;
     let status = if r.deduplicated {
         StatusCode::OK
     } else {

@@ -23,6 +23,7 @@ use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::http::StatusCode;
+use engram_cluster::Cluster;
 use engram_graph::Graph;
 
 pub use error::ApiError;
@@ -62,6 +63,8 @@ pub struct AppState {
     /// Metrics registry rendered by `/metrics`.
     pub registry: prometheus::Registry,
     http: HttpMetrics,
+    /// Cluster membership, when `cluster.enabled`.
+    cluster: OnceLock<Arc<Cluster>>,
 }
 
 impl AppState {
@@ -75,6 +78,7 @@ impl AppState {
             started: Instant::now(),
             registry,
             http,
+            cluster: OnceLock::new(),
         }))
     }
 
@@ -105,6 +109,16 @@ impl AppState {
             code: "starting",
             message: "storage recovery is still running; retry shortly".into(),
         })
+    }
+
+    /// Hands the running cluster member to the API (once).
+    pub fn attach_cluster(&self, cluster: Arc<Cluster>) {
+        let _ = self.cluster.set(cluster);
+    }
+
+    /// The cluster member, when clustering is enabled.
+    pub fn cluster(&self) -> Option<&Arc<Cluster>> {
+        self.cluster.get()
     }
 
     /// Marks the server ready (or not).

@@ -13,8 +13,8 @@ use prometheus::{
 
 use crate::{ApiError, AppState};
 
-/// `engram.v1.MemoryService` methods, as labelled in the gRPC metrics.
-const GRPC_METHODS: [&str; 9] = [
+/// `engram.v1.MemoryService` and `ClusterService` methods, as labelled in the gRPC metrics.
+const GRPC_METHODS: [&str; 10] = [
     "Remember",
     "Recall",
     "Get",
@@ -24,6 +24,7 @@ const GRPC_METHODS: [&str; 9] = [
     "CreateSpace",
     "ListSpaces",
     "DeleteSpace",
+    "GetClusterHealth",
 ];
 
 /// Request counters and latency histograms, plus per-space gauges refreshed

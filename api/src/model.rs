@@ -548,3 +548,165 @@ pub struct ErrorBody {
     /// The error.
     pub error: ErrorDetail,
 }
+
+/// `GET /cluster/health`: membership and placement as this node sees them.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ClusterHealthOut {
+    /// Whether this node runs cluster membership (`cluster.enabled`).
+    pub enabled: bool,
+    /// `healthy` (every member alive, placement settled, every replica
+    /// live), `degraded` (a member suspect or down, a rebalance pending, or a
+    /// replica not live), `unavailable` (some space has no live replica), or
+    /// `standalone` (clustering disabled).
+    pub status: &'static str,
+    /// This node (absent when standalone).
+    pub node: Option<ClusterMemberOut>,
+    /// Every known member, this node included, by node id.
+    pub members: Vec<ClusterMemberOut>,
+    /// Copies of each space (`cluster.replication.replication_factor`).
+    pub replication_factor: Option<u32>,
+    /// Partitions spaces hash into (`cluster.replication.jump_buckets`).
+    pub jump_buckets: Option<u32>,
+    /// Rebalance state (absent when standalone).
+    pub rebalance: Option<RebalanceOut>,
+    /// Placement of every space this node knows.
+    pub spaces: Vec<SpacePlacementOut>,
+}
+
+/// One cluster member.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ClusterMemberOut {
+    /// Node id.
+    pub node_id: String,
+    /// `alive`, `suspect` or `down`.
+    pub state: &'static str,
+    /// Advertised gossip address (UDP).
+    pub gossip_addr: String,
+    /// Advertised HTTP address.
+    pub http_addr: String,
+    /// Advertised gRPC address.
+    pub grpc_addr: String,
+    /// Rack (may be empty).
+    pub rack: String,
+    /// Zone (may be empty).
+    pub zone: String,
+    /// Process generation (start time in ms; higher after a restart).
+    pub generation: u64,
+    /// Whether this is the node answering.
+    pub is_self: bool,
+}
+
+/// Rebalance state.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct RebalanceOut {
+    /// Node ids placement currently uses.
+    pub placed_nodes: Vec<String>,
+    /// A membership change waits for `rebalance_grace_ms`.
+    pub pending: bool,
+    /// How long it has waited, in milliseconds.
+    pub pending_for_ms: Option<u64>,
+    /// `cluster.replication.rebalance_grace_ms`.
+    pub grace_ms: u64,
+    /// Membership changes applied to placement since start.
+    pub rebalances: u64,
+    /// Partitions whose replica set changed since start.
+    pub partitions_moved: u64,
+}
+
+/// Where one space lives.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct SpacePlacementOut {
+    /// Space name.
+    pub space: String,
+    /// Partition (jump hash of the name).
+    pub partition: u32,
+    /// Primary replica's node id.
+    pub primary: Option<String>,
+    /// Replica set, primary first.
+    pub replicas: Vec<String>,
+    /// Replicas alive or suspect.
+    pub live_replicas: u32,
+}
+
+impl ClusterMemberOut {
+    fn from_status(m: &engram_cluster::MemberStatus) -> Self {
+        let i = &m.identity;
+        ClusterMemberOut {
+            node_id: i.node_id.clone(),
+            state: m.state.as_str(),
+            gossip_addr: i.gossip.to_string(),
+            http_addr: i.http.to_string(),
+            grpc_addr: i.grpc.to_string(),
+            rack: i.rack.clone(),
+            zone: i.zone.clone(),
+            generation: i.generation,
+            is_self: m.is_self,
+        }
+    }
+}
+
+impl ClusterHealthOut {
+    /// A standalone node's answer.
+    pub fn standalone(spaces: Vec<String>) -> Self {
+        ClusterHealthOut {
+            enabled: false,
+            status: "standalone",
+            node: None,
+            members: Vec::new(),
+            replication_factor: None,
+            jump_buckets: None,
+            rebalance: None,
+            spaces: spaces
+                .into_iter()
+                .map(|space| SpacePlacementOut {
+                    space,
+                    partition: 0,
+                    primary: None,
+                    replicas: Vec::new(),
+                    live_replicas: 0,
+                })
+                .collect(),
+        }
+    }
+}
+
+impl From<engram_cluster::ClusterHealth> for ClusterHealthOut {
+    fn from(h: engram_cluster::ClusterHealth) -> Self {
+        use engram_cluster::HealthStatus;
+        ClusterHealthOut {
+            enabled: true,
+            status: match h.status {
+                HealthStatus::Healthy => "healthy",
+                HealthStatus::Degraded => "degraded",
+                HealthStatus::Unavailable => "unavailable",
+            },
+            node: Some(ClusterMemberOut::from_status(&h.node)),
+            members: h
+                .members
+                .iter()
+                .map(ClusterMemberOut::from_status)
+                .collect(),
+            replication_factor: Some(h.replication_factor as u32),
+            jump_buckets: Some(h.jump_buckets),
+            rebalance: Some(RebalanceOut {
+                placed_nodes: h.rebalance.placed_nodes,
+                pending: h.rebalance.pending,
+                pending_for_ms: h.rebalance.pending_for_ms,
+                grace_ms: h.rebalance.grace_ms,
+                rebalances: h.rebalance.rebalances,
+                partitions_moved: h.rebalance.partitions_moved,
+            }),
+            spaces: h
+                .spaces
+                .into_iter()
+                .map(|s| SpacePlacementOut {
+                    space: s.space,
+                    partition: s.partition,
+                    primary: s.primary,
+                    replicas: s.replicas,
+                    live_replicas: s.live_replicas as u32,
+                })
+                .collect(),
+        }
+    }
+}

@@ -249,11 +249,18 @@ async fn status(c: &Client, as_json: bool) -> Result<ExitCode> {
         Err(e) => return Err(e),
     };
     let ready = code.is_success() && v["ready"] == json!(true) && v["status"] == "healthy";
+    // Membership and placement; an older server without the route (or a
+    // failure) leaves the section null rather than failing the status.
+    let cluster = match c.json(Method::GET, "/cluster/health", None).await {
+        Ok((code, v)) if code.is_success() => v,
+        _ => Value::Null,
+    };
     if as_json {
         let mut out = v.clone();
         if let Some(o) = out.as_object_mut() {
             o.insert("url".into(), json!(c.base()));
             o.insert("reachable".into(), json!(true));
+            o.insert("cluster".into(), cluster);
         }
         println!("{}", serde_json::to_string_pretty(&out)?);
     } else {
@@ -280,6 +287,21 @@ async fn status(c: &Client, as_json: bool) -> Result<ExitCode> {
                 v["wal"]["fsyncs"],
                 v["wal"]["fsync_mean_ms"].as_f64().unwrap_or(0.0)
             );
+        }
+        if cluster["enabled"] == json!(true) {
+            println!(
+                "  cluster   {} as {}",
+                cluster["status"].as_str().unwrap_or("?"),
+                cluster["node"]["node_id"].as_str().unwrap_or("?")
+            );
+            for m in cluster["members"].as_array().into_iter().flatten() {
+                println!(
+                    "  member {:<20} {:<7} {}",
+                    m["node_id"].as_str().unwrap_or(""),
+                    m["state"].as_str().unwrap_or(""),
+                    m["gossip_addr"].as_str().unwrap_or("")
+                );
+            }
         }
         for s in v["spaces"].as_array().into_iter().flatten() {
             println!(

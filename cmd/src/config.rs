@@ -7,13 +7,16 @@
 //! underscore between levels, e.g. `ENGRAM_MEMORY__CONSOLIDATION__THRESHOLD`),
 //! `ENGRAM_<KEY>` a top-level one (`ENGRAM_DATA_DIR`). The deployment
 //! documents' short names are aliases: `ENGRAM_HTTP_PORT`, `ENGRAM_GRPC_PORT`,
-//! `ENGRAM_BIND`, `ENGRAM_CACHE_SIZE_MB`, `ENGRAM_LOG_FORMAT`, `ENGRAM_LOG_LEVEL`.
+//! `ENGRAM_BIND`, `ENGRAM_CACHE_SIZE_MB`, `ENGRAM_LOG_FORMAT`, `ENGRAM_LOG_LEVEL`,
+//! `ENGRAM_NODE_ID`, `ENGRAM_CLUSTER_ADVERTISE_ADDR`, `ENGRAM_CLUSTER_SEEDS`
+//! (comma-separated `host:port`).
 
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
+use engram_cluster::ClusterConfig;
 use engram_graph::hnsw::HnswParams;
 use engram_graph::{ConsolidationConfig, EngineConfig, GraphConfig, Limits};
 use engram_lsm::StoreConfig;
@@ -33,6 +36,12 @@ const ALIASES: &[(&str, &str)] = &[
     ("ENGRAM_CACHE_SIZE_MB", "storage.cache_size_mb"),
     ("ENGRAM_LOG_FORMAT", "log.format"),
     ("ENGRAM_LOG_LEVEL", "log.level"),
+    ("ENGRAM_NODE_ID", "cluster.node_id"),
+    (
+        "ENGRAM_CLUSTER_ADVERTISE_ADDR",
+        "cluster.network.advertise_addr",
+    ),
+    ("ENGRAM_CLUSTER_SEEDS", "cluster.network.seeds"),
 ];
 
 /// The whole configuration (the shape of `config/default.toml`).
@@ -51,6 +60,8 @@ pub struct Config {
     pub wal: WalSection,
     /// The memory model.
     pub memory: MemorySection,
+    /// Cluster membership and placement.
+    pub cluster: ClusterConfig,
 }
 
 /// `[server]`.
@@ -262,6 +273,7 @@ impl Default for Config {
                     threshold: g.consolidation.threshold,
                 },
             },
+            cluster: ClusterConfig::default(),
         }
     }
 }
@@ -566,6 +578,7 @@ impl Config {
             bail!("config key \"wal.segment_size_mb\" must be at least 1");
         }
         parse_fsync(&self.wal.fsync)?;
+        self.cluster.validate()?;
         tracing_subscriber::EnvFilter::try_new(&self.log.level).with_context(|| {
             format!(
                 "config key \"log.level\": {:?} is not a valid filter",

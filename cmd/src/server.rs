@@ -3,8 +3,9 @@
 //! 1. lock the data directory, bind both listeners (a busy port or a second
 //!    server on the same data directory fails here, clearly);
 //! 2. serve at once: `/health/alive` answers, readiness is 503;
-//! 3. recover storage, start background work, warm up, then report ready;
-//! 4. on SIGTERM or SIGINT: not ready, stop accepting, drain (bounded),
+//! 3. join the cluster (when `cluster.enabled`), recover storage, start
+//!    background work, warm up, then report ready;
+//! 4. on SIGTERM or SIGINT: not ready, stop accepting, leave the cluster, drain (bounded),
 //!    flush, log `Graceful shutdown complete`, exit 0. A second signal
 //!    exits at once.
 
@@ -14,7 +15,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow};
 use engram_api::AppState;
-use engram_api::grpc::{MemoryGrpc, MemoryServiceServer, pb};
+use engram_api::grpc::{ClusterGrpc, ClusterServiceServer, MemoryGrpc, MemoryServiceServer, pb};
+use engram_cluster::{Cluster, StartOptions};
 use engram_graph::{Background, Graph, OpenOptions};
 use prometheus::Registry;
 use tokio::net::TcpListener;
@@ -122,6 +124,23 @@ async fn serve(config: Config, repair: bool) -> Result<DirLock> {
         .context("registering process metrics")?;
     let state = AppState::starting(registry.clone()).context("registering HTTP metrics")?;
 
+    // Cluster membership starts before recovery: a bad advertise address
+    // fails the start at once, and peers learn of this node while it
+    // recovers (it is not ready, but it is alive).
+    if config.cluster.enabled {
+        let cluster = Cluster::start(
+            StartOptions {
+                config: config.cluster.clone(),
+                http_port: http_addr.port(),
+                grpc_port: grpc_addr.port(),
+            },
+            &registry,
+        )
+        .await
+        .map_err(|e| anyhow!("cluster: {e}"))?;
+        state.attach_cluster(Arc::new(cluster));
+    }
+
     // Shutdown: `stop` flips on the first signal; `close` flips after
     // readiness is off, and only then do the listeners stop accepting.
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -152,12 +171,14 @@ async fn serve(config: Config, repair: bool) -> Result<DirLock> {
         .context("building gRPC reflection")?;
     let memory = MemoryServiceServer::new(MemoryGrpc::new(Arc::clone(&state)))
         .max_decoding_message_size(config.server.body_limit_bytes);
+    let cluster_service = ClusterServiceServer::new(ClusterGrpc::new(Arc::clone(&state)));
     let mut grpc_rx = close_rx.clone();
     let grpc_task = tokio::spawn(async move {
         tonic::transport::Server::builder()
             .add_service(health_service)
             .add_service(reflection)
             .add_service(memory)
+            .add_service(cluster_service)
             .serve_with_incoming_shutdown(
                 tonic::transport::server::TcpIncoming::from(grpc).with_nodelay(Some(true)),
                 async move {
@@ -239,6 +260,10 @@ async fn serve(config: Config, repair: bool) -> Result<DirLock> {
         .set_not_serving::<MemoryServiceServer<MemoryGrpc>>()
         .await;
     let _ = close_tx.send(true);
+    if let Some(cluster) = state.cluster() {
+        // Peers mark this node down now instead of after the suspicion timeout.
+        cluster.leave().await;
+    }
 
     let drain = Duration::from_millis(config.server.shutdown_drain_ms);
     let deadline = tokio::time::Instant::now() + drain;
