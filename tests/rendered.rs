@@ -2,9 +2,16 @@
 //! each rendered StatefulSet (plain manifests and Helm variants) runs on the
 //! real image with its command, args, env, user, read-only root, mounts and
 //! the ConfigMap's `engram.toml`; every probe is called as the kubelet would;
-//! the CronJobs and the Helm test pod run against it and must succeed. The
-//! systemd unit's ExecStart runs too (inside the image, so its fixed ports
-//! and paths touch nothing on the host).
+//! the CronJobs and the Helm test pod run against it and must succeed; its
+//! cluster membership must be on, named after the pod and advertising the
+//! pod IP. The systemd unit's ExecStart runs too (inside the image, so its
+//! fixed ports and paths touch nothing on the host).
+//!
+//! Each test has its own Docker network with a subnet of its own; the
+//! StatefulSet's container gets a fixed address there that stands in for
+//! `status.podIP`. Test traffic goes to loopback (published ports) and to
+//! that network only: the gossip seeds are network aliases of the server
+//! container, so their names resolve inside the network to the pod itself.
 //!
 //! Inputs: `ENGRAM_IMAGE` (an image from deployments/docker/build-local.sh)
 //! and `ENGRAM_RENDERED_DIR` (JSON renderings written by `./x test`). Without
@@ -58,23 +65,88 @@ fn s(v: &str) -> String {
 struct Scope {
     prefix: String,
     network: String,
+    /// The StatefulSet pod's fixed address on `network` (its `status.podIP`),
+    /// outside the range Docker hands out to the other containers.
+    pod_ip: String,
     containers: Vec<String>,
     volumes: Vec<String>,
     dirs: Vec<tempfile::TempDir>,
 }
 
+/// This host's IPv4 routes as (network, netmask), the default route left out.
+/// /proc/net/route prints each network-order address as a native integer.
+fn host_routes() -> Vec<(u32, u32)> {
+    let text = std::fs::read_to_string("/proc/net/route").unwrap_or_default();
+    text.lines()
+        .skip(1)
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            let field = |i: usize| {
+                f.get(i)
+                    .and_then(|v| u32::from_str_radix(v, 16).ok())
+                    .map(u32::from_be)
+            };
+            Some((field(1)?, field(7)?))
+        })
+        .filter(|&(_, mask)| mask != 0)
+        .collect()
+}
+
 impl Scope {
+    /// Creates the test's network on a private /24 derived from the process
+    /// id and `name` (10.x.y.0/24 first), trying others while one overlaps a
+    /// route of this host or a network Docker already has (a concurrent
+    /// test's, say).
     fn new(name: &str) -> Scope {
         let prefix = format!("engram-rt-{}-{name}", std::process::id());
         let network = format!("{prefix}-net");
-        docker_ok(&[s("network"), s("create"), network.clone()]);
-        Scope {
-            prefix,
-            network,
-            containers: Vec::new(),
-            volumes: Vec::new(),
-            dirs: Vec::new(),
+        let routes = host_routes();
+        let seed = name.bytes().fold(std::process::id(), |h, b| {
+            h.wrapping_mul(31).wrapping_add(u32::from(b))
+        });
+        let mut last_error = s("every candidate overlaps a route of this host");
+        for attempt in 0u32..96 {
+            let n = seed
+                .wrapping_add(attempt.wrapping_mul(7919))
+                .wrapping_mul(2_654_435_761);
+            let (x, y) = ((n >> 24) & 0xff, (n >> 16) & 0xff);
+            // 10.64-253.y.0 first (clear of the 10.0.x.x a LAN often uses);
+            // 172.16-31.y.0 and 192.168.y.0 when a host routes all of 10/8.
+            let net = match attempt / 32 {
+                0 => (10 << 24) | ((64 + x % 190) << 16) | (y << 8),
+                1 => (172 << 24) | ((16 + x % 16) << 16) | (y << 8),
+                _ => (192 << 24) | (168 << 16) | (y << 8),
+            };
+            if routes.iter().any(|&(dst, mask)| {
+                let m = mask & 0xffff_ff00;
+                (dst & m) == (net & m)
+            }) {
+                continue;
+            }
+            let ip = |host: u32| std::net::Ipv4Addr::from(net | host).to_string();
+            let (ok, _, err) = docker(&[
+                s("network"),
+                s("create"),
+                s("--subnet"),
+                format!("{}/24", ip(0)),
+                // Docker assigns .128-.255; .10 stays free for the pod.
+                s("--ip-range"),
+                format!("{}/25", ip(128)),
+                network.clone(),
+            ]);
+            if ok {
+                return Scope {
+                    prefix,
+                    network,
+                    pod_ip: ip(10),
+                    containers: Vec::new(),
+                    volumes: Vec::new(),
+                    dirs: Vec::new(),
+                };
+            }
+            last_error = err;
         }
+        panic!("docker network create {network}: no usable /24 subnet: {last_error}");
     }
 }
 
@@ -144,8 +216,8 @@ fn security_flags(pod: &Value, c: &Value) -> Vec<String> {
 }
 
 /// Env of a container as docker flags; downward-API values substituted as
-/// the kubelet would for pod `pod_name`.
-fn env_flags(c: &Value, pod_name: &str) -> Vec<String> {
+/// the kubelet would for pod `pod_name` with IP `pod_ip`.
+fn env_flags(c: &Value, pod_name: &str, pod_ip: Option<&str>) -> Vec<String> {
     let mut f = Vec::new();
     for e in c["env"].as_array().into_iter().flatten() {
         let name = e["name"].as_str().expect("env name");
@@ -155,7 +227,11 @@ fn env_flags(c: &Value, pod_name: &str) -> Vec<String> {
             match e["valueFrom"]["fieldRef"]["fieldPath"].as_str() {
                 Some("metadata.name") => pod_name.to_owned(),
                 Some("metadata.namespace") => "engram".to_owned(),
-                Some("status.podIP") => "0.0.0.0".to_owned(),
+                Some("status.podIP") => pod_ip
+                    .unwrap_or_else(|| {
+                        panic!("env {name}: status.podIP of a pod without a fixed IP")
+                    })
+                    .to_owned(),
                 other => panic!("env {name}: unsupported valueFrom {other:?}"),
             }
         };
@@ -165,14 +241,15 @@ fn env_flags(c: &Value, pod_name: &str) -> Vec<String> {
     f
 }
 
-/// Runs the rendered StatefulSet's Engram container; returns (container
-/// name, published HTTP address, container spec, pod spec).
+/// Runs the rendered StatefulSet's Engram container as its pod 0, at
+/// `scope.pod_ip`; returns (container name, pod name, published HTTP
+/// address, container spec).
 fn run_statefulset(
     scope: &mut Scope,
     image: &str,
     docs: &[Value],
     aliases: &BTreeSet<String>,
-) -> (String, std::net::SocketAddr, Value, Value) {
+) -> (String, String, std::net::SocketAddr, Value) {
     let sts = of_kind(docs, "StatefulSet");
     assert_eq!(sts.len(), 1, "one StatefulSet");
     let sts = sts[0];
@@ -190,6 +267,8 @@ fn run_statefulset(
         format!("{}-{pod_name}", scope.prefix),
         s("--network"),
         scope.network.clone(),
+        s("--ip"),
+        scope.pod_ip.clone(),
         s("-p"),
         s("127.0.0.1::7432"),
     ];
@@ -198,7 +277,7 @@ fn run_statefulset(
         args.push(a.clone());
     }
     args.extend(security_flags(&pod, &c));
-    args.extend(env_flags(&c, &pod_name));
+    args.extend(env_flags(&c, &pod_name, Some(&scope.pod_ip)));
     // Volumes: claims → docker volumes, ConfigMaps → files, emptyDirs → tmpfs.
     let volumes: Vec<Value> = pod["volumes"].as_array().cloned().unwrap_or_default();
     let claims: Vec<String> = sts["spec"]["volumeClaimTemplates"]
@@ -286,7 +365,7 @@ fn run_statefulset(
         .expect("published")
         .parse()
         .expect("addr");
-    (name, addr, c, pod)
+    (name, pod_name, addr, c)
 }
 
 /// Calls each probe like the kubelet: 2xx/3xx is success.
@@ -341,7 +420,7 @@ fn run_to_completion(scope: &mut Scope, image: &str, pod: &Value, label: &str) -
     let c = &pod["containers"][0];
     let mut args = vec![s("run"), s("--rm"), s("--network"), scope.network.clone()];
     args.extend(security_flags(pod, c));
-    args.extend(env_flags(c, label));
+    args.extend(env_flags(c, label, None));
     for m in c["volumeMounts"].as_array().into_iter().flatten() {
         let path = m["mountPath"].as_str().expect("mountPath");
         let name = m["name"].as_str().expect("name");
@@ -413,13 +492,72 @@ fn url_hosts(docs: &[Value]) -> BTreeSet<String> {
     hosts
 }
 
+/// Host names of the gossip seeds in the rendered `engram.toml`. As network
+/// aliases of the server container they resolve to the pod itself (as the
+/// headless Service's name resolves to every pod), inside the test network.
+fn seed_hosts(docs: &[Value]) -> BTreeSet<String> {
+    let mut hosts = BTreeSet::new();
+    for cm in of_kind(docs, "ConfigMap") {
+        let Some(text) = cm["data"]["engram.toml"].as_str() else {
+            continue;
+        };
+        let t: toml::Table = toml::from_str(text).expect("engram.toml is TOML");
+        let seeds = t
+            .get("cluster")
+            .and_then(|c| c.get("network"))
+            .and_then(|n| n.get("seeds"))
+            .and_then(|s| s.as_array());
+        for seed in seeds.into_iter().flatten() {
+            let seed = seed.as_str().expect("a seed is a string");
+            let (host, _) = seed
+                .rsplit_once(':')
+                .unwrap_or_else(|| panic!("seed {seed:?} is not host:port"));
+            let host = host.trim_start_matches('[').trim_end_matches(']');
+            if host.parse::<std::net::IpAddr>().is_err() {
+                hosts.insert(host.to_owned());
+            }
+        }
+    }
+    hosts
+}
+
 fn exercise(file: &str, expect_backup: bool) {
     let Some((image, dir)) = inputs() else { return };
     let docs = load(&dir, file);
     let mut scope = Scope::new(&file.replace(['.', '_'], "-"));
-    let aliases = url_hosts(&docs);
-    let (name, addr, c, _pod) = run_statefulset(&mut scope, &image, &docs, &aliases);
+    let seeds = seed_hosts(&docs);
+    assert!(
+        !seeds.is_empty(),
+        "{file}: the rendered engram.toml names no gossip seed host"
+    );
+    let mut aliases = url_hosts(&docs);
+    aliases.extend(seeds);
+    let (name, pod_name, addr, c) = run_statefulset(&mut scope, &image, &docs, &aliases);
     check_probes(&name, addr, &c);
+    // Cluster membership runs as in the pod: the pod name is the node id and
+    // the pod IP (never a wildcard) the advertised gossip address.
+    let r = try_request(addr, "GET", "/cluster/health", &[], b"").expect("cluster health");
+    assert_eq!(r.status, 200, "{}", r.text());
+    let health = r.json();
+    assert_eq!(
+        health["enabled"], true,
+        "{file}: cluster not enabled: {health}"
+    );
+    assert_eq!(health["node"]["node_id"], pod_name.as_str(), "{health}");
+    assert_eq!(
+        health["node"]["gossip_addr"],
+        format!("{}:7946", scope.pod_ip),
+        "{health}"
+    );
+    assert_eq!(
+        health["node"]["http_addr"],
+        format!("{}:7432", scope.pod_ip),
+        "{health}"
+    );
+    println!(
+        "{file}: /cluster/health succeeded: {pod_name} gossiping at {}, status {}",
+        health["node"]["gossip_addr"], health["status"]
+    );
     // It really serves.
     let r = try_request(
         addr,

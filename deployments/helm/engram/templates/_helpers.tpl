@@ -30,11 +30,19 @@ Chart name and version, for the helm.sh/chart label.
 {{- end }}
 
 {{/*
-Headless Service: stable pod DNS names (<pod>.<headless>) and, later, gossip
-seeds. Its name must leave room in 63 characters.
+Headless Service: stable pod DNS names (<pod>.<headless>) and the gossip
+seed. Its name must leave room in 63 characters.
 */}}
 {{- define "engram.headlessServiceName" -}}
 {{- printf "%s-headless" (include "engram.fullname" . | trunc 54 | trimSuffix "-") }}
+{{- end }}
+
+{{/*
+The gossip seed: the headless Service's fully qualified name, which resolves
+to every pod's IP (not-ready pods included, publishNotReadyAddresses).
+*/}}
+{{- define "engram.clusterSeed" -}}
+{{- printf "%s.%s.svc.%s:7946" (include "engram.headlessServiceName" .) .Release.Namespace (.Values.clusterDomain | trimSuffix ".") }}
 {{- end }}
 
 {{/*
@@ -208,12 +216,26 @@ map value. Null values are skipped.
 {{/*
 engram.toml from .Values.config. data_dir and server.bind/http_port/grpc_port
 are never written: the container's arguments set them (the schema refuses
-them too).
+them too). With cluster.enabled and no cluster.network.seeds, the seed is the
+headless Service (engram.clusterSeed). Works on a copy: .Values is left alone.
 */}}
 {{- define "engram.configToml" -}}
-{{- $cfg := omit (.Values.config | default dict) "data_dir" -}}
+{{- $cfg := omit (deepCopy (.Values.config | default dict)) "data_dir" -}}
 {{- if hasKey $cfg "server" -}}
 {{- $_ := set $cfg "server" (omit (get $cfg "server") "bind" "http_port" "grpc_port") -}}
+{{- end -}}
+{{- $cluster := get $cfg "cluster" -}}
+{{- if kindIs "map" $cluster -}}
+{{- if eq (toString (get $cluster "enabled")) "true" -}}
+{{- $network := get $cluster "network" -}}
+{{- if not (kindIs "map" $network) -}}
+{{- $network = dict -}}
+{{- end -}}
+{{- if not (hasKey $network "seeds") -}}
+{{- $_ := set $network "seeds" (list (include "engram.clusterSeed" .)) -}}
+{{- end -}}
+{{- $_ := set $cluster "network" $network -}}
+{{- end -}}
 {{- end -}}
 {{- include "engram.toml.table" (dict "path" "" "table" $cfg) | trim -}}
 {{- end -}}
