@@ -305,6 +305,26 @@ pub struct RememberRequest {
 }
 
 /// A new episode before it gets an id (remember, consolidation).
+impl Remembered {
+    /// The answer for a newly written episode.
+    fn new(
+        space: &Space,
+        id: &EpisodeId,
+        sequence: u64,
+        confidence: f32,
+        stored_at_ms: i64,
+    ) -> Self {
+        Remembered {
+            id: id_string(id),
+            space: space.record.name.clone(),
+            sequence,
+            confidence,
+            stored_at_ms,
+            deduplicated: false,
+        }
+    }
+}
+
 /// What a remember request turns into.
 enum Draft {
     /// `dedupe` found this memory: nothing to write.
@@ -1250,14 +1270,13 @@ impl Graph {
             Draft::New(d, c, t) => (d, c, t),
         };
         let (id, committed) = self.store_episode(&space, st, draft, kind::REMEMBER)?;
-        Ok(Remembered {
-            id: id_string(&id),
-            space: space.record.name.clone(),
-            sequence: committed.seq,
+        Ok(Remembered::new(
+            &space,
+            &id,
+            committed.seq,
             confidence,
             stored_at_ms,
-            deduplicated: false,
-        })
+        ))
     }
 
     /// Whether [`Graph::remember_async`] can serve `req` without blocking
@@ -1306,14 +1325,13 @@ impl Graph {
         let committed = self.engine.durable(appended).await?;
         let id = prepared.id;
         self.finish_episode(&space, st, prepared);
-        Ok(Remembered {
-            id: id_string(&id),
-            space: space.record.name.clone(),
-            sequence: committed.seq,
+        Ok(Remembered::new(
+            &space,
+            &id,
+            committed.seq,
             confidence,
             stored_at_ms,
-            deduplicated: false,
-        })
+        ))
     }
 
     /// Validates a remember request and builds its episode, or finds the
