@@ -102,6 +102,14 @@ fn wait_until(what: &str, limit: Duration, mut ok: impl FnMut() -> bool) -> Dura
     }
 }
 
+/// Every node sees node-0, node-1 and node-2 alive.
+fn all_alive(nodes: &[Server]) -> bool {
+    nodes.iter().all(|n| {
+        let h = health(n);
+        (0..3).all(|i| state_of(&h, &format!("node-{i}")).as_deref() == Some("alive"))
+    })
+}
+
 fn placed(h: &Value) -> Vec<String> {
     h["rebalance"]["placed_nodes"]
         .as_array()
@@ -133,12 +141,7 @@ fn three_nodes_converge_detect_kill9_replace_and_readmit() {
     let converged = wait_until(
         "3 alive members on every node",
         Duration::from_secs(10),
-        || {
-            nodes.iter().all(|n| {
-                let h = health(n);
-                (0..3).all(|i| state_of(&h, &format!("node-{i}")).as_deref() == Some("alive"))
-            })
-        },
+        || all_alive(&nodes),
     );
     println!(
         "cluster: 3 alive members on every node {:?} after the first process was spawned ({converged:?} after the last was ready)",
@@ -265,12 +268,7 @@ fn three_nodes_converge_detect_kill9_replace_and_readmit() {
     let back = wait_until(
         "node-2 alive again everywhere",
         Duration::from_secs(10),
-        || {
-            nodes.iter().all(|n| {
-                let h = health(n);
-                (0..3).all(|i| state_of(&h, &format!("node-{i}")).as_deref() == Some("alive"))
-            })
-        },
+        || all_alive(&nodes),
     );
     println!(
         "cluster: restarted node-2 alive everywhere {:?} after its spawn ({back:?} after it was ready)",
