@@ -108,9 +108,24 @@ fn sigterm_under_load_drains_flushes_and_exits_zero() {
         "SIGTERM to exit: {took:?}, {} acknowledged writes",
         acked.len()
     );
+    // With no write in flight any more, the loaded space's indexes went to
+    // a snapshot, and the restart reads them instead of rebuilding them.
+    assert!(s.logs().contains("index snapshots written"), "{}", s.logs());
     drop(s);
     let s = Server::start(dir.path());
     assert_all_present(&s, &acked);
+    let space = s.get("/api/v1/spaces/default");
+    let memories = space.json()["memories"].as_u64().expect("memories");
+    assert!(
+        memories as usize >= acked.len(),
+        "{memories} < {}",
+        acked.len()
+    );
+    assert!(
+        s.logs().contains("\"from\":\"index snapshot\""),
+        "{}",
+        s.logs()
+    );
 }
 
 #[test]

@@ -60,6 +60,7 @@ impl From<GraphError> for ApiError {
             GraphError::Invalid { .. } => (StatusCode::BAD_REQUEST, "invalid_request"),
             GraphError::Storage(_) => (StatusCode::SERVICE_UNAVAILABLE, "storage_unavailable"),
             GraphError::Corrupt(_) => (StatusCode::INTERNAL_SERVER_ERROR, "corrupt_data"),
+            GraphError::ShuttingDown => (StatusCode::SERVICE_UNAVAILABLE, "shutting_down"),
         };
         if status.is_server_error() {
             tracing::error!(error = %message, "request failed");

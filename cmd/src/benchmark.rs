@@ -9,6 +9,7 @@
 //! measured from its scheduled start, so a stall is charged to every
 //! operation that waited behind it (no coordinated omission).
 
+use std::collections::VecDeque;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -43,6 +44,10 @@ pub enum Workload {
     Mixed,
     /// Forget preloaded memories (each once).
     Forget,
+    /// Like mixed, but each worker's writes alternate between remembering a
+    /// new memory and forgetting the oldest one, so the space keeps its
+    /// `--dataset-size` (for soak runs: growth cannot pass for a leak).
+    Churn,
 }
 
 /// `engram benchmark` flags.
@@ -78,7 +83,7 @@ pub struct BenchArgs {
     /// Memories stored before the measured run.
     #[arg(long, default_value_t = 1000)]
     dataset_size: u64,
-    /// Fraction of reads in the mixed workload.
+    /// Fraction of reads in the mixed and churn workloads.
     #[arg(long, default_value_t = 0.8)]
     read_ratio: f64,
     /// Open loop: operations per second in total (0: closed loop).
@@ -430,7 +435,7 @@ pub async fn run(a: BenchArgs, config: &Config) -> Result<()> {
     // Preload.
     let dim = a.embedding_dim;
     let preload_started = Instant::now();
-    let ids = Arc::new(Mutex::new(Vec::with_capacity(a.dataset_size as usize)));
+    let ids = Arc::new(Mutex::new(VecDeque::with_capacity(a.dataset_size as usize)));
     {
         let next = Arc::new(AtomicU64::new(0));
         let target = Arc::new(target);
@@ -452,7 +457,7 @@ pub async fn run(a: BenchArgs, config: &Config) -> Result<()> {
                         .run(&space, Op::Remember(text(&mut rng, words), e))
                         .await?;
                     if let Some(id) = id {
-                        ids.lock().await.push(id);
+                        ids.lock().await.push_back(id);
                     }
                 }
                 anyhow::Ok(())
@@ -472,7 +477,7 @@ async fn measure(
     target: Target,
     mode: String,
     space: String,
-    ids: Arc<Mutex<Vec<String>>>,
+    ids: Arc<Mutex<VecDeque<String>>>,
     preload: Duration,
 ) -> Result<()> {
     if a.workload == Workload::Forget && (ids.lock().await.len() as u64) < a.operations {
@@ -510,6 +515,8 @@ async fn measure(
         let mut rng = SmallRng::seed_from_u64(a.seed.wrapping_mul(31) ^ (w as u64 + 101));
         tasks.push(tokio::spawn(async move {
             let mut h = Histogram::<u64>::new_with_bounds(1, 600_000_000, 3).expect("bounds");
+            // Churn: this worker's next write forgets (it remembered last).
+            let mut forget_next = false;
             loop {
                 let n = issued.fetch_add(1, Ordering::Relaxed);
                 if n >= ops || Instant::now() >= deadline {
@@ -548,6 +555,28 @@ async fn measure(
                             )
                         }
                     }
+                    Workload::Churn => {
+                        if rng.random_bool(read_ratio) {
+                            Op::Recall(Some(text(&mut rng, 2)), None, 2)
+                        } else {
+                            let oldest = if forget_next {
+                                ids.lock().await.pop_front()
+                            } else {
+                                None
+                            };
+                            forget_next = !forget_next;
+                            match oldest {
+                                Some(id) => Op::Forget(id),
+                                None => {
+                                    let words = rng.random_range(6..20);
+                                    Op::Remember(
+                                        text(&mut rng, words),
+                                        (dim > 0).then(|| vector(&mut rng, dim)),
+                                    )
+                                }
+                            }
+                        }
+                    }
                     Workload::Forget => {
                         let i = cursor.fetch_add(1, Ordering::Relaxed);
                         match ids.lock().await.get(i).cloned() {
@@ -559,6 +588,11 @@ async fn measure(
                 let r = target.run(&space, op).await;
                 let us = due.elapsed().as_micros().clamp(1, 600_000_000) as u64;
                 let _ = h.record(us);
+                if workload == Workload::Churn {
+                    if let Ok(Some(id)) = &r {
+                        ids.lock().await.push_back(id.clone());
+                    }
+                }
                 if let Err(e) = r {
                     errors.fetch_add(1, Ordering::Relaxed);
                     let mut f = first_error
@@ -602,7 +636,7 @@ async fn measure(
         "concurrency": a.concurrent,
         "dataset_size": a.dataset_size,
         "embedding_dim": a.embedding_dim,
-        "read_ratio": (a.workload == Workload::Mixed).then_some(a.read_ratio),
+        "read_ratio": matches!(a.workload, Workload::Mixed | Workload::Churn).then_some(a.read_ratio),
         "operations": done,
         "errors": errors,
         "first_error": first_error.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone(),

@@ -282,7 +282,8 @@ async fn serve(config: Config, repair: bool) -> Result<DirLock> {
         }
     }
 
-    // Background work stops (its last access flush runs), then everything
+    // Background work stops (its last access flush runs), writes are sealed
+    // and the loaded spaces' indexes written to snapshots, then everything
     // applied reaches SST files. Every acknowledged write was fsynced in
     // the WAL before its answer, so this only shortens the next start.
     let g = Arc::clone(&graph);
@@ -290,6 +291,20 @@ async fn serve(config: Config, repair: bool) -> Result<DirLock> {
         drop(background);
         if let Err(e) = g.flush_access() {
             tracing::warn!(error = %e, "writing access statistics at shutdown failed");
+        }
+        let t = std::time::Instant::now();
+        if g.seal_writes(Duration::from_secs(5)) {
+            let r = g.save_index_snapshots();
+            tracing::info!(
+                spaces = r.spaces,
+                memories = r.memories,
+                bytes = r.bytes,
+                failed = r.failed,
+                elapsed_ms = t.elapsed().as_millis() as u64,
+                "index snapshots written"
+            );
+        } else {
+            tracing::warn!("writes still running 5 s after the drain: index snapshots skipped (the next start rebuilds the indexes)");
         }
         match g.engine().store().flush() {
             Ok(()) => tracing::info!("store flushed"),

@@ -56,7 +56,9 @@ docker import --change 'USER 65532:65532' "$stage/base.tar" "$BASE" >/dev/null
 say "staging the binary for the Dockerfile's prebuilt stage"
 rm -rf deployments/docker/prebuilt
 mkdir -p deployments/docker/prebuilt/data
-cp "$bin" deployments/docker/prebuilt/engram
+# The workspace binary keeps its symbol names for profiling; the image does not
+# need them.
+strip --strip-all -o deployments/docker/prebuilt/engram "$bin"
 
 say "building $IMAGE from deployments/docker/Dockerfile (target runtime)"
 version=$(sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -1)

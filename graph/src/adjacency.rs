@@ -6,7 +6,27 @@
 //! an edge costs 12 bytes at its source and 8 at its target, a node without
 //! edges 32. Updates rebuild the node's slice, which is cheap at these degrees.
 
-use crate::record::EdgeRecord;
+use crate::record::{EdgeKind, EdgeRecord};
+use crate::snapshot::{Reader, SnapshotError, Writer, invalid};
+
+fn kind_code(k: EdgeKind) -> u8 {
+    match k {
+        EdgeKind::Explicit => 0,
+        EdgeKind::Temporal => 1,
+        EdgeKind::Semantic => 2,
+        EdgeKind::Consolidation => 3,
+    }
+}
+
+fn kind_from(c: u8) -> Result<EdgeKind, SnapshotError> {
+    Ok(match c {
+        0 => EdgeKind::Explicit,
+        1 => EdgeKind::Temporal,
+        2 => EdgeKind::Semantic,
+        3 => EdgeKind::Consolidation,
+        _ => return Err(invalid("edge kind")),
+    })
+}
 
 #[derive(Debug, Default)]
 pub(crate) struct Adjacency {
@@ -108,6 +128,77 @@ impl Adjacency {
         out_ok && inc_ok
     }
 
+    /// Writes both directions to a snapshot (see `snapshot.rs`).
+    pub(crate) fn write_to(&self, w: &mut Writer) -> std::io::Result<()> {
+        w.len(self.out.len())?;
+        for list in &self.out {
+            w.len(list.len())?;
+            for (to, e) in list.iter() {
+                w.u32(*to)?;
+                w.f32(e.weight)?;
+                w.u8(kind_code(e.kind))?;
+            }
+        }
+        w.len(self.inc.len())?;
+        for list in &self.inc {
+            w.len(list.len())?;
+            for (from, weight) in list.iter() {
+                w.u32(*from)?;
+                w.f32(*weight)?;
+            }
+        }
+        w.len(self.edges)
+    }
+
+    /// Reads what [`Adjacency::write_to`] wrote, for nodes below `slots`.
+    pub(crate) fn read_from(r: &mut Reader<'_>, slots: u32) -> Result<Self, SnapshotError> {
+        let node = |r: &mut Reader<'_>| -> Result<u32, SnapshotError> {
+            let n = r.u32()?;
+            if n >= slots {
+                return Err(invalid("edge to a slot out of range"));
+            }
+            Ok(n)
+        };
+        let n = r.len(slots as usize)?;
+        let mut out = Vec::with_capacity(n);
+        for _ in 0..n {
+            let k = r.len(slots as usize)?;
+            let mut list = Vec::with_capacity(k);
+            for _ in 0..k {
+                let to = node(r)?;
+                let weight = r.f32()?;
+                let kind = kind_from(r.u8()?)?;
+                list.push((to, EdgeRecord { weight, kind }));
+            }
+            out.push(list.into_boxed_slice());
+        }
+        let n = r.len(slots as usize)?;
+        let mut inc = Vec::with_capacity(n);
+        for _ in 0..n {
+            let k = r.len(slots as usize)?;
+            let mut list = Vec::with_capacity(k);
+            for _ in 0..k {
+                list.push((node(r)?, r.f32()?));
+            }
+            inc.push(list.into_boxed_slice());
+        }
+        let edges = r.count(usize::MAX)?;
+        let counted: usize = out.iter().map(|l| l.len()).sum();
+        if counted != edges || inc.iter().map(|l| l.len()).sum::<usize>() != edges {
+            return Err(invalid("edge count"));
+        }
+        // Every edge is listed at both ends (forget relies on it).
+        for (from, list) in out.iter().enumerate() {
+            for (to, _) in list.iter() {
+                let back = inc.get(*to as usize);
+                if !back.is_some_and(|l| l.iter().any(|(f, _)| *f as usize == from)) {
+                    return Err(invalid("an edge listed at one end only"));
+                }
+            }
+        }
+        Ok(Adjacency { out, inc, edges })
+    }
+
     /// Drops spare capacity (after a bulk load).
     pub(crate) fn shrink_to_fit(&mut self) {
         self.out.shrink_to_fit();
@@ -118,7 +209,6 @@ impl Adjacency {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::record::EdgeKind;
 
     fn e(w: f32) -> EdgeRecord {
         EdgeRecord {

@@ -60,6 +60,7 @@ mod ids;
 mod memory;
 mod rank;
 pub mod record;
+mod snapshot;
 mod table;
 pub mod text;
 
@@ -69,5 +70,5 @@ pub use engine::{Committed, Engine, EngineConfig, EngineError, OpenOptions, Reco
 pub use memory::{
     ConsolidationConfig, ConsolidationReport, Cue, DEFAULT_LINK_WEIGHT, DEFAULT_SPACE, Graph,
     GraphConfig, GraphError, Limits, LinkSpec, Memory, Recalled, RememberRequest, Remembered,
-    SpaceOptions, SpaceStats, Via, kind, valid_space_name,
+    SnapshotReport, SpaceOptions, SpaceStats, Via, kind, valid_space_name,
 };

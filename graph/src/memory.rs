@@ -1,9 +1,10 @@
 //! The memory model: spaces, remember / get / forget / link, and recall.
 
 use std::collections::HashMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use engram_lsm::{Cf, EpisodeId, Mutation, SpaceId, keys};
 use serde_json::{Map, Value};
@@ -13,6 +14,7 @@ use crate::adjacency::Adjacency;
 use crate::hnsw::{Hnsw, HnswParams};
 use crate::ids::{IdMap, IdSet};
 use crate::record::{self, AccessRecord, EdgeKind, EdgeRecord, EpisodeRecord, SpaceRecord};
+use crate::snapshot::{self, Reader, SnapshotError, Writer};
 use crate::table::Table;
 use crate::text::{self, LexicalIndex};
 use crate::{Engine, EngineConfig, EngineError, OpenOptions, RecoveryReport};
@@ -257,6 +259,11 @@ pub enum GraphError {
     /// Stored data could not be decoded.
     #[error("stored data is corrupt: {0}")]
     Corrupt(String),
+    /// The server is shutting down and accepts no more writes.
+    #[error(
+        "the server is shutting down and accepts no more writes; retry on another node or after the restart"
+    )]
+    ShuttingDown,
 }
 
 impl From<engram_lsm::StoreError> for GraphError {
@@ -639,6 +646,140 @@ impl SpaceState {
     fn edge_count(&self) -> usize {
         self.edges.len()
     }
+
+    /// Writes everything but the vector index to a snapshot.
+    fn write_to(&self, w: &mut Writer) -> std::io::Result<()> {
+        w.len(self.tagsets.sets.len())?;
+        for set in &self.tagsets.sets {
+            w.len(set.len())?;
+            for t in set.iter() {
+                w.str(t)?;
+            }
+        }
+        self.episodes.write_to(w, |w, m| {
+            w.i64(m.occurred_at_ms)?;
+            w.i64(m.stored_at_ms)?;
+            w.i64(m.last_access_ms)?;
+            w.f32(m.confidence)?;
+            w.u32(m.access_count)?;
+            w.u32(m.tags)?;
+            w.u8(u8::from(m.concept) | u8::from(m.consolidated) << 1 | u8::from(m.cold) << 2)
+        })?;
+        self.lexical.write_to(w)?;
+        self.edges.write_to(w)?;
+        w.len(self.sessions.len())?;
+        for (session, id) in &self.sessions {
+            w.str(session)?;
+            w.id(id)?;
+        }
+        w.len(self.cold)
+    }
+
+    /// Reads what [`SpaceState::write_to`] wrote; the vector index (if the
+    /// space has a dimension) starts empty.
+    fn read_from(
+        r: &mut Reader<'_>,
+        dim: Option<u32>,
+        params: HnswParams,
+    ) -> Result<SpaceState, SnapshotError> {
+        let mut st = SpaceState::new(dim, params, usize::MAX);
+        let sets = r.len(u32::MAX as usize)?;
+        for _ in 0..sets {
+            let n = r.len(usize::MAX)?;
+            let set = (0..n)
+                .map(|_| r.string())
+                .collect::<Result<Box<[String]>, _>>()?;
+            st.tagsets.sets.push(set.clone());
+            let i = st.tagsets.sets.len() as u32;
+            if set.is_empty() || st.tagsets.index.insert(set, i).is_some() {
+                return Err(snapshot::invalid("tag sets"));
+            }
+        }
+        st.episodes = Table::read_from(r, |r| {
+            let m = EpisodeMeta {
+                occurred_at_ms: r.i64()?,
+                stored_at_ms: r.i64()?,
+                last_access_ms: r.i64()?,
+                confidence: r.f32()?,
+                access_count: r.u32()?,
+                tags: r.u32()?,
+                concept: false,
+                consolidated: false,
+                cold: false,
+            };
+            if m.tags as usize > sets {
+                return Err(snapshot::invalid("tag set number"));
+            }
+            let flags = r.u8()?;
+            if flags > 0b111 {
+                return Err(snapshot::invalid("memory flags"));
+            }
+            Ok(EpisodeMeta {
+                concept: flags & 1 != 0,
+                consolidated: flags & 2 != 0,
+                cold: flags & 4 != 0,
+                ..m
+            })
+        })?;
+        let slots = st.episodes.slots();
+        st.lexical = LexicalIndex::read_from(r, slots)?;
+        st.edges = Adjacency::read_from(r, slots)?;
+        let n = r.len(usize::MAX)?;
+        for _ in 0..n {
+            let session = r.string()?;
+            st.sessions.insert(session, r.id()?);
+        }
+        st.cold = r.count(st.episodes.len())?;
+        Ok(st)
+    }
+}
+
+/// Counts writes in flight so a shutdown can stop new ones and wait for the
+/// rest before it snapshots the indexes (a write changes the store and then
+/// the in-memory state; a snapshot must see neither half alone).
+#[derive(Debug, Default)]
+struct WriteGate {
+    sealed: AtomicBool,
+    inflight: AtomicUsize,
+}
+
+/// One write in flight (see [`WriteGate`]).
+struct Writing<'a>(&'a AtomicUsize);
+
+impl Drop for Writing<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+impl WriteGate {
+    fn enter(&self) -> Result<Writing<'_>, GraphError> {
+        // Count first, then look: with `seal` storing then counting (both
+        // SeqCst), either this write sees the seal or the seal sees it.
+        self.inflight.fetch_add(1, Ordering::SeqCst);
+        let w = Writing(&self.inflight);
+        if self.sealed.load(Ordering::SeqCst) {
+            return Err(GraphError::ShuttingDown);
+        }
+        Ok(w)
+    }
+
+    fn quiescent(&self) -> bool {
+        self.sealed.load(Ordering::SeqCst) && self.inflight.load(Ordering::SeqCst) == 0
+    }
+}
+
+/// What [`Graph::save_index_snapshots`] wrote.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SnapshotReport {
+    /// Spaces whose indexes were written.
+    pub spaces: usize,
+    /// Their memories.
+    pub memories: usize,
+    /// Bytes written.
+    pub bytes: u64,
+    /// Spaces that failed (logged); they are rebuilt at the next start.
+    pub failed: usize,
 }
 
 #[derive(Debug)]
@@ -730,6 +871,12 @@ pub fn valid_space_name(name: &str) -> bool {
 pub struct Graph {
     engine: Engine,
     config: GraphConfig,
+    /// Index snapshots (`<data dir>/indexes/`).
+    index_dir: PathBuf,
+    gate: WriteGate,
+    /// Spaces loaded from an index snapshot, and snapshots refused.
+    snapshots_used: AtomicU64,
+    snapshots_refused: AtomicU64,
     spaces: RwLock<HashMap<String, Arc<Space>>>,
     next_space_id: std::sync::Mutex<SpaceId>,
     access: crate::access::AccessBuffer,
@@ -763,6 +910,10 @@ impl Graph {
         }
         let graph = Graph {
             engine,
+            index_dir: data_dir.join("indexes"),
+            gate: WriteGate::default(),
+            snapshots_used: AtomicU64::new(0),
+            snapshots_refused: AtomicU64::new(0),
             spaces: RwLock::new(spaces),
             next_space_id: std::sync::Mutex::new(max_id + 1),
             access: crate::access::AccessBuffer::new(config.access_buffer),
@@ -794,24 +945,130 @@ impl Graph {
         if let Some(s) = space.state.get() {
             return Ok(s);
         }
-        let started = std::time::Instant::now();
-        let (loaded, orphans) = load_space(
-            &self.engine,
-            space.id,
-            space.record.embedding_dim,
-            &self.config,
-        )?;
-        if !orphans.is_empty() {
-            tracing::info!(space = %space.record.name, count = orphans.len(), "removing entries of forgotten memories left by a crash");
-            self.submit(space, kind::FORGET, orphans)?;
-        }
+        let started = Instant::now();
+        let (loaded, source) = match self.load_snapshot(space)? {
+            Some(st) => (st, "index snapshot"),
+            None => {
+                let (loaded, orphans) = load_space(
+                    &self.engine,
+                    space.id,
+                    space.record.embedding_dim,
+                    &self.config,
+                )?;
+                if !orphans.is_empty() {
+                    tracing::info!(space = %space.record.name, count = orphans.len(), "removing entries of forgotten memories left by a crash");
+                    self.submit(space, kind::FORGET, orphans)?;
+                }
+                (loaded, "warm store")
+            }
+        };
         tracing::info!(
             space = %space.record.name,
             memories = loaded.episodes.len(),
+            from = source,
             elapsed_ms = started.elapsed().as_millis() as u64,
             "space loaded into memory"
         );
         Ok(space.state.get_or_init(|| RwLock::new(loaded)))
+    }
+
+    /// The space's indexes from its snapshot, if one was written at the
+    /// last clean shutdown and reflects exactly what the store holds now
+    /// (the file is removed either way). Vectors come from the store.
+    fn load_snapshot(&self, space: &Space) -> Result<Option<SpaceState>, GraphError> {
+        let store = self.engine.store();
+        let seq = store.applied_seq(space.id)?;
+        let (dim, params) = (space.record.embedding_dim, self.config.ann);
+        let taken = snapshot::take(&self.index_dir, space.id, seq, |r| {
+            SpaceState::read_from(r, dim, params)
+        });
+        let mut st = match taken {
+            Ok(Some(st)) => st,
+            Ok(None) => return Ok(None),
+            Err(e) => {
+                self.snapshots_refused.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(space = %space.record.name, error = %e, "index snapshot not used; rebuilding the indexes from the warm store");
+                return Ok(None);
+            }
+        };
+        if let Some(ann) = st.ann.as_mut() {
+            for entry in store.scan_space(Cf::Vectors, space.id)? {
+                let (k, v) = entry?;
+                let (_, id) = keys::decode_episode(&k)
+                    .ok_or_else(|| GraphError::Corrupt("vector key".into()))?;
+                ann.insert(id, &record::vector_from_bytes(&v)?);
+            }
+            ann.set_graph_from(self.config.exact_search_below);
+        }
+        self.snapshots_used.fetch_add(1, Ordering::Relaxed);
+        Ok(Some(st))
+    }
+
+    /// Spaces loaded from an index snapshot since open, and snapshots found
+    /// but refused (damaged, or not matching the store).
+    pub fn snapshot_loads(&self) -> (u64, u64) {
+        (
+            self.snapshots_used.load(Ordering::Relaxed),
+            self.snapshots_refused.load(Ordering::Relaxed),
+        )
+    }
+
+    /// Stops accepting writes (they fail with [`GraphError::ShuttingDown`])
+    /// and waits up to `wait` for those in flight; `true` once none is left.
+    /// For a clean shutdown, before [`Graph::save_index_snapshots`].
+    pub fn seal_writes(&self, wait: Duration) -> bool {
+        self.gate.sealed.store(true, Ordering::SeqCst);
+        let deadline = Instant::now() + wait;
+        while !self.gate.quiescent() {
+            if Instant::now() >= deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        true
+    }
+
+    /// Writes every loaded space's indexes to `<data dir>/indexes/`, so the
+    /// next start reads them instead of rebuilding them from the store.
+    /// Only after [`Graph::seal_writes`] returned `true`; otherwise nothing
+    /// is written. A failed space is logged and left to be rebuilt.
+    pub fn save_index_snapshots(&self) -> SnapshotReport {
+        let mut report = SnapshotReport::default();
+        if !self.gate.quiescent() {
+            tracing::warn!("writes still in flight: index snapshots not written");
+            return report;
+        }
+        let all: Vec<Arc<Space>> = read(&self.spaces).values().cloned().collect();
+        for space in all {
+            let Some(st) = space.state.get() else {
+                continue; // not loaded: its snapshot, if any, is still exact
+            };
+            let state = read(st);
+            let written = self
+                .engine
+                .store()
+                .applied_seq(space.id)
+                .map_err(|e| std::io::Error::other(e.to_string()))
+                .and_then(|seq| {
+                    if seq + 1 != self.engine.next_seq(space.id) {
+                        return Err(std::io::Error::other("records not yet applied"));
+                    }
+                    snapshot::write(&self.index_dir, space.id, seq, |w| state.write_to(w))
+                });
+            match written {
+                Ok(bytes) => {
+                    report.spaces += 1;
+                    report.memories += state.episodes.len();
+                    report.bytes += bytes;
+                }
+                Err(e) => {
+                    report.failed += 1;
+                    tracing::warn!(space = %space.record.name, error = %e, "writing the index snapshot failed; the next start rebuilds this space's indexes");
+                    let _ = snapshot::remove(&self.index_dir, space.id);
+                }
+            }
+        }
+        report
     }
 
     /// Loads every space's indexes now instead of on first use (a server
@@ -851,6 +1108,7 @@ impl Graph {
 
     /// Creates a space with options, durably.
     pub fn create_space_with(&self, name: &str, options: SpaceOptions) -> Result<(), GraphError> {
+        let _writing = self.gate.enter()?;
         let embedding_dim = options.embedding_dim;
         if !valid_space_name(name) {
             return Err(GraphError::InvalidSpaceName(name.to_owned()));
@@ -888,6 +1146,13 @@ impl Graph {
             created_at_ms: now_ms(),
             hot_capacity: options.hot_capacity,
         };
+        // A snapshot left under a reused id must never meet this space.
+        snapshot::remove(&self.index_dir, id).map_err(|source| {
+            GraphError::Storage(EngineError::DataDir {
+                path: snapshot::path(&self.index_dir, id),
+                source,
+            })
+        })?;
         self.engine.submit(
             id,
             kind::CREATE_SPACE,
@@ -917,6 +1182,7 @@ impl Graph {
         if name == DEFAULT_SPACE {
             return Err(GraphError::DefaultSpace);
         }
+        let _writing = self.gate.enter()?;
         let mut spaces = write(&self.spaces);
         let space = spaces
             .get(name)
@@ -928,6 +1194,9 @@ impl Graph {
             .submit(space.id, kind::DROP_SPACE, vec![Mutation::DropSpace])?;
         *alive = false;
         spaces.remove(name);
+        if let Err(e) = snapshot::remove(&self.index_dir, space.id) {
+            tracing::warn!(space = name, error = %e, "removing the deleted space's index snapshot failed");
+        }
         Ok(())
     }
 
@@ -983,6 +1252,7 @@ impl Graph {
     }
 
     fn archive_space(&self, space: &Space, idle: std::time::Duration) -> Result<usize, GraphError> {
+        let _writing = self.gate.enter()?;
         let st = self.state(space)?;
         let cutoff = now_ms().saturating_sub(i64::try_from(idle.as_millis()).unwrap_or(i64::MAX));
         let _tiering = lock(&space.tiering);
@@ -1063,6 +1333,7 @@ impl Graph {
     /// episodes were updated. The background task calls this every
     /// `access_flush_ms`.
     pub fn flush_access(&self) -> Result<usize, GraphError> {
+        let _writing = self.gate.enter()?;
         let _one = self.flushing.lock().unwrap_or_else(PoisonError::into_inner);
         let pending = self.access.take();
         if pending.is_empty() {
@@ -1263,6 +1534,7 @@ impl Graph {
         space_name: &str,
         req: RememberRequest,
     ) -> Result<Remembered, GraphError> {
+        let _writing = self.gate.enter()?;
         let space = self.space(space_name)?;
         let st = self.state(&space)?;
         let (draft, confidence, stored_at_ms) = match self.remember_draft(&space, st, req)? {
@@ -1305,6 +1577,7 @@ impl Graph {
         space_name: &str,
         req: RememberRequest,
     ) -> Result<Remembered, GraphError> {
+        let _writing = self.gate.enter()?;
         let space = self.space(space_name)?;
         let st = self.state(&space)?;
         let (draft, confidence, stored_at_ms) = match self.remember_draft(&space, st, req)? {
@@ -1683,6 +1956,7 @@ impl Graph {
     /// Forgets a memory everywhere: content, embedding, postings, edges in
     /// both directions, archived copy, in-memory indexes. Durable.
     pub fn forget(&self, space_name: &str, id: &str) -> Result<(), GraphError> {
+        let _writing = self.gate.enter()?;
         let space = self.space(space_name)?;
         let st = self.state(&space)?;
         let eid = parse_id(id)?;
@@ -1755,6 +2029,7 @@ impl Graph {
         to: &str,
         weight: Option<f32>,
     ) -> Result<(), GraphError> {
+        let _writing = self.gate.enter()?;
         let space = self.space(space_name)?;
         let st = self.state(&space)?;
         let (f, t) = (parse_id(from)?, parse_id(to)?);

@@ -8,6 +8,7 @@
 use engram_lsm::EpisodeId;
 
 use crate::ids::IdMap;
+use crate::snapshot::{Reader, SnapshotError, Writer, invalid};
 
 /// Id stored in a free slot (a ULID minted by this crate is never zero).
 const FREE: EpisodeId = [0; 16];
@@ -95,12 +96,66 @@ impl<M> Table<M> {
         self.slot_of.len()
     }
 
+    /// Number of slots, free ones included.
+    pub(crate) fn slots(&self) -> u32 {
+        self.ids.len() as u32
+    }
+
     /// Live memories in slot order.
     pub(crate) fn iter(&self) -> impl Iterator<Item = (&EpisodeId, &M)> {
         self.ids
             .iter()
             .zip(&self.metas)
             .filter(|(id, _)| **id != FREE)
+    }
+
+    /// Writes the slots (ids, then each metadata by `meta`) and the free list.
+    pub(crate) fn write_to(
+        &self,
+        w: &mut Writer,
+        mut meta: impl FnMut(&mut Writer, &M) -> std::io::Result<()>,
+    ) -> std::io::Result<()> {
+        w.len(self.ids.len())?;
+        for (id, m) in self.ids.iter().zip(&self.metas) {
+            w.id(id)?;
+            meta(w, m)?;
+        }
+        w.u32s(&self.free)
+    }
+
+    /// Reads what [`Table::write_to`] wrote, checking that the free list
+    /// names exactly the free slots and that no id appears twice.
+    pub(crate) fn read_from(
+        r: &mut Reader<'_>,
+        mut meta: impl FnMut(&mut Reader<'_>) -> Result<M, SnapshotError>,
+    ) -> Result<Self, SnapshotError> {
+        let n = r.len(u32::MAX as usize)?;
+        let mut t = Table {
+            slot_of: IdMap::default(),
+            ids: Vec::with_capacity(n),
+            metas: Vec::with_capacity(n),
+            free: Vec::new(),
+        };
+        t.slot_of.reserve(n);
+        for slot in 0..n as u32 {
+            let id = r.id()?;
+            t.metas.push(meta(r)?);
+            t.ids.push(id);
+            if id != FREE && t.slot_of.insert(id, slot).is_some() {
+                return Err(invalid("an id in two slots"));
+            }
+        }
+        t.free = r.u32s(n as u32)?;
+        let mut seen = vec![false; n];
+        for &s in &t.free {
+            if t.ids[s as usize] != FREE || std::mem::replace(&mut seen[s as usize], true) {
+                return Err(invalid("free list does not match the free slots"));
+            }
+        }
+        if t.free.len() + t.slot_of.len() != n {
+            return Err(invalid("free list does not match the free slots"));
+        }
+        Ok(t)
     }
 
     pub(crate) fn shrink_to_fit(&mut self) {

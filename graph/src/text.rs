@@ -4,6 +4,8 @@ use std::collections::HashMap;
 
 use unicode_segmentation::UnicodeSegmentation;
 
+use crate::snapshot::{Reader, SnapshotError, Writer, invalid};
+
 /// Terms of `text`: Unicode words (UAX #29), lower-cased, each at most
 /// [`engram_lsm::keys::MAX_TERM_LEN`] bytes (longer words are dropped).
 pub fn terms(text: &str) -> Vec<String> {
@@ -125,6 +127,50 @@ impl LexicalIndex {
         self.postings
             .values()
             .all(|l| l.slots.iter().all(|s| live(*s)))
+    }
+
+    /// Writes the index to a snapshot (see `snapshot.rs`).
+    pub(crate) fn write_to(&self, w: &mut Writer) -> std::io::Result<()> {
+        w.u32s(&self.lengths)?;
+        w.len(self.docs)?;
+        w.u64(self.total_len)?;
+        w.len(self.postings.len())?;
+        for (term, list) in &self.postings {
+            w.str(term)?;
+            w.u32s(&list.slots)?;
+            w.bytes(&list.tfs)?;
+        }
+        Ok(())
+    }
+
+    /// Reads what [`LexicalIndex::write_to`] wrote, for documents in slots
+    /// below `slots`.
+    pub(crate) fn read_from(r: &mut Reader<'_>, slots: u32) -> Result<Self, SnapshotError> {
+        let lengths = r.u32s(u32::MAX)?;
+        if lengths.len() > slots as usize {
+            return Err(invalid("document lengths beyond the last slot"));
+        }
+        let docs = r.count(slots as usize)?;
+        let total_len = r.u64()?;
+        let terms = r.len(usize::MAX)?;
+        let mut postings = HashMap::with_capacity(terms);
+        for _ in 0..terms {
+            let term = r.string()?;
+            let slots = r.u32s(lengths.len() as u32)?;
+            let tfs = r.bytes()?.to_vec();
+            if slots.is_empty() || tfs.len() != slots.len() {
+                return Err(invalid("posting list"));
+            }
+            if postings.insert(term, Postings { slots, tfs }).is_some() {
+                return Err(invalid("a term listed twice"));
+            }
+        }
+        Ok(LexicalIndex {
+            postings,
+            lengths,
+            docs,
+            total_len,
+        })
     }
 
     /// Drops spare capacity (after a bulk load).

@@ -956,3 +956,222 @@ fn async_remember_is_durable_indexed_and_refused_for_a_deleted_space() {
         "every acknowledged async write survives a restart"
     );
 }
+
+/// Everything a client can observe of a space that the in-memory indexes
+/// decide: stats, every memory (metadata, access, tier-independent fields),
+/// and lexical recall with spreading for a few cues (ids and paths).
+fn observable(g: &Graph, space: &str, ids: &[String]) -> String {
+    let mut s = g.space_stats(space).expect("stats");
+    s.hot = 0; // the hot cache starts empty after any restart
+    let mut out = format!("{s:?}\n");
+    for id in ids {
+        match g.get(space, id, false) {
+            Ok(m) => out += &format!("{m:?}\n"),
+            Err(e) => out += &format!("{id}: {e}\n"),
+        }
+    }
+    // Every match (the limit is above the space's size), sorted: the order
+    // of near-equal scores depends on the clock (forgetting curve), not on
+    // the indexes.
+    for q in ["project 3 alice", "bob", "later", "note 7 carol"] {
+        let mut found: Vec<(String, Via)> = g
+            .recall(space, &cue(q), 1000, &Spread::default())
+            .expect("recall")
+            .into_iter()
+            .map(|r| (r.memory.id, r.via))
+            .collect();
+        found.sort_by(|a, b| a.0.cmp(&b.0));
+        out += &format!("{q}: {} {found:?}\n", found.len());
+    }
+    out
+}
+
+/// Panics with only the lines that differ (the full texts are long).
+#[track_caller]
+fn assert_same(got: &str, want: &str, what: &str) {
+    if got != want {
+        let diff: Vec<String> = got
+            .lines()
+            .zip(want.lines())
+            .filter(|(g, w)| g != w)
+            .map(|(g, w)| format!("got  {g}\nwant {w}"))
+            .collect();
+        panic!(
+            "{what}: {} of {} lines differ:\n{}",
+            diff.len(),
+            want.lines().count(),
+            diff.join("\n")
+        );
+    }
+}
+
+#[test]
+fn index_snapshots_restore_the_same_space_once_and_stale_or_damaged_ones_are_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let g = open(dir.path());
+    g.create_space("s", None).expect("create");
+    // A vector space: its vectors are read from the store, not the snapshot.
+    g.create_space("v", Some(4)).expect("create");
+    for i in 0..30 {
+        g.remember(
+            "v",
+            vector(
+                &format!("vector note {i}"),
+                [i as f32, 1.0, (i % 3) as f32, 0.5],
+            ),
+        )
+        .expect("remember");
+    }
+    let by_vector = |g: &Graph| -> Vec<String> {
+        let c = Cue {
+            embedding: Some(vec![7.0, 1.0, 1.0, 0.5]),
+            ..Cue::default()
+        };
+        ids(&g
+            .recall("v", &c, 5, &Spread::default())
+            .expect("vector recall"))
+    };
+    let vectors_before = by_vector(&g);
+    assert_eq!(vectors_before.len(), 5);
+    let mut ids: Vec<String> = Vec::new();
+    for i in 0..120 {
+        let mut r = text(&format!(
+            "event {i} in project {} with {}",
+            i % 5,
+            ["alice", "bob", "carol"][i % 3]
+        ));
+        r.session = Some(format!("s{}", i % 4));
+        r.tags = match i % 3 {
+            0 => vec![],
+            1 => vec!["work".into()],
+            _ => vec!["work".into(), "urgent".into()],
+        };
+        if i % 10 == 9 {
+            r.links = vec![LinkSpec {
+                target: ids[i - 5].clone(),
+                weight: Some(0.6),
+            }];
+        }
+        ids.push(g.remember("s", r).expect("remember").id);
+    }
+    // Free slots, the cold tier, access statistics and a promotion back.
+    for id in ids.iter().step_by(7) {
+        g.forget("s", id).expect("forget");
+    }
+    g.link("s", &ids[1], &ids[100], Some(0.9)).expect("link");
+    assert!(g.archive("s", std::time::Duration::ZERO).expect("archive") > 50);
+    g.recall("s", &cue("project 3 alice"), 5, &Spread::default())
+        .expect("recall");
+    assert!(g.flush_access().expect("flush") > 0);
+    let before = observable(&g, "s", &ids);
+    assert!(
+        before.contains("cold: ") && !before.contains("cold: 0,"),
+        "{before}"
+    );
+
+    assert!(g.seal_writes(std::time::Duration::from_secs(5)));
+    assert!(matches!(
+        g.remember("s", text("too late")),
+        Err(GraphError::ShuttingDown)
+    ));
+    assert!(matches!(
+        g.forget("s", &ids[2]),
+        Err(GraphError::ShuttingDown)
+    ));
+    let report = g.save_index_snapshots();
+    assert_eq!((report.spaces, report.failed), (3, 0), "{report:?}");
+    assert_eq!(report.memories, ids.len() - ids.len().div_ceil(7) + 30);
+    assert!(report.bytes > 1000, "{report:?}");
+    drop(g);
+    let files: Vec<_> = std::fs::read_dir(dir.path().join("indexes"))
+        .expect("indexes dir")
+        .map(|e| e.expect("entry").path())
+        .collect();
+    assert_eq!(files.len(), 3, "{files:?}");
+    let saved = dir.path().join("saved-indexes");
+    std::fs::create_dir(&saved).expect("mkdir");
+    for f in &files {
+        std::fs::copy(f, saved.join(f.file_name().expect("name"))).expect("copy");
+    }
+
+    // Clean restart: the snapshot is used, once, and gives the same space.
+    let g = open(dir.path());
+    assert_same(&observable(&g, "s", &ids), &before, "from the snapshot");
+    assert_eq!(g.snapshot_loads(), (1, 0), "space s from its snapshot");
+    assert_eq!(by_vector(&g), vectors_before);
+    g.warm_up().expect("warm up");
+    assert_eq!(g.snapshot_loads(), (3, 0));
+    assert_eq!(
+        std::fs::read_dir(dir.path().join("indexes"))
+            .expect("dir")
+            .count(),
+        0,
+        "a snapshot is read once"
+    );
+    // The restored indexes keep working: new writes, then no clean shutdown.
+    let extra = g
+        .remember("s", text("later note 7 carol"))
+        .expect("remember")
+        .id;
+    g.forget("s", &ids[3]).expect("forget");
+    ids.push(extra);
+    let after = observable(&g, "s", &ids);
+    assert_ne!(after, before);
+    drop(g);
+
+    // A stale snapshot (from before those writes) is refused: rebuilt.
+    for f in std::fs::read_dir(&saved).expect("saved") {
+        let f = f.expect("entry").path();
+        std::fs::copy(
+            &f,
+            dir.path()
+                .join("indexes")
+                .join(f.file_name().expect("name")),
+        )
+        .expect("copy back");
+    }
+    let g = open(dir.path());
+    assert_same(
+        &observable(&g, "s", &ids),
+        &after,
+        "rebuilt after a stale snapshot",
+    );
+    assert_eq!(g.snapshot_loads(), (0, 1), "stale snapshot refused");
+
+    // A damaged snapshot is refused too.
+    assert!(g.seal_writes(std::time::Duration::from_secs(5)));
+    assert_eq!(g.save_index_snapshots().spaces, 1, "only s is loaded");
+    drop(g);
+    // (default's snapshot from the first shutdown is still there, unused.)
+    let file = largest(&dir.path().join("indexes"));
+    let mut bytes = std::fs::read(&file).expect("read");
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0x40;
+    std::fs::write(&file, &bytes).expect("write");
+    let g = open(dir.path());
+    assert_eq!(g.snapshot_loads(), (0, 0), "nothing loaded yet");
+    assert_same(
+        &observable(&g, "s", &ids),
+        &after,
+        "rebuilt after a damaged snapshot",
+    );
+    assert_eq!(g.snapshot_loads(), (0, 1), "damaged snapshot refused");
+
+    // Deleting a space removes its snapshot.
+    assert!(g.seal_writes(std::time::Duration::from_secs(5)));
+    assert_eq!(g.save_index_snapshots().spaces, 1);
+    drop(g);
+    let file = largest(&dir.path().join("indexes"));
+    let g = open(dir.path());
+    g.delete_space("s").expect("delete");
+    assert!(!file.exists(), "{file:?}");
+}
+
+/// The largest file in `dir` (the snapshot of the space with memories).
+fn largest(dir: &Path) -> std::path::PathBuf {
+    std::fs::read_dir(dir)
+        .expect("dir")
+        .map(|e| e.expect("entry").path())
+        .max_by_key(|p| std::fs::metadata(p).expect("metadata").len())
+        .expect("a snapshot")
+}

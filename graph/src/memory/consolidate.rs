@@ -94,6 +94,7 @@ impl Graph {
         threshold: f32,
         batch: usize,
     ) -> Result<ConsolidationReport, GraphError> {
+        let _writing = self.gate.enter()?;
         let _one = space
             .consolidating
             .lock()
