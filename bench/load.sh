@@ -26,18 +26,24 @@ bin="$CARGO_TARGET_DIR/release/engram"
 cargo build --release --workspace --all-targets --quiet
 
 work=$(mktemp -d)
-log="$work/engram.log"
-ENGRAM_LOG_FORMAT=json "$bin" start --http-port 0 --grpc-port 0 --data-dir "$work/data" 2>"$log" &
-pid=$!
-cleanup() { kill -TERM "$pid" 2>/dev/null; wait "$pid" 2>/dev/null || true; rm -rf "$work"; }
+pid=""
+cleanup() { [ -n "$pid" ] && kill -TERM "$pid" 2>/dev/null; wait 2>/dev/null || true; rm -rf "$work"; }
 trap cleanup EXIT
-for _ in $(seq 1 300); do
-    grep -q '"engram ready"' "$log" 2>/dev/null && break
-    sleep 0.1
-done
-http=$(grep -o '"http":"127.0.0.1:[0-9]*"' "$log" | head -1 | grep -o '[0-9]*"$' | tr -d '"')
-grpc=$(grep -o '"grpc":"127.0.0.1:[0-9]*"' "$log" | head -1 | grep -o '[0-9]*"$' | tr -d '"')
-url="http://127.0.0.1:$http"
+# Starts a server on a fresh data directory $1; sets pid, url, grpc.
+start_server() {
+    local log="$work/$1.log"
+    ENGRAM_LOG_FORMAT=json "$bin" start --http-port 0 --grpc-port 0 --data-dir "$work/$1" 2>"$log" &
+    pid=$!
+    for _ in $(seq 1 300); do
+        grep -q '"engram ready"' "$log" 2>/dev/null && break
+        sleep 0.1
+    done
+    local http
+    http=$(grep -o '"http":"127.0.0.1:[0-9]*"' "$log" | head -1 | grep -o '[0-9]*"$' | tr -d '"')
+    grpc=$(grep -o '"grpc":"127.0.0.1:[0-9]*"' "$log" | head -1 | grep -o '[0-9]*"$' | tr -d '"')
+    url="http://127.0.0.1:$http"
+}
+start_server data
 
 rss() { awk '/^VmRSS:/ { printf "%d\n", $2 * 1024 }' "/proc/$pid/status"; }
 # Samples RSS once a second into $1 while the given command runs.
@@ -74,6 +80,9 @@ sampled "$work/rss-grpc" "$bin" benchmark --url "$url" --grpc --grpc-port "$grpc
 row "gRPC mixed 80/20" 1000 "$work/grpc.json" "$work/rss-grpc"
 
 if [ "$SOAK" = 1 ]; then
+    # A fresh server, so the 1000-connection phases' buffers do not count.
+    kill -TERM "$pid"; wait "$pid" || true
+    start_server soak
     # Preload a fresh space (not measured), then the measured churn.
     "$bin" benchmark --url "$url" --workload recall-lexical --concurrent 16 --operations 1 \
         --dataset-size 10000 --space load-soak --output "$work/soak-preload.json" 2>/dev/null
@@ -93,6 +102,8 @@ lo, hi = min(warm), max(warm)
 drift = (hi - lo) / lo * 100
 kept = report["ops_per_sec"] / rate
 print(f"\nsoak: space holds {memories} memories (10 000 preloaded); served {kept:.0%} of the offered rate")
+minutes = [rss[i] / 1048576 for i in range(0, len(rss), 60)] + [rss[-1] / 1048576]
+print("soak RSS each minute (MiB): " + " ".join(f"{m:.0f}" for m in minutes))
 print(f"soak RSS after warm-up: {lo / 1048576:.0f}–{hi / 1048576:.0f} MiB, spread {drift:.1f} % (flat means ≤ 10 %)")
 ok = drift <= 10 and report["errors"] == 0 and kept >= 0.95
 sys.exit(0 if ok else 1)

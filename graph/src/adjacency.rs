@@ -147,21 +147,28 @@ impl Adjacency {
                 w.f32(*weight)?;
             }
         }
-        w.len(self.edges)
+        Ok(())
     }
 
-    /// Reads what [`Adjacency::write_to`] wrote, for nodes below `slots`.
-    pub(crate) fn read_from(r: &mut Reader<'_>, slots: u32) -> Result<Self, SnapshotError> {
+    /// Reads what [`Adjacency::write_to`] wrote, for the memories in the
+    /// slots `live` accepts (below `slots`): every edge must join two
+    /// different live slots, appear once, and be listed at both ends.
+    pub(crate) fn read_from(
+        r: &mut Reader<'_>,
+        slots: u32,
+        live: impl Fn(u32) -> bool,
+    ) -> Result<Self, SnapshotError> {
         let node = |r: &mut Reader<'_>| -> Result<u32, SnapshotError> {
             let n = r.u32()?;
-            if n >= slots {
-                return Err(invalid("edge to a slot out of range"));
+            if n >= slots || !live(n) {
+                return Err(invalid("edge to a free slot or out of range"));
             }
             Ok(n)
         };
         let n = r.len(slots as usize)?;
         let mut out = Vec::with_capacity(n);
-        for _ in 0..n {
+        let mut forward: Vec<(u32, u32)> = Vec::new();
+        for from in 0..n as u32 {
             let k = r.len(slots as usize)?;
             let mut list = Vec::with_capacity(k);
             for _ in 0..k {
@@ -169,33 +176,33 @@ impl Adjacency {
                 let weight = r.f32()?;
                 let kind = kind_from(r.u8()?)?;
                 list.push((to, EdgeRecord { weight, kind }));
+                forward.push((from, to));
             }
             out.push(list.into_boxed_slice());
         }
         let n = r.len(slots as usize)?;
         let mut inc = Vec::with_capacity(n);
-        for _ in 0..n {
+        let mut backward: Vec<(u32, u32)> = Vec::with_capacity(forward.len());
+        for to in 0..n as u32 {
             let k = r.len(slots as usize)?;
             let mut list = Vec::with_capacity(k);
             for _ in 0..k {
-                list.push((node(r)?, r.f32()?));
+                let from = node(r)?;
+                list.push((from, r.f32()?));
+                backward.push((from, to));
             }
             inc.push(list.into_boxed_slice());
         }
-        let edges = r.count(usize::MAX)?;
-        let counted: usize = out.iter().map(|l| l.len()).sum();
-        if counted != edges || inc.iter().map(|l| l.len()).sum::<usize>() != edges {
-            return Err(invalid("edge count"));
+        forward.sort_unstable();
+        backward.sort_unstable();
+        let ok = forward == backward
+            && forward.windows(2).all(|w| w[0] != w[1])
+            && forward.iter().all(|(f, t)| f != t)
+            && forward.iter().all(|(f, _)| live(*f));
+        if !ok {
+            return Err(invalid("edges not listed once at both ends"));
         }
-        // Every edge is listed at both ends (forget relies on it).
-        for (from, list) in out.iter().enumerate() {
-            for (to, _) in list.iter() {
-                let back = inc.get(*to as usize);
-                if !back.is_some_and(|l| l.iter().any(|(f, _)| *f as usize == from)) {
-                    return Err(invalid("an edge listed at one end only"));
-                }
-            }
-        }
+        let edges = forward.len();
         Ok(Adjacency { out, inc, edges })
     }
 
@@ -215,6 +222,75 @@ mod tests {
             weight: w,
             kind: EdgeKind::Explicit,
         }
+    }
+
+    /// Writes `body` as a snapshot and reads it back as adjacency over
+    /// `slots` slots, all live except `dead`.
+    fn round_trip(
+        slots: u32,
+        dead: u32,
+        body: impl FnOnce(&mut Writer) -> std::io::Result<()>,
+    ) -> Result<Adjacency, SnapshotError> {
+        let dir = tempfile::tempdir().expect("tempdir");
+        crate::snapshot::write(dir.path(), 1, 1, body).expect("write");
+        crate::snapshot::take(dir.path(), 1, 1, |r| {
+            Adjacency::read_from(r, slots, |s| s != dead)
+        })
+        .map(|a| a.expect("present"))
+    }
+
+    /// Raw lists: `out[from] = [to…]`, `inc[to] = [from…]`.
+    fn lists(out: &[&[u32]], inc: &[&[u32]]) -> impl FnOnce(&mut Writer) -> std::io::Result<()> {
+        let (out, inc): (Vec<Vec<u32>>, Vec<Vec<u32>>) = (
+            out.iter().map(|l| l.to_vec()).collect(),
+            inc.iter().map(|l| l.to_vec()).collect(),
+        );
+        move |w| {
+            w.len(out.len())?;
+            for l in &out {
+                w.len(l.len())?;
+                for t in l {
+                    w.u32(*t)?;
+                    w.f32(0.5)?;
+                    w.u8(0)?;
+                }
+            }
+            w.len(inc.len())?;
+            for l in &inc {
+                w.len(l.len())?;
+                for f in l {
+                    w.u32(*f)?;
+                    w.f32(0.5)?;
+                }
+            }
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn snapshots_round_trip_and_refuse_edges_not_listed_once_at_both_ends() {
+        let mut g = Adjacency::default();
+        g.add(0, 1, e(0.5));
+        g.add(2, 1, e(0.3));
+        g.add(1, 2, e(0.2));
+        let back = round_trip(3, 99, |w| g.write_to(w)).expect("valid");
+        assert_eq!(back.len(), 3);
+        for n in 0..3 {
+            assert_eq!(back.outgoing(n), g.outgoing(n));
+            assert_eq!(back.incoming(n), g.incoming(n));
+        }
+        type Lists<'a> = &'a [&'a [u32]];
+        let bad: [(&str, Lists, Lists, u32); 5] = [
+            ("listed twice", &[&[1, 1]], &[&[], &[0]], 99),
+            ("self-edge", &[&[0]], &[&[0]], 99),
+            ("missing at its target", &[&[1]], &[], 99),
+            ("only at its target", &[], &[&[], &[0]], 99),
+            ("to a free slot", &[&[1]], &[&[], &[0]], 1),
+        ];
+        for (what, out, inc, dead) in bad {
+            assert!(round_trip(3, dead, lists(out, inc)).is_err(), "{what}");
+        }
+        assert!(round_trip(3, 99, lists(&[&[1]], &[&[], &[0]])).is_ok());
     }
 
     #[test]

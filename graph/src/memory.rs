@@ -627,16 +627,12 @@ impl SpaceState {
         limit: usize,
         keep: impl Fn(&EpisodeId) -> bool,
     ) -> Vec<(EpisodeId, f64)> {
-        let mut hits = self.lexical.search(query, |s| keep(self.episodes.id(s)));
-        if limit > 0 && hits.len() > limit {
-            // Cut by score on slots first (common terms match a large part
-            // of the space); everything tied with the cut stays, so the final
-            // order by id among equal scores is unaffected.
-            hits.select_nth_unstable_by(limit - 1, |a, b| b.1.total_cmp(&a.1));
-            let cut = hits[limit - 1].1;
-            hits.retain(|h| h.1 >= cut);
-        }
-        let hits = hits
+        // Cut by score on slots first (common terms match a large part of
+        // the space); everything tied with the cut stays, so the final order
+        // by id among equal scores is unaffected.
+        let hits = self
+            .lexical
+            .search_top(query, limit, |s| keep(self.episodes.id(s)))
             .into_iter()
             .map(|(s, v)| (*self.episodes.id(s), v))
             .collect();
@@ -672,7 +668,7 @@ impl SpaceState {
             w.str(session)?;
             w.id(id)?;
         }
-        w.len(self.cold)
+        Ok(())
     }
 
     /// Reads what [`SpaceState::write_to`] wrote; the vector index (if the
@@ -722,14 +718,20 @@ impl SpaceState {
             })
         })?;
         let slots = st.episodes.slots();
-        st.lexical = LexicalIndex::read_from(r, slots)?;
-        st.edges = Adjacency::read_from(r, slots)?;
+        let live = |s: u32| st.episodes.is_live(s);
+        st.lexical = LexicalIndex::read_from(r, slots, live)?;
+        st.edges = Adjacency::read_from(r, slots, live)?;
         let n = r.len(usize::MAX)?;
         for _ in 0..n {
             let session = r.string()?;
-            st.sessions.insert(session, r.id()?);
+            let id = r.id()?;
+            // A session whose last write failed may name a memory that was
+            // never stored: it links to nothing either way.
+            if st.episodes.contains_key(&id) {
+                st.sessions.insert(session, id);
+            }
         }
-        st.cold = r.count(st.episodes.len())?;
+        st.cold = st.episodes.iter().filter(|(_, m)| m.cold).count();
         Ok(st)
     }
 }

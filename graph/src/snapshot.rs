@@ -22,7 +22,7 @@ use std::path::{Path, PathBuf};
 use engram_lsm::SpaceId;
 
 const MAGIC: &[u8; 8] = b"ENGRAMIX";
-const VERSION: u32 = 1;
+const VERSION: u32 = 2;
 
 /// Why a snapshot was not used.
 #[derive(Debug, thiserror::Error)]
@@ -216,15 +216,6 @@ impl<'a> Reader<'a> {
         Ok(n)
     }
 
-    /// A count written by [`Writer::len`] that is not followed by that
-    /// many items, at most `max`.
-    pub(crate) fn count(&mut self, max: usize) -> Result<usize, SnapshotError> {
-        match usize::try_from(self.u64()?) {
-            Ok(n) if n <= max => Ok(n),
-            _ => Err(invalid("count out of range")),
-        }
-    }
-
     pub(crate) fn bytes(&mut self) -> Result<&'a [u8], SnapshotError> {
         let n = self.len(usize::MAX)?;
         self.take(n)
@@ -269,6 +260,7 @@ pub(crate) fn take<T>(
     }
     // Read once: whatever happens next, this file is never trusted again.
     std::fs::remove_file(&p)?;
+    File::open(dir)?.sync_all()?;
     let parsed = (|| {
         let header = MAGIC.len() + 4 + 8 + 8;
         if data.len() < header + 4 || &data[..MAGIC.len()] != MAGIC {

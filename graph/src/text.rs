@@ -31,6 +31,16 @@ thread_local! {
     static SCORES: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
+/// The hits scoring at least the `limit`-th best score (0: all), unordered.
+fn cut_with_ties(mut hits: Vec<(u32, f64)>, limit: usize) -> Vec<(u32, f64)> {
+    if limit > 0 && hits.len() > limit {
+        hits.select_nth_unstable_by(limit - 1, |a, b| b.1.total_cmp(&a.1));
+        let cut = hits[limit - 1].1;
+        hits.retain(|h| h.1 >= cut);
+    }
+    hits
+}
+
 /// BM25 parameters (the usual defaults).
 const K1: f64 = 1.2;
 const B: f64 = 0.75;
@@ -132,8 +142,6 @@ impl LexicalIndex {
     /// Writes the index to a snapshot (see `snapshot.rs`).
     pub(crate) fn write_to(&self, w: &mut Writer) -> std::io::Result<()> {
         w.u32s(&self.lengths)?;
-        w.len(self.docs)?;
-        w.u64(self.total_len)?;
         w.len(self.postings.len())?;
         for (term, list) in &self.postings {
             w.str(term)?;
@@ -143,23 +151,45 @@ impl LexicalIndex {
         Ok(())
     }
 
-    /// Reads what [`LexicalIndex::write_to`] wrote, for documents in slots
-    /// below `slots`.
-    pub(crate) fn read_from(r: &mut Reader<'_>, slots: u32) -> Result<Self, SnapshotError> {
+    /// Reads what [`LexicalIndex::write_to`] wrote, for the memories in the
+    /// slots `live` accepts (below `slots`): every posting must name a live
+    /// slot at most once per term with a frequency of at least 1, and free
+    /// slots must have no length. The counts are recomputed, not trusted.
+    pub(crate) fn read_from(
+        r: &mut Reader<'_>,
+        slots: u32,
+        live: impl Fn(u32) -> bool,
+    ) -> Result<Self, SnapshotError> {
         let lengths = r.u32s(u32::MAX)?;
         if lengths.len() > slots as usize {
             return Err(invalid("document lengths beyond the last slot"));
         }
-        let docs = r.count(slots as usize)?;
-        let total_len = r.u64()?;
+        let mut docs = 0;
+        let mut total_len = 0u64;
+        for (slot, len) in lengths.iter().enumerate() {
+            if live(slot as u32) {
+                docs += 1;
+                total_len += u64::from(*len);
+            } else if *len != 0 {
+                return Err(invalid("a free slot with a document length"));
+            }
+        }
         let terms = r.len(usize::MAX)?;
         let mut postings = HashMap::with_capacity(terms);
-        for _ in 0..terms {
+        // seen[slot] == n + 1 once term n listed the slot.
+        let mut seen = vec![0u32; lengths.len()];
+        for n in 0..terms {
             let term = r.string()?;
             let slots = r.u32s(lengths.len() as u32)?;
             let tfs = r.bytes()?.to_vec();
-            if slots.is_empty() || tfs.len() != slots.len() {
+            if slots.is_empty() || tfs.len() != slots.len() || tfs.contains(&0) {
                 return Err(invalid("posting list"));
+            }
+            let mark = n as u32 + 1;
+            for &d in &slots {
+                if !live(d) || std::mem::replace(&mut seen[d as usize], mark) == mark {
+                    return Err(invalid("a posting for a free slot, or listed twice"));
+                }
             }
             if postings.insert(term, Postings { slots, tfs }).is_some() {
                 return Err(invalid("a term listed twice"));
@@ -210,7 +240,9 @@ impl LexicalIndex {
             .collect()
     }
 
-    /// BM25 contribution of one posting list to each of its documents.
+    /// BM25 contribution of one posting list to each of its documents:
+    /// `idf · tf · (k1 + 1) / (tf + k1 · (1 − b + b · dl / avgdl))`, with the
+    /// per-list constants folded so each posting costs one division.
     fn scored<'a>(
         &'a self,
         list: &'a Postings,
@@ -219,13 +251,12 @@ impl LexicalIndex {
     ) -> impl Iterator<Item = (u32, f64)> + 'a {
         let df = list.len() as f64;
         let idf = ((n - df + 0.5) / (df + 0.5) + 1.0).ln();
+        let numerator = idf * (K1 + 1.0);
+        let (base, per_term) = (K1 * (1.0 - B), K1 * B / avgdl);
         list.slots.iter().zip(&list.tfs).map(move |(d, tf)| {
             let tf = f64::from(*tf);
             let dl = f64::from(self.lengths[*d as usize]);
-            (
-                *d,
-                idf * tf * (K1 + 1.0) / (tf + K1 * (1.0 - B + B * dl / avgdl)),
-            )
+            (*d, numerator * tf / (tf + base + per_term * dl))
         })
     }
 
@@ -234,6 +265,20 @@ impl LexicalIndex {
     /// ranks them by score with ties broken by memory id, which unlike a
     /// slot is the same after a restart.
     pub fn search(&self, query: &str, keep: impl Fn(u32) -> bool) -> Vec<(u32, f64)> {
+        self.search_top(query, 0, keep)
+    }
+
+    /// [`LexicalIndex::search`] cut to the `limit` best scores (0: no cut)
+    /// and every match tied with the last of them, unordered. With a large
+    /// space and common terms this skips materialising and sorting every
+    /// match: the cut is found with a `limit`-sized heap over the scores.
+    /// `keep` may run more than once for a document.
+    pub fn search_top(
+        &self,
+        query: &str,
+        limit: usize,
+        keep: impl Fn(u32) -> bool,
+    ) -> Vec<(u32, f64)> {
         let n = self.docs as f64;
         if n == 0.0 {
             return Vec::new();
@@ -257,7 +302,8 @@ impl LexicalIndex {
                     *acc.entry(d).or_insert(0.0) += s;
                 }
             }
-            return acc.into_iter().filter(|(d, _)| keep(*d)).collect();
+            let hits = acc.into_iter().filter(|(d, _)| keep(*d)).collect();
+            return cut_with_ties(hits, limit);
         }
         // A per-thread score array, reused across queries and cleared
         // through the touched list (allocating and zeroing one as large as
@@ -277,10 +323,35 @@ impl LexicalIndex {
                     *slot += s as f32;
                 }
             }
-            let mut out = Vec::with_capacity(touched.len());
+            // Scores are positive, so their bit patterns order like them.
+            let mut cut = 0u32;
+            if limit > 0 && touched.len() > limit {
+                let mut best = std::collections::BinaryHeap::with_capacity(limit + 1);
+                for &d in &touched {
+                    let bits = scores[d as usize].to_bits();
+                    let full = best.len() == limit;
+                    if full
+                        && best
+                            .peek()
+                            .is_some_and(|m: &std::cmp::Reverse<u32>| bits <= m.0)
+                    {
+                        continue;
+                    }
+                    if keep(d) {
+                        best.push(std::cmp::Reverse(bits));
+                        if full {
+                            best.pop();
+                        }
+                    }
+                }
+                if best.len() == limit {
+                    cut = best.peek().map_or(0, |m| m.0);
+                }
+            }
+            let mut out = Vec::with_capacity(if cut > 0 { limit * 2 } else { touched.len() });
             for d in touched {
                 let s = std::mem::take(&mut scores[d as usize]);
-                if keep(d) {
+                if s.to_bits() >= cut && keep(d) {
                     out.push((d, f64::from(s)));
                 }
             }
@@ -314,6 +385,49 @@ mod tests {
         let mut v = idx.search(q, keep);
         v.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
         v
+    }
+
+    /// Reference: every match sorted by score, cut at the `limit`-th with ties.
+    fn best_with_ties(mut v: Vec<(u32, f64)>, limit: usize) -> Vec<(u32, f64)> {
+        if limit > 0 && v.len() > limit {
+            v.sort_by(|a, b| b.1.total_cmp(&a.1));
+            let cut = v[limit - 1].1;
+            v.retain(|h| h.1 >= cut);
+        }
+        v.sort_by_key(|h| h.0);
+        v
+    }
+
+    #[test]
+    fn search_top_keeps_exactly_the_best_and_their_ties_under_filters() {
+        let words = ["alpha", "river", "stone", "cloud", "engine", "garden"];
+        let mut idx = LexicalIndex::default();
+        let mut x = 7u64;
+        for slot in 0..3000u32 {
+            let text: Vec<&str> = (0..(slot % 5 + 1))
+                .map(|_| {
+                    x = x
+                        .wrapping_mul(6364136223846793005)
+                        .wrapping_add(1442695040888963407);
+                    words[(x >> 33) as usize % words.len()]
+                })
+                .collect();
+            add(&mut idx, slot, &text.join(" "));
+        }
+        for q in ["river", "river garden", "alpha stone cloud", "nothing"] {
+            for limit in [0, 1, 3, 10, 50] {
+                for modulo in [1, 3, 7] {
+                    let keep = |s: u32| s % modulo == 0;
+                    let want = best_with_ties(idx.search_top(q, 0, keep), limit);
+                    let mut got = idx.search_top(q, limit, keep);
+                    got.sort_by_key(|h| h.0);
+                    assert_eq!(got, want, "{q:?} limit {limit} keep %{modulo}");
+                    if limit > 0 && !want.is_empty() {
+                        assert!(got.len() >= limit.min(want.len()));
+                    }
+                }
+            }
+        }
     }
 
     #[test]
