@@ -10,25 +10,11 @@
 # Needs perf (Debian linux-perf) and wrk. Only 127.0.0.1 is used.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/engram/target}"
 WHAT="${1:-remember}"
 SECS="${PROFILE_SECONDS:-10}"
 DATASET="${PROFILE_DATASET:-10000}"
-cargo build --release --workspace --all-targets --quiet
-bin="$CARGO_TARGET_DIR/release/engram"
-
-work=$(mktemp -d)
-port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-grpc=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-url="http://127.0.0.1:$port"
-"$bin" start --data-dir "$work/data" --http-port "$port" --grpc-port "$grpc" 2>"$work/log" &
-pid=$!
-cleanup() { kill -TERM "$pid" 2>/dev/null; wait "$pid" 2>/dev/null || true; rm -rf "$work"; }
-trap cleanup EXIT
-for _ in $(seq 1 300); do
-    curl -sf "$url/health/ready" >/dev/null 2>&1 && break
-    sleep 0.1
-done
+. bench/lib.sh
+start_engram
 
 case "$WHAT" in
 remember)
