@@ -128,6 +128,7 @@ fn space_pb(s: SpaceOut) -> pb::Space {
             cold: s.tiers.cold as u64,
         }),
         unlinked_vectors: s.unlinked_vectors as u64,
+        vector_tombstones: s.vector_tombstones as u64,
     }
 }
 

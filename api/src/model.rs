@@ -421,6 +421,8 @@ pub struct SpaceOut {
     pub tiers: TiersOut,
     /// Vectors not yet linked into the HNSW graph.
     pub unlinked_vectors: usize,
+    /// Removed vectors whose memory is not reclaimed yet.
+    pub vector_tombstones: usize,
 }
 
 impl From<&SpaceStats> for SpaceOut {
@@ -438,6 +440,7 @@ impl From<&SpaceStats> for SpaceOut {
                 cold: s.cold,
             },
             unlinked_vectors: s.unlinked_vectors,
+            vector_tombstones: s.vector_tombstones,
         }
     }
 }

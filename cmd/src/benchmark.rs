@@ -47,6 +47,7 @@ pub enum Workload {
     /// Like mixed, but each worker's writes alternate between remembering a
     /// new memory and forgetting the oldest one, so the space keeps its
     /// `--dataset-size` (for soak runs: growth cannot pass for a leak).
+    /// With `--embedding-dim` the reads are hybrid (text and vector).
     Churn,
 }
 
@@ -557,7 +558,10 @@ async fn measure(
                     }
                     Workload::Churn => {
                         if rng.random_bool(read_ratio) {
-                            Op::Recall(Some(text(&mut rng, 2)), None, 2)
+                            // Hybrid when the memories have embeddings, so
+                            // the vector index churns and is read too.
+                            let v = (dim > 0).then(|| vector(&mut rng, dim));
+                            Op::Recall(Some(text(&mut rng, 2)), v, 2)
                         } else {
                             let oldest = if forget_next {
                                 ids.lock().await.pop_front()

@@ -13,6 +13,9 @@ use crate::Graph;
 /// held for tens of milliseconds at most).
 const LINK_EVERY: Duration = Duration::from_millis(100);
 const LINK_BUDGET: usize = 32;
+/// Nodes relinked around removed vectors per space each time (one
+/// neighbourhood selection each, well under 0.1 ms at 384 dimensions).
+const RECLAIM_BUDGET: usize = 128;
 
 /// How often idle memories are looked for (when `cold_after_sec` is set).
 const TIERING_EVERY: Duration = Duration::from_secs(60);
@@ -95,7 +98,7 @@ impl Background {
             LINK_EVERY,
             |g, stopping| {
                 if !stopping {
-                    g.link_vectors(LINK_BUDGET);
+                    g.link_vectors(LINK_BUDGET, RECLAIM_BUDGET);
                 }
             },
         )?);

@@ -2,9 +2,15 @@
 //! navigable small-world graph (Malkov & Yashunin), pure data, no I/O.
 //!
 //! Vectors are normalised at insert, so cosine similarity is a dot product and
-//! the distance is `1 - dot`. Removal leaves a tombstone: the node still
-//! routes searches but is never returned. Node levels come from a hash of the
-//! key, so the same set of keys gets the same levels whatever the order.
+//! the distance is `1 - dot`. Removal of a linked node leaves a tombstone:
+//! the node still routes searches but is never returned. Tombstones are
+//! reclaimed in the background ([`Hnsw::reclaim`], after FreshDiskANN's
+//! delete consolidation): every node linked to one is relinked to its live
+//! neighbours and the neighbours' neighbours, and once a full pass has done
+//! that, nothing points at the tombstones any more and their slots are
+//! reused by later inserts. So memory follows the live vectors, not every
+//! vector ever inserted. Node levels come from a hash of the key, so the
+//! same set of keys gets the same levels whatever the order.
 //!
 //! Why our own: the maintained Rust crates either cannot delete (forget must
 //! remove a vector) or build C++ through `cxx`, whose build dependencies
@@ -75,6 +81,21 @@ pub struct Hnsw {
     graph_from: usize,
     /// Nodes below this index are linked (or deleted).
     linked_upto: usize,
+    /// Removed nodes that links may still point at.
+    tombstones: Vec<u32>,
+    /// Slots no link points at, reused by inserts (their `deleted` is set).
+    free: Vec<u32>,
+    /// The reclaim pass in progress.
+    pass: Option<Pass>,
+}
+
+/// A reclaim pass: relinks every node below `end` away from removed
+/// neighbours, then frees `freeing` (the tombstones when it started).
+#[derive(Debug)]
+struct Pass {
+    next: usize,
+    end: usize,
+    freeing: Vec<u32>,
 }
 
 /// Older nodes linked per insert while a backlog remains.
@@ -227,6 +248,9 @@ impl Hnsw {
             live: 0,
             graph_from,
             linked_upto: 0,
+            tombstones: Vec::new(),
+            free: Vec::new(),
+            pass: None,
         }
     }
 
@@ -279,17 +303,32 @@ impl Hnsw {
         }
         self.remove(&key);
         let q = normalise(v);
-        let id = self.keys.len() as u32;
         let level = level_of(&key, self.params.m);
-        self.vectors.extend_from_slice(&q);
         let (codes, scale) = quantise(&q);
-        self.codes.extend_from_slice(&codes);
-        self.scales.push(scale);
-        self.keys.push(key);
-        self.deleted.push(false);
-        self.links.push(vec![Vec::new(); level + 1]);
+        let id = if let Some(id) = self.free.pop() {
+            let i = id as usize;
+            self.vectors[i * self.dim..(i + 1) * self.dim].copy_from_slice(&q);
+            self.codes[i * self.dim..(i + 1) * self.dim].copy_from_slice(&codes);
+            self.scales[i] = scale;
+            self.keys[i] = key;
+            self.deleted[i] = false;
+            self.links[i] = vec![Vec::new(); level + 1];
+            id
+        } else {
+            self.vectors.extend_from_slice(&q);
+            self.codes.extend_from_slice(&codes);
+            self.scales.push(scale);
+            self.keys.push(key);
+            self.deleted.push(false);
+            self.links.push(vec![Vec::new(); level + 1]);
+            (self.keys.len() - 1) as u32
+        };
         self.index_of.insert(key, id);
         self.live += 1;
+        if (id as usize) < self.linked_upto {
+            // A reused slot the backlog has already passed: link it now.
+            self.connect(id);
+        }
         // Link the new node and up to LINK_BACKLOG_STEP older ones, so a
         // backlog left by crossing `graph_from` (or by a restart) is absorbed
         // gradually instead of stalling one insert for minutes.
@@ -349,7 +388,14 @@ impl Hnsw {
         let mut eps = vec![ep];
         for l in (0..=level.min(self.max_level)).rev() {
             let found = self.search_layer(&q, &eps, self.params.ef_construction, l);
-            let chosen = self.select(&found, self.max_links(l));
+            // Tombstones route the search but get no new links (a reclaim
+            // pass must only have to relink the nodes that existed before).
+            let alive: Vec<(Dist, u32)> = found
+                .iter()
+                .filter(|(_, i)| !self.deleted[*i as usize])
+                .copied()
+                .collect();
+            let chosen = self.select(&alive, self.max_links(l));
             self.links[id as usize][l] = chosen.clone();
             for n in chosen {
                 self.links[n as usize][l].push(id);
@@ -375,16 +421,139 @@ impl Hnsw {
         }
     }
 
-    /// Removes `key`; it is never returned again. Returns whether it was present.
+    /// Removes `key`; it is never returned again. Returns whether it was
+    /// present. A node no link can point at (not linked yet) is freed at
+    /// once; a linked one becomes a tombstone until [`Hnsw::reclaim`].
     pub fn remove(&mut self, key: &EpisodeId) -> bool {
         match self.index_of.remove(key) {
             Some(i) => {
                 self.deleted[i as usize] = true;
                 self.live -= 1;
+                if (i as usize) < self.linked_upto || self.entry == Some(i) {
+                    self.tombstones.push(i);
+                } else {
+                    self.free.push(i);
+                }
                 true
             }
             None => false,
         }
+    }
+
+    /// Removed vectors whose memory is not reusable yet.
+    pub fn tombstones(&self) -> usize {
+        self.tombstones.len() + self.pass.as_ref().map_or(0, |p| p.freeing.len())
+    }
+
+    /// `true` when [`Hnsw::reclaim`] has work: a pass in progress, or
+    /// tombstones worth a pass (a quarter of the live nodes, at least 64;
+    /// a pass visits every node, so it is amortised over many removals).
+    pub fn reclaim_due(&self) -> bool {
+        self.pass.is_some() || self.tombstones.len() >= (self.live / 4).max(64)
+    }
+
+    /// Works on the reclaim pass for up to `budget` relinked nodes (each
+    /// costs one neighbourhood selection, like an insert); starts a pass
+    /// when one is due. Returns the number of slots freed (at the end of a
+    /// pass), so a caller can loop until `reclaim_due` is false.
+    pub fn reclaim(&mut self, budget: usize) -> usize {
+        if self.pass.is_none() {
+            if !self.reclaim_due() {
+                return 0;
+            }
+            self.pass = Some(Pass {
+                next: 0,
+                end: self.linked_upto,
+                freeing: std::mem::take(&mut self.tombstones),
+            });
+        }
+        let Some(mut pass) = self.pass.take() else {
+            return 0;
+        };
+        // Checking a node with no removed neighbour is a few loads: bound
+        // those too, so one call stays short on a large index.
+        let mut examined = 0;
+        let mut relinked = 0;
+        while pass.next < pass.end && relinked < budget && examined < budget.max(1) * 64 {
+            let p = pass.next as u32;
+            pass.next += 1;
+            examined += 1;
+            if !self.deleted[p as usize] && self.relink(p) {
+                relinked += 1;
+            }
+        }
+        if pass.next < pass.end {
+            self.pass = Some(pass);
+            return 0;
+        }
+        // No live node links to the pass's tombstones now. Nodes removed
+        // during the pass were not relinked: drop their links to the ones
+        // being freed, so no link at all points at a free slot. Then free.
+        pass.freeing.sort_unstable();
+        let freeing = &pass.freeing;
+        for &d in &self.tombstones {
+            for level in &mut self.links[d as usize] {
+                level.retain(|n| freeing.binary_search(n).is_err());
+            }
+        }
+        if self
+            .entry
+            .is_some_and(|e| freeing.binary_search(&e).is_ok())
+        {
+            self.pick_entry();
+        }
+        for &i in freeing {
+            self.links[i as usize] = Vec::new();
+        }
+        let n = pass.freeing.len();
+        self.free.append(&mut pass.freeing);
+        n
+    }
+
+    /// Replaces the links of node `p` to removed nodes by the closest live
+    /// nodes among its live neighbours and the removed ones' neighbours
+    /// (keeping the neighbour-selection heuristic). Returns whether any
+    /// level needed it.
+    fn relink(&mut self, p: u32) -> bool {
+        let mut changed = false;
+        for l in 0..self.links[p as usize].len() {
+            let links = &self.links[p as usize][l];
+            if !links.iter().any(|n| self.deleted[*n as usize]) {
+                continue;
+            }
+            let mut cands: Vec<u32> = Vec::with_capacity(links.len() * 4);
+            for &n in links {
+                if !self.deleted[n as usize] {
+                    cands.push(n);
+                } else if let Some(second) = self.links[n as usize].get(l) {
+                    cands.extend(
+                        second
+                            .iter()
+                            .filter(|m| **m != p && !self.deleted[**m as usize]),
+                    );
+                }
+            }
+            cands.sort_unstable();
+            cands.dedup();
+            let base = self.vector(p);
+            let mut scored: Vec<(Dist, u32)> =
+                cands.into_iter().map(|c| (self.dist(base, c), c)).collect();
+            scored.sort();
+            scored.truncate(self.params.ef_construction);
+            let chosen = self.select(&scored, self.max_links(l));
+            self.links[p as usize][l] = chosen;
+            changed = true;
+        }
+        changed
+    }
+
+    /// Makes the live linked node with the most levels the entry point.
+    fn pick_entry(&mut self) {
+        let best = (0..self.linked_upto)
+            .filter(|i| !self.deleted[*i])
+            .max_by_key(|i| (self.links[*i].len(), std::cmp::Reverse(*i)));
+        self.entry = best.map(|i| i as u32);
+        self.max_level = best.map_or(0, |i| self.links[i].len().saturating_sub(1));
     }
 
     /// The neighbour-selection heuristic: keep a candidate only if it is
@@ -720,6 +889,143 @@ mod tests {
         // Re-inserting a removed key makes it findable again.
         idx.insert(key(0), &data[0]);
         assert_eq!(idx.search(&data[0], 1, |_| true)[0].0, key(0));
+    }
+
+    fn recall(idx: &Hnsw, queries: &[Vec<f32>]) -> f64 {
+        let mut hits = 0;
+        for q in queries {
+            let truth: Vec<_> = idx
+                .exact(q, 10, |_| true)
+                .into_iter()
+                .map(|x| x.0)
+                .collect();
+            let got = idx.search(q, 10, |_| true);
+            hits += got.iter().filter(|g| truth.contains(&g.0)).count();
+        }
+        hits as f64 / (queries.len() * 10) as f64
+    }
+
+    /// No live node links to a removed or freed slot.
+    fn no_link_to_removed(idx: &Hnsw) -> bool {
+        (0..idx.keys.len()).filter(|i| !idx.deleted[*i]).all(|i| {
+            idx.links[i]
+                .iter()
+                .flatten()
+                .all(|n| !idx.deleted[*n as usize])
+        })
+    }
+
+    #[test]
+    fn reclaim_relinks_around_tombstones_then_reuses_their_slots() {
+        // A small beam, so recall depends on the quality of the links.
+        let params = HnswParams {
+            m: 6,
+            ef_construction: 40,
+            ef_search: 16,
+        };
+        let (n, dim) = (3000, 32);
+        let data = random(n, dim, 17);
+        let mut idx = Hnsw::new(dim, params);
+        for (i, v) in data.iter().enumerate() {
+            idx.insert(key(i as u64), v);
+        }
+        let queries = random(60, dim, 5);
+        let before = recall(&idx, &queries);
+        // Remove half, the entry point among them.
+        let entry = idx.keys[idx.entry.expect("entry") as usize];
+        assert!(idx.remove(&entry));
+        for i in (0..n as u64).step_by(2) {
+            idx.remove(&key(i));
+        }
+        let removed = n - idx.len();
+        assert_eq!(idx.tombstones(), removed, "linked nodes become tombstones");
+        assert!(idx.reclaim_due());
+        assert!(!no_link_to_removed(&idx));
+        let mut freed = 0;
+        for _ in 0..10_000 {
+            if !idx.reclaim_due() {
+                break;
+            }
+            freed += idx.reclaim(50);
+        }
+        assert!(!idx.reclaim_due());
+        assert_eq!((freed, idx.tombstones()), (removed, 0));
+        assert!(
+            no_link_to_removed(&idx),
+            "every link to a tombstone was replaced"
+        );
+        assert!(!idx.deleted[idx.entry.expect("entry") as usize]);
+        // Against an index built afresh from the surviving vectors.
+        let mut fresh = Hnsw::new(dim, params);
+        for (i, v) in data.iter().enumerate() {
+            if idx.contains(&key(i as u64)) {
+                fresh.insert(key(i as u64), v);
+            }
+        }
+        let (after, rebuilt) = (recall(&idx, &queries), recall(&fresh, &queries));
+        eprintln!(
+            "recall@10 before removal {before:.3}, after reclaim {after:.3}, rebuilt {rebuilt:.3}"
+        );
+        assert!(
+            after >= rebuilt * 0.9,
+            "recall@10 after reclaim {after}, rebuilt {rebuilt}"
+        );
+        // New vectors take the freed slots: the index does not grow.
+        let more = random(removed, dim, 23);
+        for (i, v) in more.iter().enumerate() {
+            idx.insert(key(10_000 + i as u64), v);
+        }
+        assert_eq!(idx.keys.len(), n, "freed slots are reused");
+        assert_eq!(idx.len(), n);
+        assert!(idx.free.is_empty());
+        let refilled = recall(&idx, &queries);
+        eprintln!("recall@10 after refilling the freed slots {refilled:.3}");
+        assert!(
+            refilled >= before * 0.9,
+            "recall@10 after reuse {refilled}, before {before}"
+        );
+        assert_eq!(idx.search(&more[5], 1, |_| true)[0].0, key(10_005));
+    }
+
+    #[test]
+    fn unlinked_removals_are_reused_at_once_and_churn_stays_bounded() {
+        let dim = 8;
+        let data = random(400, dim, 31);
+        // Links deferred: nothing can point at a node, so removal frees it.
+        let mut idx = Hnsw::with_graph_from(dim, HnswParams::default(), usize::MAX);
+        for (i, v) in data.iter().enumerate().take(100) {
+            idx.insert(key(i as u64), v);
+        }
+        for i in 0..50 {
+            idx.remove(&key(i));
+        }
+        assert_eq!(idx.tombstones(), 0);
+        for (i, v) in data.iter().enumerate().skip(100).take(50) {
+            idx.insert(key(i as u64), v);
+        }
+        assert_eq!(idx.keys.len(), 100);
+        // Linked from the start: churn (insert one, remove the oldest) with
+        // the background reclaim in between keeps the slots bounded.
+        let mut idx = Hnsw::new(dim, HnswParams::default());
+        for (i, v) in data.iter().enumerate().take(200) {
+            idx.insert(key(i as u64), v);
+        }
+        for round in 0..2000u64 {
+            idx.insert(key(1000 + round), &data[(round % 400) as usize]);
+            idx.remove(&key(if round < 200 {
+                round
+            } else {
+                1000 + round - 200
+            }));
+            idx.reclaim(16);
+        }
+        assert_eq!(idx.len(), 200);
+        assert!(
+            idx.keys.len() <= 400,
+            "slots {} for 200 live",
+            idx.keys.len()
+        );
+        assert!(idx.search(&data[0], 5, |_| true).len() == 5);
     }
 
     #[test]

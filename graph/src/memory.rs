@@ -476,6 +476,9 @@ pub struct SpaceStats {
     /// Vectors waiting to be linked into the HNSW graph (searches scan
     /// until this is 0).
     pub unlinked_vectors: usize,
+    /// Removed vectors whose memory the HNSW graph has not reclaimed yet
+    /// (the background index task relinks around them, then reuses them).
+    pub vector_tombstones: usize,
 }
 
 /// What recall needs of every memory without reading its record: 40 bytes.
@@ -1300,19 +1303,26 @@ impl Graph {
     }
 
     /// Links up to `budget` vectors of each loaded space's HNSW backlog (left
-    /// by a restart or by crossing `exact_search_below`); returns how many.
-    /// The background task calls this ten times a second with a small
-    /// budget, so the space's lock is never held for long.
-    pub fn link_vectors(&self, budget: usize) -> usize {
+    /// by a restart or by crossing `exact_search_below`) and relinks up to
+    /// `reclaim_budget` nodes around removed vectors ([`Hnsw::reclaim`]);
+    /// returns how many vectors were linked. The background task calls this
+    /// ten times a second with small budgets, so the space's lock is never
+    /// held for long.
+    pub fn link_vectors(&self, budget: usize, reclaim_budget: usize) -> usize {
         let all: Vec<Arc<Space>> = read(&self.spaces).values().cloned().collect();
         let mut done = 0;
         for space in all {
             let Some(st) = space.state.get() else {
                 continue;
             };
-            if read(st).ann.as_ref().is_some_and(|a| a.backlog() > 0) {
+            if read(st)
+                .ann
+                .as_ref()
+                .is_some_and(|a| a.backlog() > 0 || a.reclaim_due())
+            {
                 if let Some(ann) = write(st).ann.as_mut() {
                     done += ann.link_backlog(budget);
+                    ann.reclaim(reclaim_budget);
                 }
             }
         }
@@ -2264,6 +2274,7 @@ fn stats(s: &Space, state: &RwLock<SpaceState>) -> SpaceStats {
         hot_capacity: hot.capacity(),
         cold: st.cold,
         unlinked_vectors: st.ann.as_ref().map_or(0, Hnsw::backlog),
+        vector_tombstones: st.ann.as_ref().map_or(0, Hnsw::tombstones),
     }
 }
 

@@ -877,6 +877,54 @@ fn vector_links_deferred_at_load_are_built_in_the_background() {
 }
 
 #[test]
+fn forgotten_vectors_are_reclaimed_and_never_returned() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = GraphConfig {
+        exact_search_below: 10,
+        semantic_k: 0,
+        ..GraphConfig::default()
+    };
+    let g = open_with(dir.path(), config);
+    g.create_space("v", Some(4)).expect("create");
+    let point = |i: u32| [(i % 17) as f32, 1.0 + (i / 17) as f32, (i % 5) as f32, 0.5];
+    let mut ids = Vec::new();
+    for i in 0..200u32 {
+        let m = g
+            .remember("v", vector(&format!("vector {i}"), point(i)))
+            .expect("remember");
+        ids.push(m.id);
+    }
+    for id in &ids[..150] {
+        g.forget("v", id).expect("forget");
+    }
+    let stats = g.space_stats("v").expect("stats");
+    assert_eq!((stats.memories, stats.vector_tombstones), (50, 150));
+    // What the background task does ten times a second.
+    for _ in 0..1000 {
+        if g.space_stats("v").expect("stats").vector_tombstones == 0 {
+            break;
+        }
+        g.link_vectors(32, 16);
+    }
+    assert_eq!(g.space_stats("v").expect("stats").vector_tombstones, 0);
+    for i in [150u32, 170, 199] {
+        let hits = g
+            .recall(
+                "v",
+                &Cue {
+                    embedding: Some(point(i).to_vec()),
+                    ..Cue::default()
+                },
+                5,
+                &Spread::default(),
+            )
+            .expect("recall");
+        assert_eq!(hits[0].memory.content, format!("vector {i}"));
+        assert!(hits.iter().all(|h| !ids[..150].contains(&h.memory.id)));
+    }
+}
+
+#[test]
 fn async_remember_is_durable_indexed_and_refused_for_a_deleted_space() {
     let dir = tempfile::tempdir().expect("tempdir");
     let g = std::sync::Arc::new(open(dir.path()));
