@@ -6,7 +6,7 @@
 #   bench/load.sh                      # 30 s per phase
 #   LOAD_SECONDS=60 bench/load.sh
 #   bench/load.sh --soak               # + a 10-minute soak: RSS must stay flat
-#   SOAK_SECONDS=600 SOAK_RATE=1000 SOAK_EMBEDDING_DIM=384 bench/load.sh --soak
+#   SOAK_WARMUP_SECONDS=180 SOAK_SECONDS=600 SOAK_RATE=1000 SOAK_EMBEDDING_DIM=384 bench/load.sh --soak
 #
 # The soak holds the dataset constant, so growth cannot pass for a leak (or
 # hide one): a fresh space of 10 000 memories with embeddings, then the churn
@@ -14,11 +14,12 @@
 # spreading, and writes that alternate between remembering a new memory and
 # forgetting the oldest. Its server runs with small memtables
 # (SOAK_WRITE_BUFFER_MB, default 4 MiB per column family instead of 64), so
-# their bounded fill-and-flush sawtooth does not hide a leak. It passes when
-# every per-second RSS sample after the warm-up (first fifth) is within
-# ±10 % of their median, the last minute's median is within 10 % of the
-# first minute's (no trend), there are no errors and ≥ 95 % of the offered
-# rate was served.
+# their bounded fill-and-flush sawtooth does not hide a leak. The churn runs
+# SOAK_WARMUP_SECONDS (allocator caches, memtables and the first
+# compactions settle) and then SOAK_SECONDS measured. It passes when every
+# per-second RSS sample of the measured part is within ±10 % of their
+# median, its last minute's median is within 10 % of its first minute's (no
+# trend), there are no errors and ≥ 95 % of the offered rate was served.
 #
 # Every loop is bounded in time and count; only 127.0.0.1 is used.
 set -euo pipefail
@@ -27,6 +28,7 @@ export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/engram/target}"
 SECS="${LOAD_SECONDS:-30}"
 SOAK=0
 SOAK_SECONDS="${SOAK_SECONDS:-600}"
+SOAK_WARMUP_SECONDS="${SOAK_WARMUP_SECONDS:-180}"
 SOAK_RATE="${SOAK_RATE:-1000}"
 SOAK_EMBEDDING_DIM="${SOAK_EMBEDDING_DIM:-384}"
 SOAK_WRITE_BUFFER_MB="${SOAK_WRITE_BUFFER_MB:-4}"
@@ -108,29 +110,30 @@ if [ "$SOAK" = 1 ]; then
         --dataset-size 10000 --embedding-dim "$SOAK_EMBEDDING_DIM" --space load-soak \
         --output "$work/soak-preload.json" 2>/dev/null
     sampled "$work/rss-soak" "$bin" benchmark --url "$url" --workload churn --concurrent 64 \
-        --rate "$SOAK_RATE" --duration "${SOAK_SECONDS}s" --operations 100000000 \
+        --rate "$SOAK_RATE" --duration "$((SOAK_WARMUP_SECONDS + SOAK_SECONDS))s" --operations 100000000 \
         --dataset-size 0 --embedding-dim "$SOAK_EMBEDDING_DIM" --space load-soak \
         --output "$work/soak.json" 2>/dev/null
-    row "soak: churn at $SOAK_RATE ops/s, ${SOAK_SECONDS} s" 64 "$work/soak.json" "$work/rss-soak"
+    row "soak: churn at $SOAK_RATE ops/s, ${SOAK_WARMUP_SECONDS} + ${SOAK_SECONDS} s" 64 "$work/soak.json" "$work/rss-soak"
     curl -sf "$url/api/v1/spaces/load-soak" >"$work/soak-space.json"
-    python3 - "$work/rss-soak" "$work/soak.json" "$work/soak-space.json" "$SOAK_RATE" <<'PY'
+    python3 - "$work/rss-soak" "$work/soak.json" "$work/soak-space.json" "$SOAK_RATE" "$SOAK_WARMUP_SECONDS" <<'PY'
 import json, statistics, sys
 rss = [int(x) / 1048576 for x in open(sys.argv[1]).read().split()]
 mem = [int(float(x)) / 1048576 for x in open(sys.argv[1] + ".memtable").read().split()]
 report = json.load(open(sys.argv[2]))
 space = json.load(open(sys.argv[3]))
 rate = float(sys.argv[4])
+warmup = int(sys.argv[5])
 kept = report["ops_per_sec"] / rate
 print(f"\nsoak: space holds {space['memories']} memories (10 000 preloaded), "
       f"{space.get('vector_tombstones', 0)} vector tombstones; served {kept:.0%} of the offered rate")
-print("soak RSS each minute (MiB): " + " ".join(f"{rss[i]:.0f}" for i in range(0, len(rss), 60)) + f" {rss[-1]:.0f}")
+print(f"soak RSS each minute (MiB; the first {warmup // 60} are warm-up): " + " ".join(f"{rss[i]:.0f}" for i in range(0, len(rss), 60)) + f" {rss[-1]:.0f}")
 n = min(len(rss), len(mem))
 print("RocksDB memtables + block cache each minute (MiB): " + " ".join(f"{mem[i]:.0f}" for i in range(0, n, 60)))
 
 def flat(series, name):
-    # After the warm-up (the first fifth): every sample within ±10 % of the
-    # median, and the last minute's median within 10 % of the first minute's.
-    warm = series[len(series) // 5:]
+    # After the warm-up: every sample within ±10 % of the median, and the
+    # last minute's median within 10 % of the first minute's.
+    warm = series[warmup:]
     mid = statistics.median(warm)
     lo, hi = min(warm), max(warm)
     first, last = statistics.median(warm[:60]), statistics.median(warm[-60:])

@@ -474,7 +474,8 @@ impl Hnsw {
         // those too, so one call stays short on a large index.
         let mut examined = 0;
         let mut relinked = 0;
-        while pass.next < pass.end && relinked < budget && examined < budget.max(1) * 64 {
+        let budget = budget.max(1);
+        while pass.next < pass.end && relinked < budget && examined < budget * 64 {
             let p = pass.next as u32;
             pass.next += 1;
             examined += 1;
@@ -487,22 +488,16 @@ impl Hnsw {
             return 0;
         }
         // No live node links to the pass's tombstones now. Nodes removed
-        // during the pass were not relinked: drop their links to the ones
-        // being freed, so no link at all points at a free slot. Then free.
-        pass.freeing.sort_unstable();
-        let freeing = &pass.freeing;
-        for &d in &self.tombstones {
-            for level in &mut self.links[d as usize] {
-                level.retain(|n| freeing.binary_search(n).is_err());
-            }
+        // during the pass may still: relink them too (they keep routing
+        // searches until the next pass), so no link at all points at a
+        // slot about to be freed. Then free.
+        for d in self.tombstones.clone() {
+            self.relink(d);
         }
-        if self
-            .entry
-            .is_some_and(|e| freeing.binary_search(&e).is_ok())
-        {
+        if self.entry.is_some_and(|e| self.deleted[e as usize]) {
             self.pick_entry();
         }
-        for &i in freeing {
+        for &i in &pass.freeing {
             self.links[i as usize] = Vec::new();
         }
         let n = pass.freeing.len();
@@ -915,6 +910,91 @@ mod tests {
         })
     }
 
+    /// The invariants the searches index by: no node (tombstones included)
+    /// links to a free slot, every level-`l` link points at a node with
+    /// more than `l` levels, and the entry point is present.
+    fn consistent(idx: &Hnsw) {
+        let free: std::collections::HashSet<u32> = idx.free.iter().copied().collect();
+        for (i, levels) in idx.links.iter().enumerate() {
+            if free.contains(&(i as u32)) {
+                assert!(levels.is_empty(), "free slot {i} keeps links");
+                continue;
+            }
+            for (l, links) in levels.iter().enumerate() {
+                for n in links {
+                    assert!(!free.contains(n), "{i} links to free slot {n}");
+                    assert!(
+                        idx.links[*n as usize].len() > l,
+                        "{i} links to {n} at level {l}"
+                    );
+                }
+            }
+        }
+        if let Some(e) = idx.entry {
+            assert!(!free.contains(&e), "entry point freed");
+            assert_eq!(idx.links[e as usize].len(), idx.max_level + 1);
+        }
+    }
+
+    #[test]
+    fn an_entry_point_removed_during_a_pass_is_replaced() {
+        let (n, dim) = (300, 8);
+        let data = random(n, dim, 41);
+        let mut idx = Hnsw::new(dim, HnswParams::default());
+        for (i, v) in data.iter().enumerate() {
+            idx.insert(key(i as u64), v);
+        }
+        // Remove the entry's neighbours and enough others for a pass...
+        let e = idx.entry.expect("entry");
+        let around: Vec<u32> = idx.links[e as usize].iter().flatten().copied().collect();
+        for i in around {
+            let k = idx.keys[i as usize];
+            idx.remove(&k);
+        }
+        for i in 0..n as u64 {
+            if idx.tombstones() >= 80 {
+                break;
+            }
+            if idx.index_of.get(&key(i)).is_some_and(|s| *s != e) {
+                idx.remove(&key(i));
+            }
+        }
+        assert!(idx.reclaim_due());
+        idx.reclaim(1);
+        assert!(idx.pass.is_some());
+        // ... then the entry itself while the pass runs.
+        let k = idx.keys[e as usize];
+        idx.remove(&k);
+        while idx.pass.is_some() {
+            idx.reclaim(1000);
+        }
+        consistent(&idx);
+        let entry = idx.entry.expect("entry");
+        assert!(!idx.deleted[entry as usize], "the entry point is live");
+        // Every live vector is still found by the graph walk.
+        let top = |idx: &Hnsw, v: &[f32]| idx.search(v, 1, |_| true).first().map(|h| h.0);
+        let live: Vec<usize> = (0..n).filter(|i| idx.contains(&key(*i as u64))).collect();
+        let found = live
+            .iter()
+            .filter(|i| top(&idx, &data[**i]) == Some(key(**i as u64)))
+            .count();
+        assert!(
+            found * 10 >= live.len() * 9,
+            "{found} of {} found",
+            live.len()
+        );
+        // New vectors get links and are found too.
+        let more = random(50, dim, 43);
+        for (i, v) in more.iter().enumerate() {
+            idx.insert(key(5000 + i as u64), v);
+        }
+        consistent(&idx);
+        let found = (0..50)
+            .filter(|i| top(&idx, &more[*i]) == Some(key(5000 + *i as u64)))
+            .count();
+        assert!(found >= 45, "{found} of 50 new vectors found");
+    }
+
     #[test]
     fn reclaim_relinks_around_tombstones_then_reuses_their_slots() {
         // A small beam, so recall depends on the quality of the links.
@@ -1017,8 +1097,11 @@ mod tests {
             } else {
                 1000 + round - 200
             }));
-            idx.reclaim(16);
+            if idx.reclaim(16) > 0 {
+                consistent(&idx);
+            }
         }
+        consistent(&idx);
         assert_eq!(idx.len(), 200);
         assert!(
             idx.keys.len() <= 400,

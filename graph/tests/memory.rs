@@ -907,7 +907,13 @@ fn forgotten_vectors_are_reclaimed_and_never_returned() {
         g.link_vectors(32, 16);
     }
     assert_eq!(g.space_stats("v").expect("stats").vector_tombstones, 0);
-    for i in [150u32, 170, 199] {
+    // New vectors reuse the freed slots and are found by the graph walk.
+    for i in 200..300u32 {
+        g.remember("v", vector(&format!("vector {i}"), point(i)))
+            .expect("remember");
+    }
+    assert_eq!(g.space_stats("v").expect("stats").memories, 150);
+    for i in [150u32, 170, 199, 200, 250, 299] {
         let hits = g
             .recall(
                 "v",
