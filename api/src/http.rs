@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use axum::body::Bytes;
-use axum::extract::rejection::{BytesRejection, QueryRejection};
+use axum::extract::rejection::{BytesRejection, PathRejection, QueryRejection};
 use axum::extract::{DefaultBodyLimit, Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -19,6 +19,7 @@ use crate::{ApiConfig, ApiError, AppState, VERSION, backup, metrics};
 
 type Shared = State<Arc<AppState>>;
 type QueryResult<T> = Result<Query<T>, QueryRejection>;
+type PathResult = Result<Path<String>, PathRejection>;
 
 /// The whole HTTP API.
 pub(crate) fn router(state: Arc<AppState>, config: &ApiConfig) -> Router {
@@ -229,6 +230,13 @@ pub(crate) fn resolve_space(
 fn query<T: DeserializeOwned>(q: QueryResult<T>) -> Result<T, ApiError> {
     q.map(|Query(t)| t)
         .map_err(|e| ApiError::bad_request("invalid_query", e.body_text()))
+}
+
+/// The path parameter, or a JSON 400 (a segment that is not UTF-8 once
+/// percent-decoded) instead of axum's plain-text rejection.
+fn path(p: PathResult) -> Result<String, ApiError> {
+    p.map(|Path(v)| v)
+        .map_err(|e| ApiError::bad_request("invalid_path", e.body_text()))
 }
 
 #[utoipa::path(get, path = "/health/alive", tag = "health",
@@ -484,9 +492,10 @@ struct GetQuery {
 async fn get_memory(
     State(s): Shared,
     headers: HeaderMap,
-    Path(id): Path<String>,
+    id: PathResult,
     q: QueryResult<GetQuery>,
 ) -> Result<Json<MemoryOut>, ApiError> {
+    let id = path(id)?;
     let q = query(q)?;
     let space = space_of(&headers, q.space)?;
     let with_embedding = match q.include.as_deref() {
@@ -516,9 +525,10 @@ async fn get_memory(
 async fn forget(
     State(s): Shared,
     headers: HeaderMap,
-    Path(id): Path<String>,
+    id: PathResult,
     q: QueryResult<SpaceQuery>,
 ) -> Result<StatusCode, ApiError> {
+    let id = path(id)?;
     let space = space_of(&headers, query(q)?.space)?;
     let graph = s.graph()?;
     blocking(move || Ok(graph.forget(&space, &id)?)).await?;
@@ -539,10 +549,11 @@ async fn forget(
 async fn link(
     State(s): Shared,
     headers: HeaderMap,
-    Path(id): Path<String>,
+    id: PathResult,
     q: QueryResult<SpaceQuery>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
+    let id = path(id)?;
     let space = space_of(&headers, query(q)?.space)?;
     let l: LinkBody = parse(body)?;
     let graph = s.graph()?;
@@ -631,10 +642,8 @@ async fn create_space(
         (status = 400, description = "Invalid name", body = ErrorBody),
         (status = 404, description = "Unknown space", body = ErrorBody),
         (status = 503, description = "Starting", body = ErrorBody)))]
-async fn get_space(
-    State(s): Shared,
-    Path(space): Path<String>,
-) -> Result<Json<SpaceOut>, ApiError> {
+async fn get_space(State(s): Shared, space: PathResult) -> Result<Json<SpaceOut>, ApiError> {
+    let space = path(space)?;
     let graph = s.graph()?;
     let stats = blocking(move || Ok(graph.space_stats(&space)?)).await?;
     Ok(Json(SpaceOut::from(&stats)))
@@ -647,7 +656,8 @@ async fn get_space(
         (status = 400, description = "Invalid name or the default space", body = ErrorBody),
         (status = 404, description = "Unknown space", body = ErrorBody),
         (status = 503, description = "Starting", body = ErrorBody)))]
-async fn delete_space(State(s): Shared, Path(space): Path<String>) -> Result<StatusCode, ApiError> {
+async fn delete_space(State(s): Shared, space: PathResult) -> Result<StatusCode, ApiError> {
+    let space = path(space)?;
     let graph = s.graph()?;
     blocking(move || Ok(graph.delete_space(&space)?)).await?;
     Ok(StatusCode::NO_CONTENT)

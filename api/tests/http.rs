@@ -256,6 +256,21 @@ async fn bad_input_gets_a_4xx_json_error_and_the_server_keeps_serving() {
         (st, e["error"]["code"].as_str()),
         (StatusCode::BAD_REQUEST, Some("invalid_query"))
     );
+    // Path segments that are not UTF-8 once decoded: JSON too.
+    for (method, uri) in [
+        ("GET", "/api/v1/memories/%FF"),
+        ("DELETE", "/api/v1/memories/%FF"),
+        ("POST", "/api/v1/memories/%FF/links"),
+        ("GET", "/api/v1/spaces/%FF"),
+        ("DELETE", "/api/v1/spaces/%FF"),
+    ] {
+        let (st, e) = call(&s, method, uri, None, None).await;
+        assert_eq!(
+            (st, e["error"]["code"].as_str()),
+            (StatusCode::BAD_REQUEST, Some("invalid_path")),
+            "{method} {uri}: {e}"
+        );
+    }
     let (st, e) = call(&s, "GET", "/nowhere", None, None).await;
     assert_eq!(
         (st, e["error"]["code"].as_str()),
