@@ -577,6 +577,8 @@ fn health_openapi_and_metrics() {
         "engram_rocksdb_bytes{kind=\"sst\"}",
         "engram_space_memories{space=\"default\"} 1",
         "engram_space_tier_memories{space=\"default\",tier=\"warm\"}",
+        "engram_space_vectors{space=\"default\",state=\"tombstones\"} 0",
+        "engram_space_vectors{space=\"default\",state=\"unlinked\"} 0",
         "engram_ready 1",
         "process_resident_memory_bytes",
     ] {

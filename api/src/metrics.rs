@@ -35,6 +35,7 @@ pub struct HttpMetrics {
     latency: HistogramVec,
     memories: IntGaugeVec,
     tiers: IntGaugeVec,
+    vectors: IntGaugeVec,
     storage: IntGaugeVec,
     ready: IntGauge,
     grpc_requests: IntCounterVec,
@@ -66,6 +67,13 @@ impl HttpMetrics {
         let tiers = IntGaugeVec::new(
             Opts::new("engram_space_tier_memories", "Memories per space and tier"),
             &["space", "tier"],
+        )?;
+        let vectors = IntGaugeVec::new(
+            Opts::new(
+                "engram_space_vectors",
+                "Vector index work pending per space: unlinked (not in the HNSW graph yet), tombstones (forgotten, memory not reclaimed yet)",
+            ),
+            &["space", "state"],
         )?;
         let storage = IntGaugeVec::new(
             Opts::new(
@@ -104,10 +112,12 @@ impl HttpMetrics {
         r.register(Box::new(latency.clone()))?;
         r.register(Box::new(memories.clone()))?;
         r.register(Box::new(tiers.clone()))?;
+        r.register(Box::new(vectors.clone()))?;
         Ok(Self {
             requests,
             latency,
             memories,
+            vectors,
             tiers,
             storage,
             ready,
@@ -176,6 +186,7 @@ pub(crate) async fn render(State(s): State<Arc<AppState>>) -> Result<Response, A
         // Deleted spaces must disappear from the exposition.
         s.http.memories.reset();
         s.http.tiers.reset();
+        s.http.vectors.reset();
         for sp in spaces {
             let n = i64::try_from(sp.memories).unwrap_or(i64::MAX);
             s.http.memories.with_label_values(&[&sp.name]).set(n);
@@ -186,6 +197,13 @@ pub(crate) async fn render(State(s): State<Arc<AppState>>) -> Result<Response, A
             ] {
                 let v = i64::try_from(v).unwrap_or(i64::MAX);
                 s.http.tiers.with_label_values(&[&sp.name, tier]).set(v);
+            }
+            for (state, v) in [
+                ("unlinked", sp.unlinked_vectors),
+                ("tombstones", sp.vector_tombstones),
+            ] {
+                let v = i64::try_from(v).unwrap_or(i64::MAX);
+                s.http.vectors.with_label_values(&[&sp.name, state]).set(v);
             }
         }
     }
