@@ -1111,6 +1111,40 @@ mod tests {
         assert!(idx.search(&data[0], 5, |_| true).len() == 5);
     }
 
+    /// Cost of reclaiming at 384 dimensions, printed (run with
+    /// `cargo test --release --workspace --lib -- --ignored reclaim_cost
+    /// --nocapture`; docs/performance.md quotes it).
+    #[test]
+    #[ignore = "prints a measurement; takes a few seconds"]
+    fn reclaim_cost_at_384_dimensions() {
+        let (n, dim) = (6000, 384);
+        let data = random(n, dim, 12_345);
+        let mut idx = Hnsw::new(dim, HnswParams::default());
+        let t = std::time::Instant::now();
+        for (i, v) in data.iter().enumerate() {
+            idx.insert(key(i as u64), v);
+        }
+        let per_insert = t.elapsed() / n as u32;
+        for i in (0..n as u64).step_by(4) {
+            idx.remove(&key(i));
+        }
+        let (t, mut calls, mut worst) = (std::time::Instant::now(), 0, std::time::Duration::ZERO);
+        while idx.reclaim_due() {
+            let c = std::time::Instant::now();
+            idx.reclaim(128);
+            worst = worst.max(c.elapsed());
+            calls += 1;
+        }
+        eprintln!(
+            "{n} vectors of {dim} dimensions: insert {per_insert:?} each; reclaiming {} \
+             tombstones took {:?} in {calls} steps of 128 relinks, the longest {worst:?}",
+            n / 4,
+            t.elapsed()
+        );
+        assert_eq!(idx.tombstones(), 0);
+        consistent(&idx);
+    }
+
     #[test]
     fn empty_and_mismatched_queries_return_nothing() {
         let mut idx = Hnsw::new(4, HnswParams::default());
