@@ -407,12 +407,9 @@ fn memory_limit_holds_under_sustained_writes() {
 }
 
 fn compose(project: &str, env: &[(&str, &str)], args: &[&str]) -> (bool, String) {
-    let file = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../deployments/docker/docker-compose.yml"
-    );
+    let file = common::repo("deployments/docker/docker-compose.yml");
     let mut cmd = Command::new("docker-compose");
-    cmd.args(["-f", file, "-p", project]).args(args);
+    cmd.arg("-f").arg(&file).args(["-p", project]).args(args);
     for (k, v) in env {
         cmd.env(k, v);
     }
@@ -433,14 +430,7 @@ fn compose_stack_keeps_data_across_down_up_and_applies_config_changes() {
     let project = format!("engramct{}", std::process::id());
     let dir = tempfile::tempdir().expect("tempdir");
     let config = dir.path().join("engram.toml");
-    std::fs::copy(
-        concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/../deployments/docker/engram.toml"
-        ),
-        &config,
-    )
-    .expect("copy config");
+    std::fs::copy(common::repo("deployments/docker/engram.toml"), &config).expect("copy config");
     let port = {
         let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
         l.local_addr().expect("addr").port().to_string()

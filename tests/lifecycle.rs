@@ -316,7 +316,8 @@ fn config_check_names_bad_keys_and_layers_in_order() {
     assert_eq!(code, 1);
     assert!(err.contains("http_prot"), "{err}");
     // The documented defaults file is itself a valid config.
-    let defaults = concat!(env!("CARGO_MANIFEST_DIR"), "/../config/default.toml");
+    let defaults = common::repo("config/default.toml");
+    let defaults = defaults.to_str().expect("UTF-8 path");
     let (code, _, err) = run_cli(&["config", "check", "--config", defaults], &[]);
     assert_eq!(code, 0, "{err}");
 }
@@ -447,8 +448,7 @@ fn backup_while_serving_then_restore_into_a_new_data_dir() {
 /// The README's quickstart block runs verbatim against a real server.
 #[test]
 fn readme_quickstart_runs_verbatim() {
-    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md"))
-        .expect("README.md");
+    let readme = std::fs::read_to_string(common::repo("README.md")).expect("README.md");
     let start = readme
         .find("<!-- quickstart -->")
         .expect("README marks its quickstart with <!-- quickstart -->");

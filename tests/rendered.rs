@@ -622,11 +622,8 @@ fn helm_with_everything_enabled_runs_as_rendered() {
 #[test]
 fn systemd_exec_start_runs_as_written() {
     let Some((image, _)) = inputs() else { return };
-    let unit = std::fs::read_to_string(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../deployments/systemd/engram.service"
-    ))
-    .expect("unit");
+    let unit =
+        std::fs::read_to_string(common::repo("deployments/systemd/engram.service")).expect("unit");
     let exec = unit
         .lines()
         .find_map(|l| l.strip_prefix("ExecStart="))
@@ -658,10 +655,7 @@ fn systemd_exec_start_runs_as_written() {
     ]);
     let cfg = tempfile::tempdir().expect("tempdir");
     std::fs::copy(
-        concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/../deployments/systemd/engram.toml"
-        ),
+        common::repo("deployments/systemd/engram.toml"),
         cfg.path()
             .join(Path::new(&config).file_name().expect("config file name")),
     )

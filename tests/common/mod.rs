@@ -13,6 +13,17 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+/// `rel` inside the checkout under test. Read at run time (`cargo test`
+/// sets `CARGO_MANIFEST_DIR` for every test process): `./x` shares one
+/// target directory between checkouts, and cargo reuses a test binary
+/// built in another checkout from the same sources, whose compile-time
+/// path would point at that other checkout's files.
+pub fn repo(rel: &str) -> PathBuf {
+    let manifest = std::env::var_os("CARGO_MANIFEST_DIR")
+        .map_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")), PathBuf::from);
+    manifest.join("..").join(rel)
+}
+
 /// Path of the binary under test.
 pub fn bin() -> &'static str {
     env!("CARGO_BIN_EXE_engram")
