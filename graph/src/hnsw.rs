@@ -779,30 +779,21 @@ mod tests {
             .collect()
     }
 
-    #[test]
-    fn recall_at_10_against_brute_force() {
-        let (n, dim) = (4000, 32);
-        let data = random(n, dim, 7);
-        let mut idx = Hnsw::new(dim, HnswParams::default());
+    /// `n` random vectors and an index holding them under `key(i)`.
+    fn filled(n: usize, dim: usize, seed: u64, params: HnswParams) -> (Vec<Vec<f32>>, Hnsw) {
+        let data = random(n, dim, seed);
+        let mut idx = Hnsw::new(dim, params);
         for (i, v) in data.iter().enumerate() {
             idx.insert(key(i as u64), v);
         }
-        let queries = random(100, dim, 99);
-        let mut hits = 0;
-        for q in &queries {
-            let truth: Vec<_> = idx
-                .exact(q, 10, |_| true)
-                .into_iter()
-                .map(|x| x.0)
-                .collect();
-            let got: Vec<_> = idx
-                .search(q, 10, |_| true)
-                .into_iter()
-                .map(|x| x.0)
-                .collect();
-            hits += got.iter().filter(|g| truth.contains(g)).count();
-        }
-        let recall = hits as f64 / (queries.len() * 10) as f64;
+        (data, idx)
+    }
+
+    #[test]
+    fn recall_at_10_against_brute_force() {
+        let (n, dim) = (4000, 32);
+        let (_, idx) = filled(n, dim, 7, HnswParams::default());
+        let recall = recall(&idx, &random(100, dim, 99));
         eprintln!("hnsw recall@10 on {n} random {dim}-dim vectors: {recall:.3}");
         assert!(recall >= 0.95, "recall@10 {recall}");
     }
@@ -810,11 +801,7 @@ mod tests {
     #[test]
     fn int8_scan_matches_brute_force_on_random_384_dim_vectors() {
         let (n, dim) = (5000, 384);
-        let data = random(n, dim, 5);
-        let mut idx = Hnsw::new(dim, HnswParams::default());
-        for (i, v) in data.iter().enumerate() {
-            idx.insert(key(i as u64), v);
-        }
+        let (data, mut idx) = filled(n, dim, 5, HnswParams::default());
         let mut hits = 0;
         let queries = random(50, dim, 77);
         for q in &queries {
@@ -862,11 +849,7 @@ mod tests {
 
     #[test]
     fn removed_keys_are_never_returned_and_filters_hold() {
-        let data = random(500, 8, 3);
-        let mut idx = Hnsw::new(8, HnswParams::default());
-        for (i, v) in data.iter().enumerate() {
-            idx.insert(key(i as u64), v);
-        }
+        let (data, mut idx) = filled(500, 8, 3, HnswParams::default());
         for i in (0..500).step_by(2) {
             assert!(idx.remove(&key(i)));
         }
@@ -939,11 +922,7 @@ mod tests {
     #[test]
     fn an_entry_point_removed_during_a_pass_is_replaced() {
         let (n, dim) = (300, 8);
-        let data = random(n, dim, 41);
-        let mut idx = Hnsw::new(dim, HnswParams::default());
-        for (i, v) in data.iter().enumerate() {
-            idx.insert(key(i as u64), v);
-        }
+        let (data, mut idx) = filled(n, dim, 41, HnswParams::default());
         // Remove the entry's neighbours and enough others for a pass...
         let e = idx.entry.expect("entry");
         let around: Vec<u32> = idx.links[e as usize].iter().flatten().copied().collect();
@@ -1004,11 +983,7 @@ mod tests {
             ef_search: 16,
         };
         let (n, dim) = (3000, 32);
-        let data = random(n, dim, 17);
-        let mut idx = Hnsw::new(dim, params);
-        for (i, v) in data.iter().enumerate() {
-            idx.insert(key(i as u64), v);
-        }
+        let (data, mut idx) = filled(n, dim, 17, params);
         let queries = random(60, dim, 5);
         let before = recall(&idx, &queries);
         // Remove half, the entry point among them.
