@@ -121,7 +121,7 @@ fn released_wal_behind_an_older_store_is_refused() {
 }
 
 #[test]
-fn corruption_before_the_tail_stops_open_until_repair() {
+fn damage_in_records_already_applied_does_not_stop_open() {
     let dir = tempfile::tempdir().expect("tempdir");
     let cfg = EngineConfig {
         wal_release_interval: u64::MAX,
@@ -132,7 +132,43 @@ fn corruption_before_the_tail_stops_open_until_repair() {
         engine.submit(1, 1, put(n)).expect("submit");
     }
     drop(engine);
-    // Damage record 2 in the WAL and roll the store back so it must replay.
+    // Record 2 is in the store already: its damage loses nothing.
+    let seg = std::fs::read_dir(dir.path().join("wal"))
+        .expect("wal dir")
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "wal"))
+        .min()
+        .expect("segment");
+    let mut data = std::fs::read(&seg).expect("read");
+    let frame_len = 36 + engram_lsm::mutation::encode(&put(1)).len();
+    data[frame_len + 40] ^= 0x10;
+    std::fs::write(&seg, data).expect("write");
+    let (engine, report) = open(dir.path(), &cfg);
+    assert_eq!(report.applied_before, 5);
+    assert_eq!(report.wal.applied_damage.len(), 1);
+    assert_eq!(report.wal.applied_damage[0].offset, frame_len as u64);
+    assert_eq!(engine.submit(1, 1, put(6)).expect("submit").lsn, 6);
+}
+
+#[test]
+fn corruption_before_the_tail_stops_open_until_repair() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cfg = EngineConfig {
+        wal_release_interval: u64::MAX,
+        ..EngineConfig::default()
+    };
+    let (engine, _) = open(dir.path(), &cfg);
+    engine.submit(1, 1, put(1)).expect("submit");
+    let old = dir.path().join("old-db");
+    engine.checkpoint(&old).expect("checkpoint");
+    for n in 2..=5 {
+        engine.submit(1, 1, put(n)).expect("submit");
+    }
+    drop(engine);
+    // Roll the store back to record 1, so records 2.. must replay.
+    std::fs::remove_dir_all(dir.path().join("db")).expect("rm db");
+    std::fs::rename(&old, dir.path().join("db")).expect("restore old db");
+    // Damage record 2 in the WAL: not applied yet, so it stops open.
     let wal_dir = dir.path().join("wal");
     let seg = std::fs::read_dir(&wal_dir)
         .expect("wal dir")

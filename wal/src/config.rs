@@ -25,8 +25,11 @@ pub struct WalConfig {
     /// Size of each segment file in bytes (default 64 MiB). A record must fit
     /// in one segment.
     pub segment_size: u64,
-    /// Largest payload accepted by `append` (default 8 MiB). Also bounds what
-    /// the decoder will believe of a length field while reading.
+    /// Largest payload accepted by `append` (default 8 MiB). Appends only:
+    /// records already in the log were accepted under the limit in force
+    /// when they were written, so reading (open, replay) accepts any length
+    /// the frame format allows ([`crate::frame::READ_PAYLOAD_LIMIT`]), and
+    /// lowering this setting never makes existing records look corrupt.
     pub max_payload: u32,
     /// Acknowledgement policy.
     pub durability: Durability,

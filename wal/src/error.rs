@@ -16,12 +16,14 @@ pub enum WalError {
         /// The underlying error.
         source: io::Error,
     },
-    /// A damaged record was found before the tail of the log.
+    /// A damaged record that the owner has not applied yet was found before
+    /// the tail of the log.
     #[error(
         "WAL corrupt in segment {segment} at offset {offset}: {reason}; valid records follow, \
-         so this is not a torn tail. Restore from a replica or backup, or open in repair mode \
-         to truncate the log there and move the damaged remainder to wal/corrupt/ \
-         (records after the damage are then lost)"
+         so this is not a torn tail, and the damage reaches records the store has not applied \
+         yet. Start once in repair mode (--repair) to cut the log there: everything from the \
+         damage on moves to wal/corrupt/, so the unapplied records in and after it are lost and \
+         nothing before it is; restoring a backup would lose at least as much"
     )]
     Corrupt {
         /// Segment file holding the damage.
@@ -53,10 +55,30 @@ pub enum WalError {
         /// The segment where the gap shows.
         segment: PathBuf,
     },
-    /// A write or fsync failed earlier; the log refuses appends until reopened.
-    #[error("WAL stopped accepting writes after an I/O failure ({reason}); reopen it to recover")]
+    /// A write or fsync failed earlier (or the writer thread panicked); the
+    /// log refuses appends until reopened.
+    #[error("WAL stopped accepting writes after a failure ({reason}); reopen it to recover")]
     Failed {
         /// The first failure.
+        reason: String,
+    },
+    /// Replay was asked for records that open found damaged and stepped over
+    /// because the owner had already applied them.
+    #[error(
+        "WAL records {first} to {last} (segment {segment}, offset {offset}) were damaged and \
+         skipped at open because the store had already applied them ({reason}); they cannot \
+         be replayed"
+    )]
+    Skipped {
+        /// Segment file holding the damage.
+        segment: PathBuf,
+        /// Byte offset of the damage in that segment.
+        offset: u64,
+        /// First unreadable LSN.
+        first: u64,
+        /// Last unreadable LSN.
+        last: u64,
+        /// What is wrong with the bytes there.
         reason: String,
     },
     /// The payload is larger than `max_payload`.

@@ -10,6 +10,13 @@ pub const MAGIC: [u8; 4] = *b"EGWL";
 pub const FORMAT_VERSION: u8 = 1;
 /// Length of the fixed frame header in bytes.
 pub const HEADER_LEN: usize = 36;
+/// Largest payload length the log believes when it *reads* frames: the
+/// largest the 32-bit length field can express. The configured
+/// `max_payload` limits appends only; a record accepted under an earlier,
+/// larger limit must stay readable after the limit is lowered. A damaged
+/// length field still cannot make the decoder read past the buffer it was
+/// given (a whole segment file at most), so this bound costs nothing.
+pub const READ_PAYLOAD_LIMIT: u32 = u32::MAX;
 
 const CRC_RANGE: std::ops::Range<usize> = 12..16;
 
@@ -148,7 +155,8 @@ fn u64_at(buf: &[u8], at: usize) -> u64 {
 /// Decodes the frame at the start of `buf`.
 ///
 /// `max_payload` bounds the announced payload length, so a damaged length
-/// field can never make the decoder read or allocate beyond it. Never panics.
+/// field can never make the decoder read or allocate beyond it (readers of
+/// the log pass [`READ_PAYLOAD_LIMIT`]). Never panics.
 pub fn decode(buf: &[u8], max_payload: u32) -> Result<Frame<'_>, FrameError> {
     if buf.len() < HEADER_LEN {
         if buf.iter().all(|b| *b == 0) {
@@ -167,7 +175,12 @@ pub fn decode(buf: &[u8], max_payload: u32) -> Result<Frame<'_>, FrameError> {
     if len > max_payload {
         return Err(FrameError::TooLong { len });
     }
-    let end = HEADER_LEN + len as usize;
+    let Some(end) = usize::try_from(len)
+        .ok()
+        .and_then(|n| n.checked_add(HEADER_LEN))
+    else {
+        return Err(FrameError::TooLong { len });
+    };
     if buf.len() < end {
         return Err(FrameError::Incomplete);
     }

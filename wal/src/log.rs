@@ -1,4 +1,4 @@
-//! The log itself: open (with tail truncation or repair), group-commit
+//! The log itself: open (validation is in [`crate::recovery`]), group-commit
 //! appends, replay and retention.
 
 use std::collections::BTreeMap;
@@ -13,8 +13,9 @@ use prometheus::Registry;
 use tokio::sync::oneshot;
 
 use crate::error::IoContext;
-use crate::frame::{self, Frame, FrameError, HEADER_LEN, RecordHeader};
+use crate::frame::{self, FrameError, READ_PAYLOAD_LIMIT, RecordHeader};
 use crate::metrics::WalMetrics;
+use crate::recovery::{self, Scanned, Skip};
 use crate::segment::{self, SegmentFile};
 use crate::{Durability, WalConfig, WalError};
 
@@ -30,6 +31,9 @@ pub struct WalOptions {
     /// The next LSN handed out is at least this. The owner of the log passes
     /// one more than the highest LSN it has applied, so LSNs never go back even
     /// if the log directory was lost; segments wholly below it are removed.
+    /// Records below it are never needed again, so damage found in them at
+    /// open is skipped ([`OpenReport::applied_damage`]) instead of stopping
+    /// the open. 0 (the default) claims nothing is applied.
     pub lsn_floor: u64,
     /// Registry for the log's metrics; `None` keeps them private.
     pub registry: Option<Registry>,
@@ -50,6 +54,27 @@ pub struct OpenReport {
     pub torn_tail: Option<Truncation>,
     /// Damage before the tail that repair mode cut off.
     pub repaired: Option<Truncation>,
+    /// Damaged or missing records below [`WalOptions::lsn_floor`] (already
+    /// applied by the owner) that open stepped over. Each is also logged as a
+    /// warning and counted in `engram_wal_applied_damage_skipped_total`.
+    pub applied_damage: Vec<AppliedDamage>,
+}
+
+/// Damaged or missing records that the owner had already applied: not
+/// needed, so open steps over them; retention removes them with their segment.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AppliedDamage {
+    /// Segment holding the damage (for missing records: the segment after them).
+    pub segment: PathBuf,
+    /// Offset of the damage within it.
+    pub offset: u64,
+    /// First LSN that could not be read.
+    pub first_lsn: u64,
+    /// LSN of the first record read after the damage: records `first_lsn`
+    /// up to (not including) this one are unreadable, all below the floor.
+    pub resume_lsn: u64,
+    /// Why the bytes there were not the expected records.
+    pub reason: String,
 }
 
 /// Where the log was cut and how much was removed.
@@ -203,6 +228,8 @@ struct Shared {
     committed: AtomicU64,
     synced: AtomicU64,
     segments: Mutex<Vec<SegmentFile>>,
+    /// Applied damage found at open, for replay to step over.
+    skips: Mutex<Vec<Skip>>,
     pins: Mutex<BTreeMap<u64, usize>>,
     metrics: WalMetrics,
 }
@@ -242,8 +269,9 @@ struct Active {
 
 impl Wal {
     /// Opens (or creates) the log in `dir`: validates every segment, cuts a
-    /// torn tail, refuses damage before the tail unless `options.repair`, and
-    /// starts a fresh segment for new appends.
+    /// torn tail, steps over damage below `options.lsn_floor`, refuses other
+    /// damage before the tail unless `options.repair`, and starts a fresh
+    /// segment for new appends.
     pub fn open(
         dir: &Path,
         config: WalConfig,
@@ -273,7 +301,15 @@ impl Wal {
         }
         fs::create_dir_all(dir).at(dir)?;
         let metrics = WalMetrics::new(options.registry.as_ref())?;
-        let (mut segments, mut report, named_floor) = scan(dir, &config, options.repair)?;
+        let Scanned {
+            mut segments,
+            mut report,
+            named_floor,
+            mut skips,
+        } = recovery::scan(dir, options.repair, options.lsn_floor)?;
+        metrics
+            .applied_damage
+            .inc_by(report.applied_damage.len() as u64);
 
         // Every record below the floor is already applied by the owner: a
         // floor past the end means the log lost its tail (or was wiped), so
@@ -282,6 +318,7 @@ impl Wal {
             for s in segments.drain(..) {
                 fs::remove_file(&s.path).at(&s.path)?;
             }
+            skips.clear();
             segment::sync_dir(dir)?;
             report.segments = 0;
             report.first_lsn = None;
@@ -308,6 +345,7 @@ impl Wal {
             committed: AtomicU64::new(next_lsn - 1),
             synced: AtomicU64::new(next_lsn - 1),
             segments: Mutex::new(segments),
+            skips: Mutex::new(skips),
             pins: Mutex::new(BTreeMap::new()),
             metrics,
         });
@@ -315,7 +353,7 @@ impl Wal {
         let writer_shared = Arc::clone(&shared);
         let writer = std::thread::Builder::new()
             .name("engram-wal-writer".into())
-            .spawn(move || run_writer(&writer_shared, active))
+            .spawn(move || writer_thread(&writer_shared, active))
             .at(dir)?;
         Ok((
             Wal {
@@ -423,6 +461,7 @@ impl Wal {
         }
         segment::sync_dir(&self.shared.dir)?;
         self.shared.metrics.segments.set(segments.len() as i64);
+        lock(&self.shared.skips).retain(|k| segments.iter().any(|s| s.path == k.segment));
         Ok(removable)
     }
 
@@ -454,13 +493,13 @@ impl Wal {
             .unwrap_or(0);
         Ok(Replay {
             segments: segments[start..].to_vec(),
+            skips: lock(&self.shared.skips).clone(),
             index: 0,
             data: Vec::new(),
             pos: 0,
             next: 0,
             from,
             until,
-            max_payload: self.shared.config.max_payload,
             done: from > until,
             _pin: pin,
         })
@@ -493,9 +532,56 @@ impl Drop for Wal {
     }
 }
 
-fn run_writer(shared: &Shared, mut active: Active) {
+/// Body of the writer thread: runs [`run_writer`] and turns a panic in it
+/// into the failed state, so that every pending and later append gets an
+/// error instead of waiting for a writer that is gone.
+fn writer_thread(shared: &Shared, active: Active) {
+    // Appends the writer has taken from the queue; kept out here so that a
+    // panic does not drop them unanswered.
+    let mut in_flight: Vec<Waiter> = Vec::new();
+    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        run_writer(shared, active, &mut in_flight);
+    }));
+    if let Err(payload) = outcome {
+        let reason = format!(
+            "the WAL writer thread panicked: {}",
+            panic_message(&*payload)
+        );
+        fail_all(shared, reason, in_flight);
+    }
+}
+
+fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    if let Some(s) = payload.downcast_ref::<&str>() {
+        (*s).to_owned()
+    } else if let Some(s) = payload.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "no message".to_owned()
+    }
+}
+
+/// Puts the log in the failed state and fails every pending append: those
+/// the writer had taken (`in_flight`) and those still queued. Appends made
+/// after this are refused by [`Wal::append`].
+fn fail_all(shared: &Shared, reason: String, in_flight: Vec<Waiter>) {
+    tracing::error!(error = %reason, "WAL write failed; refusing further appends until reopened");
+    shared.metrics.failed.set(1);
+    let mut q = lock(&shared.queue);
+    let reason = q.failed.get_or_insert(reason).clone();
+    let queued = std::mem::take(&mut q.waiters);
+    q.buf.clear();
+    drop(q);
+    for w in in_flight.into_iter().chain(queued) {
+        let _ = w.tx.send(Err(WalError::Failed {
+            reason: reason.clone(),
+        }));
+    }
+}
+
+/// The group-commit loop. `waiters` holds the group being written.
+fn run_writer(shared: &Shared, mut active: Active, waiters: &mut Vec<Waiter>) {
     let mut buf = Vec::new();
-    let mut waiters: Vec<Waiter> = Vec::new();
     let mut last_sync = Instant::now();
     let mut unsynced = false;
     let durability = shared.config.durability;
@@ -523,14 +609,14 @@ fn run_writer(shared: &Shared, mut active: Active) {
                 }
             }
             std::mem::swap(&mut q.buf, &mut buf);
-            std::mem::swap(&mut q.waiters, &mut waiters);
+            std::mem::swap(&mut q.waiters, waiters);
             closing = q.closing;
         }
 
         let result = if waiters.is_empty() {
             Ok(())
         } else {
-            write_group(shared, &mut active, &buf, &waiters)
+            write_group(shared, &mut active, &buf, waiters.as_slice())
         };
         let result = result.and_then(|()| {
             let last = waiters.last().map_or(0, |w| w.lsn);
@@ -575,19 +661,7 @@ fn run_writer(shared: &Shared, mut active: Active) {
                 }
             }
             Err(e) => {
-                let reason = e.to_string();
-                tracing::error!(error = %reason, "WAL write failed; refusing further appends until reopened");
-                shared.metrics.failed.set(1);
-                let mut q = lock(&shared.queue);
-                q.failed = Some(reason.clone());
-                let queued = std::mem::take(&mut q.waiters);
-                q.buf.clear();
-                drop(q);
-                for w in waiters.drain(..).chain(queued) {
-                    let _ = w.tx.send(Err(WalError::Failed {
-                        reason: reason.clone(),
-                    }));
-                }
+                fail_all(shared, e.to_string(), std::mem::take(waiters));
                 return;
             }
         }
@@ -646,237 +720,18 @@ fn write_group(
     Ok(())
 }
 
-/// Outcome of decoding a segment from its start.
-struct SegmentScan {
-    records: u64,
-    /// Offset just past the last valid record.
-    end: usize,
-    /// Why decoding stopped at `end`, unless the rest is clean (all zero).
-    damage: Option<String>,
-    last_lsn: Option<u64>,
-}
-
-fn scan_segment(
-    data: &[u8],
-    first_lsn: u64,
-    max_payload: u32,
-    path: &Path,
-) -> Result<SegmentScan, WalError> {
-    let mut pos = 0usize;
-    let mut next = first_lsn;
-    let mut records = 0;
-    let damage = loop {
-        if pos == data.len() {
-            break None;
-        }
-        match frame::decode(&data[pos..], max_payload) {
-            Ok(f) if f.lsn == next => {
-                pos += f.encoded_len();
-                next += 1;
-                records += 1;
-            }
-            Ok(f) => break Some(format!("LSN {} where {next} was expected", f.lsn)),
-            Err(FrameError::Unsupported { version, flags }) => {
-                return Err(WalError::Unsupported {
-                    segment: path.to_path_buf(),
-                    offset: pos as u64,
-                    reason: FrameError::Unsupported { version, flags }.to_string(),
-                });
-            }
-            Err(e) => {
-                if data[pos..].iter().all(|b| *b == 0) {
-                    break None;
-                }
-                break Some(e.to_string());
-            }
-        }
-    };
-    Ok(SegmentScan {
-        records,
-        end: pos,
-        damage,
-        last_lsn: (records > 0).then(|| next - 1),
-    })
-}
-
-/// Validates the log directory, truncating a torn tail or (in repair mode)
-/// damage before it. Returns the segments that hold records, and the lowest
-/// LSN the next record may take according to the names of empty segments
-/// (records before them may all have been released).
-fn scan(
-    dir: &Path,
-    config: &WalConfig,
-    repair: bool,
-) -> Result<(Vec<SegmentFile>, OpenReport, u64), WalError> {
-    let files = segment::list(dir)?;
-    let mut report = OpenReport::default();
-    let mut kept: Vec<SegmentFile> = Vec::new();
-    let mut expected: Option<u64> = None;
-    let mut cut: Option<(usize, usize, String)> = None;
-
-    for (i, seg) in files.iter().enumerate() {
-        let data = fs::read(&seg.path).at(&seg.path)?;
-        let s = scan_segment(&data, seg.first_lsn, config.max_payload, &seg.path)?;
-        if s.records > 0 {
-            if let Some(exp) = expected {
-                if seg.first_lsn != exp {
-                    return Err(WalError::Gap {
-                        expected: exp,
-                        found: seg.first_lsn,
-                        segment: seg.path.clone(),
-                    });
-                }
-            }
-            report.records += s.records;
-            report.last_lsn = s.last_lsn.unwrap_or(report.last_lsn);
-            report.first_lsn.get_or_insert(seg.first_lsn);
-            expected = s.last_lsn.map(|l| l + 1);
-            kept.push(seg.clone());
-        }
-        if let Some(reason) = s.damage {
-            cut = Some((i, s.end, reason));
-            break;
-        }
-    }
-
-    let Some((idx, offset, reason)) = cut else {
-        // Clean: drop segments without records (the active segment of a run
-        // that wrote nothing, or that was left alone by retention).
-        let mut floor = 0;
-        for seg in files.iter().filter(|f| !kept.contains(f)) {
-            floor = floor.max(seg.first_lsn);
-            fs::remove_file(&seg.path).at(&seg.path)?;
-        }
-        report.segments = kept.len();
-        return Ok((kept, report, floor));
-    };
-
-    // Is anything valid after the damage? Only frames that could plausibly
-    // continue this log count (an LSN above the last valid one), so a record
-    // that happens to carry an encoded frame in its payload is not mistaken
-    // for live data.
-    let last = report.last_lsn;
-    let plausible = |f: &Frame<'_>, remaining: usize| {
-        f.lsn > last && f.lsn <= last + 1 + (remaining / HEADER_LEN) as u64
-    };
-    let mut remaining: usize = 0;
-    let mut datas = Vec::new();
-    for seg in &files[idx..] {
-        let d = fs::read(&seg.path).at(&seg.path)?;
-        remaining += d.len();
-        datas.push(d);
-    }
-    remaining -= offset;
-    let valid_after = datas.iter().enumerate().any(|(j, d)| {
-        let from = if j == 0 { offset + 1 } else { 0 };
-        find_plausible(d, from, config.max_payload, |f| plausible(f, remaining))
-    });
-    let removed_bytes: u64 = datas
-        .iter()
-        .enumerate()
-        .map(|(j, d)| {
-            let from = if j == 0 { offset } else { 0 };
-            d[from.min(d.len())..].iter().filter(|b| **b != 0).count() as u64
-        })
-        .sum();
-    let damaged = &files[idx];
-
-    if valid_after && !repair {
-        return Err(WalError::Corrupt {
-            segment: damaged.path.clone(),
-            offset: offset as u64,
-            reason,
-        });
-    }
-
-    let moved_to = if valid_after {
-        let corrupt = dir.join(CORRUPT_DIR);
-        fs::create_dir_all(&corrupt).at(&corrupt)?;
-        let name = damaged
-            .path
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        let target = corrupt.join(format!("{name}.from-{offset}"));
-        fs::write(&target, &datas[0][offset..]).at(&target)?;
-        File::open(&target).and_then(|f| f.sync_all()).at(&target)?;
-        for seg in &files[idx + 1..] {
-            let name = seg
-                .path
-                .file_name()
-                .map(|n| n.to_owned())
-                .unwrap_or_default();
-            fs::rename(&seg.path, corrupt.join(name)).at(&seg.path)?;
-        }
-        segment::sync_dir(&corrupt)?;
-        tracing::error!(
-            segment = %damaged.path.display(), offset, reason = %reason,
-            moved_to = %target.display(),
-            "WAL repair: damage before the tail; truncated there and moved the remainder aside"
-        );
-        Some(target)
-    } else {
-        for seg in &files[idx + 1..] {
-            fs::remove_file(&seg.path).at(&seg.path)?;
-        }
-        tracing::warn!(
-            segment = %damaged.path.display(), offset, reason = %reason, bytes = removed_bytes,
-            "WAL torn tail truncated"
-        );
-        None
-    };
-    segment::truncate(&damaged.path, offset as u64)?;
-    if !kept.contains(damaged) {
-        fs::remove_file(&damaged.path).at(&damaged.path)?;
-    }
-    // Segments before the damaged one that hold no record are stale leftovers.
-    for seg in files[..idx].iter().filter(|f| !kept.contains(f)) {
-        fs::remove_file(&seg.path).at(&seg.path)?;
-    }
-    segment::sync_dir(dir)?;
-    let truncation = Truncation {
-        segment: damaged.path.clone(),
-        offset: offset as u64,
-        reason,
-        bytes: removed_bytes,
-        moved_to: moved_to.clone(),
-    };
-    if moved_to.is_some() {
-        report.repaired = Some(truncation);
-    } else {
-        report.torn_tail = Some(truncation);
-    }
-    report.segments = kept.len();
-    Ok((kept, report, 0))
-}
-
-fn find_plausible(
-    data: &[u8],
-    mut from: usize,
-    max_payload: u32,
-    accept: impl Fn(&Frame<'_>) -> bool,
-) -> bool {
-    while let Some(at) = frame::find_valid_frame(data, from, max_payload) {
-        match frame::decode(&data[at..], max_payload) {
-            Ok(f) if accept(&f) => return true,
-            Err(FrameError::Unsupported { .. }) => return true,
-            _ => from = at + 1,
-        }
-    }
-    false
-}
-
 /// Iterator over records returned by [`Wal::replay`].
 #[derive(Debug)]
 pub struct Replay {
     segments: Vec<SegmentFile>,
+    /// Damage below the owner's applied LSN that open stepped over.
+    skips: Vec<Skip>,
     index: usize,
     data: Vec<u8>,
     pos: usize,
     next: u64,
     from: u64,
     until: u64,
-    max_payload: u32,
     done: bool,
     _pin: Pin,
 }
@@ -936,7 +791,7 @@ impl Iterator for Replay {
                 return None;
             }
             let seg_path = self.segments[self.index - 1].path.clone();
-            match frame::decode(&self.data[self.pos..], self.max_payload) {
+            match frame::decode(&self.data[self.pos..], READ_PAYLOAD_LIMIT) {
                 Ok(f) if f.lsn == self.next => {
                     self.pos += f.encoded_len();
                     self.next += 1;
@@ -956,22 +811,39 @@ impl Iterator for Replay {
                     // Clean end of a sealed segment: continue with the next one.
                     self.pos = self.data.len();
                 }
-                Ok(f) => {
-                    let reason = format!("LSN {} where {} was expected", f.lsn, self.next);
-                    let offset = self.pos as u64;
-                    return self.fail(WalError::Corrupt {
-                        segment: seg_path,
-                        offset,
-                        reason,
-                    });
-                }
-                Err(e) => {
-                    let offset = self.pos as u64;
-                    return self.fail(WalError::Corrupt {
-                        segment: seg_path,
-                        offset,
-                        reason: e.to_string(),
-                    });
+                other => {
+                    let reason = match other {
+                        Ok(f) => format!("LSN {} where {} was expected", f.lsn, self.next),
+                        Err(e) => e.to_string(),
+                    };
+                    let pos = self.pos;
+                    let skip = self
+                        .skips
+                        .iter()
+                        .find(|s| s.segment == seg_path && s.offset == pos)
+                        .map(|s| (s.resume, s.first_lsn, s.resume_lsn, s.reason.clone()));
+                    let Some((resume, first, resume_lsn, skip_reason)) = skip else {
+                        return self.fail(WalError::Corrupt {
+                            segment: seg_path,
+                            offset: pos as u64,
+                            reason,
+                        });
+                    };
+                    // Damage open stepped over: go on after it unless the
+                    // caller asked for a record it destroyed.
+                    if resume_lsn > first && resume_lsn > self.from {
+                        return self.fail(WalError::Skipped {
+                            segment: seg_path,
+                            offset: pos as u64,
+                            first: first.max(self.from),
+                            last: resume_lsn - 1,
+                            reason: skip_reason,
+                        });
+                    }
+                    self.next = resume_lsn;
+                    self.pos = resume
+                        .filter(|r| *r > pos)
+                        .map_or(self.data.len(), |r| r.min(self.data.len()));
                 }
             }
         }

@@ -11,6 +11,7 @@ pub(crate) struct WalMetrics {
     pub group_records: Histogram,
     pub failed: IntGauge,
     pub segments: IntGauge,
+    pub applied_damage: IntCounter,
 }
 
 impl WalMetrics {
@@ -40,9 +41,14 @@ impl WalMetrics {
             )?,
             failed: IntGauge::new(
                 "engram_wal_failed",
-                "1 when the WAL refuses appends after an I/O failure",
+                "1 when the WAL refuses appends after an I/O failure or a writer panic",
             )?,
             segments: IntGauge::new("engram_wal_segments", "WAL segment files on disk")?,
+            applied_damage: IntCounter::new(
+                "engram_wal_applied_damage_skipped_total",
+                "Stretches of damaged or missing WAL records found at open below the store's \
+                 applied LSN and skipped (not needed; retention removes them)",
+            )?,
         };
         if let Some(r) = registry {
             r.register(Box::new(m.records.clone()))?;
@@ -52,6 +58,7 @@ impl WalMetrics {
             r.register(Box::new(m.group_records.clone()))?;
             r.register(Box::new(m.failed.clone()))?;
             r.register(Box::new(m.segments.clone()))?;
+            r.register(Box::new(m.applied_damage.clone()))?;
         }
         Ok(m)
     }

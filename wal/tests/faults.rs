@@ -5,10 +5,11 @@
 
 mod common;
 
-use std::sync::Arc;
+use std::sync::{Arc, Barrier};
+use std::time::{Duration, Instant};
 
 use common::*;
-use engram_wal::{Durability, WalError};
+use engram_wal::{AppendTicket, Durability, WalError};
 
 fn acked_prefix_then_fault(fail_point: &str) {
     let scenario = fail::FailScenario::setup();
@@ -137,5 +138,94 @@ fn open_reports_io_errors_instead_of_panicking() {
     assert!(matches!(open(dir.path(), &cfg), Err(WalError::Io { .. })));
     fail::remove("wal::fsync");
     assert!(open(dir.path(), &cfg).is_ok());
+    scenario.teardown();
+}
+
+/// Waits for every ticket, giving up after `limit`: `None` for a ticket that
+/// was still pending (an append that would have waited forever).
+fn wait_bounded(tickets: Vec<AppendTicket>, limit: Duration) -> Vec<Option<Result<u64, WalError>>> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let n = tickets.len();
+    for (i, ticket) in tickets.into_iter().enumerate() {
+        let tx = tx.clone();
+        std::thread::spawn(move || {
+            let _ = tx.send((i, ticket.wait()));
+        });
+    }
+    drop(tx);
+    let mut out: Vec<Option<Result<u64, WalError>>> = (0..n).map(|_| None).collect();
+    let deadline = Instant::now() + limit;
+    while let Ok((i, r)) = rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+        out[i] = Some(r);
+    }
+    out
+}
+
+#[test]
+fn writer_panic_fails_waiters_instead_of_hanging() {
+    let scenario = fail::FailScenario::setup();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cfg = config(64 * 1024, Durability::Always);
+    let (wal, _) = open(dir.path(), &cfg).expect("open");
+    let durable: Vec<_> = (1..=5).map(|i| input(i, 100)).collect();
+    append_all(&wal, &durable);
+
+    // The writer's next write stops until more appends are queued behind
+    // it, then panics.
+    let entered = Arc::new(Barrier::new(2));
+    let resume = Arc::new(Barrier::new(2));
+    {
+        let entered = Arc::clone(&entered);
+        let resume = Arc::clone(&resume);
+        fail::cfg_callback("wal::write", move || {
+            let _ = entered.wait();
+            let _ = resume.wait();
+            panic!("injected panic in the WAL writer");
+        })
+        .expect("configure fail point");
+    }
+    let r = input(100, 100);
+    let mut tickets = vec![wal.append(r.header, &r.payload).expect("append accepted")];
+    let _ = entered.wait();
+    for i in 101..104 {
+        let r = input(i, 100);
+        tickets.push(wal.append(r.header, &r.payload).expect("append queued"));
+    }
+    let _ = resume.wait();
+
+    // The write in progress and the appends queued behind it all fail.
+    for (i, result) in wait_bounded(tickets, Duration::from_secs(20))
+        .into_iter()
+        .enumerate()
+    {
+        match result {
+            Some(Err(WalError::Failed { .. })) => {}
+            Some(other) => panic!("append {i}: expected a failure, got {other:?}"),
+            None => panic!("append {i} still waits for a writer that panicked"),
+        }
+    }
+    // The log is in the failed state and says why; later appends are refused.
+    let reason = wal.failure().expect("the log must be in the failed state");
+    assert!(reason.contains("panicked"), "{reason}");
+    let r = input(200, 10);
+    assert!(matches!(
+        wal.append(r.header, &r.payload),
+        Err(WalError::Failed { .. })
+    ));
+    assert_eq!(wal.committed_lsn(), 5);
+    assert!(matches!(wal.close(), Err(WalError::Failed { .. })));
+    fail::remove("wal::write");
+
+    // A reopen recovers: the durable records are intact and appends work.
+    let (wal, _) = open(dir.path(), &cfg).expect("reopen after the panic");
+    let records = replay_all(&wal, 1);
+    assert!(
+        same(&records[..durable.len()], &durable),
+        "durable records damaged"
+    );
+    assert_eq!(
+        append_all(&wal, &[input(300, 10)]),
+        vec![records.len() as u64 + 1]
+    );
     scenario.teardown();
 }

@@ -353,3 +353,34 @@ fn interval_durability_acknowledges_and_syncs_in_background() {
         std::thread::sleep(std::time::Duration::from_millis(2));
     }
 }
+
+#[test]
+fn lowering_max_record_bytes_keeps_existing_records_readable() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let before = config(8192, Durability::None);
+    let (wal, _) = open(dir.path(), &before).expect("open");
+    let inputs: Vec<_> = (1..=20).map(|i| input(i, 1000)).collect();
+    append_all(&wal, &inputs);
+    drop(wal);
+
+    // The operator lowers the limit below the size of every record written.
+    let after = WalConfig {
+        max_payload: 100,
+        ..before.clone()
+    };
+    let (wal, report) = open(dir.path(), &after).expect("reopen with a lower limit");
+    assert_eq!(report.records, 20, "{report:?}");
+    assert!(report.torn_tail.is_none(), "{report:?}");
+    assert!(same(&replay_all(&wal, 1), &inputs));
+    // Appends obey the new limit.
+    let r = input(21, 101);
+    assert!(matches!(
+        wal.append(r.header, &r.payload),
+        Err(WalError::RecordTooLarge { limit: 100, .. })
+    ));
+    assert_eq!(append_all(&wal, &[input(21, 100)]), vec![21]);
+    drop(wal);
+    let (wal, report) = open(dir.path(), &after).expect("third open");
+    assert_eq!(report.records, 21);
+    assert_eq!(replay_all(&wal, 1).len(), 21);
+}

@@ -34,6 +34,34 @@ pub fn open_repair(dir: &Path, cfg: &WalConfig) -> Result<(Wal, OpenReport), Wal
     )
 }
 
+/// Opens as an owner that has applied every record up to `applied`
+/// (`lsn_floor` is one more), optionally in repair mode.
+pub fn open_applied(
+    dir: &Path,
+    cfg: &WalConfig,
+    applied: u64,
+    repair: bool,
+) -> Result<(Wal, OpenReport), WalError> {
+    Wal::open(
+        dir,
+        cfg.clone(),
+        WalOptions {
+            repair,
+            lsn_floor: applied + 1,
+            ..WalOptions::default()
+        },
+    )
+}
+
+/// Value of a counter in `registry`, or `None` if it is not registered.
+pub fn counter(registry: &prometheus::Registry, name: &str) -> Option<f64> {
+    registry
+        .gather()
+        .iter()
+        .find(|m| m.name() == name)
+        .map(|m| m.get_metric()[0].get_counter().get_value())
+}
+
 /// One record as the tests generate them.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Input {
