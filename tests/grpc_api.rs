@@ -300,3 +300,79 @@ async fn health_and_reflection_services_answer() {
         "{names:?}"
     );
 }
+
+/// gRPC honours `x-memory-space` metadata exactly as HTTP honours the
+/// `X-Memory-Space` header: it selects the space, it must agree with the
+/// message's `space` field, and it may be given once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn space_metadata_selects_the_space_like_the_http_header() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let s = Server::start(dir.path());
+    let mut c = client(&s).await;
+    c.create_space(pb::CreateSpaceRequest {
+        id: "tenant".into(),
+        embedding_dim: None,
+        hot_capacity: None,
+    })
+    .await
+    .expect("create space");
+    let with_space = |space: &[&str], msg: pb::RememberRequest| {
+        let mut r = tonic::Request::new(msg);
+        for v in space {
+            r.metadata_mut()
+                .append("x-memory-space", v.parse().expect("ascii"));
+        }
+        r
+    };
+    let content = |t: &str| pb::RememberRequest {
+        content: t.into(),
+        ..Default::default()
+    };
+    let stored = c
+        .remember(with_space(&["tenant"], content("by metadata")))
+        .await
+        .expect("remember")
+        .into_inner();
+    assert_eq!(
+        stored.space, "tenant",
+        "metadata ignored: written to {}",
+        stored.space
+    );
+    let got = c
+        .get(tonic::Request::from_parts(
+            {
+                let mut m = tonic::metadata::MetadataMap::new();
+                m.insert("x-memory-space", "tenant".parse().expect("ascii"));
+                m
+            },
+            Default::default(),
+            pb::GetRequest {
+                id: stored.id.clone(),
+                ..Default::default()
+            },
+        ))
+        .await
+        .expect("get by metadata")
+        .into_inner();
+    assert_eq!(got.content, "by metadata");
+    // Not visible in the default space.
+    let e = c
+        .get(pb::GetRequest {
+            id: stored.id.clone(),
+            ..Default::default()
+        })
+        .await
+        .expect_err("default space");
+    assert_eq!(e.code(), Code::NotFound);
+    // Metadata and field disagree, or metadata twice: INVALID_ARGUMENT.
+    let mut conflict = content("x");
+    conflict.space = "default".into();
+    for req in [
+        with_space(&["tenant"], conflict),
+        with_space(&["tenant", "tenant"], content("x")),
+    ] {
+        let e = c.remember(req).await.expect_err("conflict");
+        assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
+        assert!(e.message().starts_with("space_conflict"), "{}", e.message());
+    }
+}

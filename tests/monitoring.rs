@@ -241,7 +241,7 @@ fn a_real_prometheus_scrapes_engram_and_evaluates_every_alert() {
         );
         std::thread::sleep(Duration::from_millis(250));
     };
-    assert_eq!(rules.len(), 9, "alerts.yml has 9 rules");
+    assert_eq!(rules.len(), 10, "alerts.yml has 10 rules");
     // Each alert's expression references only exported metrics, and the
     // healthy server fires none of them.
     for r in &rules {

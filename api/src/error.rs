@@ -61,6 +61,8 @@ impl From<GraphError> for ApiError {
             GraphError::Storage(_) => (StatusCode::SERVICE_UNAVAILABLE, "storage_unavailable"),
             GraphError::Corrupt(_) => (StatusCode::INTERNAL_SERVER_ERROR, "corrupt_data"),
             GraphError::ShuttingDown => (StatusCode::SERVICE_UNAVAILABLE, "shutting_down"),
+            GraphError::TooManyEdges { .. } => (StatusCode::CONFLICT, "too_many_edges"),
+            GraphError::TooManySpaces { .. } => (StatusCode::CONFLICT, "too_many_spaces"),
         };
         if status.is_server_error() {
             tracing::error!(error = %message, "request failed");

@@ -7,7 +7,7 @@ use engram_graph::{Cue, DEFAULT_LINK_WEIGHT, SpaceOptions};
 use serde_json::{Map, Value};
 use tonic::{Code, Request, Response, Status};
 
-use crate::http::{blocking, remember_durably, resolve_space};
+use crate::http::{blocking, remember_durably, space_of};
 use crate::model::{
     ConsolidateOut, CueBody, LinkBody, MemoryOut, RecalledOut, RememberBody, RememberOut, SpaceOut,
     SpreadBody,
@@ -76,9 +76,41 @@ impl MemoryGrpc {
     }
 }
 
-fn space(s: String) -> Result<String, ApiError> {
-    resolve_space(None, (!s.is_empty()).then_some(s))
+/// The message and its space: metadata `x-memory-space` (as the HTTP
+/// header) or the message's `space` field (as the HTTP query parameter);
+/// the metadata given twice, or disagreeing with the field, is
+/// `INVALID_ARGUMENT`.
+fn with_space<T: HasSpace>(request: Request<T>) -> Result<(String, T), ApiError> {
+    let headers = request.metadata().clone().into_headers();
+    let mut r = request.into_inner();
+    let field = std::mem::take(r.space_field());
+    let space = space_of(&headers, (!field.is_empty()).then_some(field))?;
+    Ok((space, r))
 }
+
+/// Messages addressed to one space.
+trait HasSpace {
+    fn space_field(&mut self) -> &mut String;
+}
+
+macro_rules! has_space {
+    ($($t:ty),*) => {$(
+        impl HasSpace for $t {
+            fn space_field(&mut self) -> &mut String {
+                &mut self.space
+            }
+        }
+    )*};
+}
+
+has_space!(
+    pb::RememberRequest,
+    pb::RecallRequest,
+    pb::GetRequest,
+    pb::ForgetRequest,
+    pb::LinkRequest,
+    pb::ConsolidateRequest
+);
 
 fn opt_vec(v: Vec<f32>) -> Option<Vec<f32>> {
     (!v.is_empty()).then_some(v)
@@ -137,8 +169,7 @@ impl MemoryGrpc {
         &self,
         request: Request<pb::RememberRequest>,
     ) -> Result<Response<pb::RememberResponse>, Status> {
-        let r = request.into_inner();
-        let space = space(r.space)?;
+        let (space, r) = with_space(request)?;
         // The HTTP body's conversion, so both APIs validate alike.
         let req = RememberBody {
             content: r.content,
@@ -174,8 +205,7 @@ impl MemoryGrpc {
         &self,
         request: Request<pb::RecallRequest>,
     ) -> Result<Response<pb::RecallResponse>, Status> {
-        let r = request.into_inner();
-        let space = space(r.space)?;
+        let (space, r) = with_space(request)?;
         let cue: Cue = match r.cue {
             Some(c) => CueBody {
                 text: c.text,
@@ -227,8 +257,7 @@ impl MemoryGrpc {
         &self,
         request: Request<pb::GetRequest>,
     ) -> Result<Response<pb::Memory>, Status> {
-        let r = request.into_inner();
-        let space = space(r.space)?;
+        let (space, r) = with_space(request)?;
         let graph = self.graph()?;
         let m = blocking(move || Ok(graph.get(&space, &r.id, r.include_embedding)?)).await?;
         Ok(Response::new(memory(MemoryOut::from(&m))))
@@ -238,8 +267,7 @@ impl MemoryGrpc {
         &self,
         request: Request<pb::ForgetRequest>,
     ) -> Result<Response<pb::ForgetResponse>, Status> {
-        let r = request.into_inner();
-        let space = space(r.space)?;
+        let (space, r) = with_space(request)?;
         let graph = self.graph()?;
         blocking(move || Ok(graph.forget(&space, &r.id)?)).await?;
         Ok(Response::new(pb::ForgetResponse {}))
@@ -249,8 +277,7 @@ impl MemoryGrpc {
         &self,
         request: Request<pb::LinkRequest>,
     ) -> Result<Response<pb::LinkResponse>, Status> {
-        let r = request.into_inner();
-        let space = space(r.space)?;
+        let (space, r) = with_space(request)?;
         let graph = self.graph()?;
         let (from, to, weight) = (r.source.clone(), r.target.clone(), r.weight);
         blocking(move || Ok(graph.link(&space, &from, &to, weight)?)).await?;
@@ -265,8 +292,7 @@ impl MemoryGrpc {
         &self,
         request: Request<pb::ConsolidateRequest>,
     ) -> Result<Response<pb::ConsolidateResponse>, Status> {
-        let r = request.into_inner();
-        let space = space(r.space)?;
+        let (space, r) = with_space(request)?;
         let graph = self.graph()?;
         let threshold = r
             .threshold
@@ -278,6 +304,8 @@ impl MemoryGrpc {
             concepts: o.concepts as u64,
             members: o.members as u64,
             threshold: o.threshold,
+            remaining: o.remaining as u64,
+            wrapped: o.wrapped,
         }))
     }
 

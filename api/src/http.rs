@@ -15,7 +15,7 @@ use serde::de::DeserializeOwned;
 use utoipa::OpenApi;
 
 use crate::model::*;
-use crate::{ApiConfig, ApiError, AppState, VERSION, backup, metrics};
+use crate::{ApiConfig, ApiError, AppState, VERSION, backup, guard, metrics};
 
 type Shared = State<Arc<AppState>>;
 type QueryResult<T> = Result<Query<T>, QueryRejection>;
@@ -28,7 +28,13 @@ pub(crate) fn router(state: Arc<AppState>, config: &ApiConfig) -> Router {
         .route("/health", get(health))
         .route("/health/ready", get(ready))
         .route("/api/v1/system/health", get(ready))
-        .route("/metrics", get(metrics::render))
+        .route(
+            "/metrics",
+            get({
+                let cap = config.max_space_series;
+                move |s: Shared| metrics::render(s, cap)
+            }),
+        )
         .route("/cluster/health", get(cluster_health))
         .route("/openapi.json", get(openapi_json))
         .route("/api/v1/memories/remember", post(remember))
@@ -51,6 +57,10 @@ pub(crate) fn router(state: Arc<AppState>, config: &ApiConfig) -> Router {
     api.merge(long)
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
+        .layer(axum::middleware::from_fn_with_state(
+            Arc::new(config.hosts.clone()),
+            guard::check_host,
+        ))
         .layer(axum::middleware::from_fn_with_state(
             Arc::clone(&state),
             metrics::track,
@@ -169,9 +179,14 @@ pub(crate) async fn remember_durably(
     }
 }
 
-/// Parses a JSON body, answering 400 (or 413 for an oversized body) with
-/// a JSON error instead of axum's plain-text rejections.
-fn parse<T: DeserializeOwned>(body: Result<Bytes, BytesRejection>) -> Result<T, ApiError> {
+/// Parses a JSON body, answering 415 unless it is declared JSON, 400 (or
+/// 413 for an oversized body) with a JSON error instead of axum's
+/// plain-text rejections.
+fn parse<T: DeserializeOwned>(
+    headers: &HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<T, ApiError> {
+    guard::require_json(headers)?;
     let body = body.map_err(|e| ApiError {
         status: e.status(),
         code: if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
@@ -190,17 +205,26 @@ struct SpaceQuery {
     space: Option<String>,
 }
 
-/// The request's space: header `X-Memory-Space` or query `space`.
+/// The request's space: header `X-Memory-Space` or query `space`. The
+/// header given twice is a 400 even when both copies agree: a gateway that
+/// appends its own header must not be bypassed by the client's.
 pub(crate) fn space_of(headers: &HeaderMap, query: Option<String>) -> Result<String, ApiError> {
-    let header = match headers.get("x-memory-space") {
-        Some(v) => Some(
+    let mut values = headers.get_all("x-memory-space").iter();
+    let header = match (values.next(), values.next()) {
+        (None, _) => None,
+        (Some(_), Some(_)) => {
+            return Err(ApiError::bad_request(
+                "space_conflict",
+                "X-Memory-Space is given more than once; give it once",
+            ));
+        }
+        (Some(v), None) => Some(
             v.to_str()
                 .map_err(|_| {
                     ApiError::bad_request("invalid_space_name", "X-Memory-Space is not ASCII")
                 })?
                 .to_owned(),
         ),
-        None => None,
     };
     resolve_space(header, query)
 }
@@ -214,7 +238,7 @@ pub(crate) fn resolve_space(
         (Some(h), Some(q)) if h != q => {
             return Err(ApiError::bad_request(
                 "space_conflict",
-                format!("X-Memory-Space {h:?} and ?space={q:?} disagree; give one"),
+                format!("X-Memory-Space {h:?} and the space parameter {q:?} disagree; give one"),
             ));
         }
         (Some(h), _) => h,
@@ -388,7 +412,7 @@ async fn remember(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let space = space_of(&headers, query(q)?.space)?;
-    let req = parse::<RememberBody>(body)?.into_request()?;
+    let req = parse::<RememberBody>(&headers, body)?.into_request()?;
     let r = remember_durably(s.graph()?, space, req).await?;
     let status = if r.deduplicated {
         StatusCode::OK
@@ -461,7 +485,7 @@ async fn recall(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<RecallOut>, ApiError> {
     let space = space_of(&headers, query(q)?.space)?;
-    let (cue, limit, spread) = parse::<RecallBody>(body)?.into_parts()?;
+    let (cue, limit, spread) = parse::<RecallBody>(&headers, body)?.into_parts()?;
     let graph = s.graph()?;
     let hits = blocking(move || Ok(graph.recall(&space, &cue, limit, &spread)?)).await?;
     let results: Vec<RecalledOut> = hits.iter().map(RecalledOut::from).collect();
@@ -555,7 +579,7 @@ async fn link(
 ) -> Result<Response, ApiError> {
     let id = path(id)?;
     let space = space_of(&headers, query(q)?.space)?;
-    let l: LinkBody = parse(body)?;
+    let l: LinkBody = parse(&headers, body)?;
     let graph = s.graph()?;
     let (from, to, weight) = (id.clone(), l.target.clone(), l.weight);
     blocking(move || Ok(graph.link(&space, &from, &to, weight)?)).await?;
@@ -587,7 +611,7 @@ async fn consolidate(
     let space = space_of(&headers, query(q)?.space)?;
     let b: ConsolidateBody = match body {
         Ok(b) if b.is_empty() => ConsolidateBody::default(),
-        other => parse(other)?,
+        other => parse(&headers, other)?,
     };
     let graph = s.graph()?;
     let threshold = b
@@ -619,9 +643,10 @@ async fn list_spaces(State(s): Shared) -> Result<Json<SpacesOut>, ApiError> {
         (status = 503, description = "Starting", body = ErrorBody)))]
 async fn create_space(
     State(s): Shared,
+    headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    let b: SpaceBody = parse(body)?;
+    let b: SpaceBody = parse(&headers, body)?;
     let graph = s.graph()?;
     let stats = blocking(move || {
         let options = SpaceOptions {

@@ -13,6 +13,7 @@
 mod backup;
 mod error;
 pub mod grpc;
+mod guard;
 mod http;
 mod metrics;
 pub mod model;
@@ -27,6 +28,7 @@ use engram_cluster::Cluster;
 use engram_graph::Graph;
 
 pub use error::ApiError;
+pub use guard::HostPolicy;
 pub use http::openapi;
 pub use metrics::HttpMetrics;
 
@@ -40,6 +42,10 @@ pub struct ApiConfig {
     pub body_limit_bytes: usize,
     /// Requests taking longer are answered 408 (default 30 s).
     pub request_timeout: Duration,
+    /// `Host` names requests may address (default: the loopback names).
+    pub hosts: HostPolicy,
+    /// Spaces exported one by one by the per-space metrics (default 1000).
+    pub max_space_series: usize,
 }
 
 impl Default for ApiConfig {
@@ -47,6 +53,8 @@ impl Default for ApiConfig {
         Self {
             body_limit_bytes: 1024 * 1024,
             request_timeout: Duration::from_secs(30),
+            hosts: HostPolicy::automatic(std::net::Ipv4Addr::LOCALHOST.into()),
+            max_space_series: 1000,
         }
     }
 }

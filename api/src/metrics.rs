@@ -4,6 +4,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use axum::extract::{MatchedPath, Request, State};
+use axum::http::Method;
 use axum::http::header::CONTENT_TYPE;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
@@ -145,22 +146,50 @@ pub(crate) async fn track(State(s): State<Arc<AppState>>, req: Request, next: Ne
         .get::<MatchedPath>()
         .map_or("unmatched", |m| m.as_str())
         .to_owned();
-    let method = req.method().as_str().to_owned();
+    let method = method_label(req.method());
     let started = Instant::now();
     let resp = next.run(req).await;
     s.http
         .latency
-        .with_label_values(&[&route, &method])
+        .with_label_values(&[&route, method])
         .observe(started.elapsed().as_secs_f64());
     s.http
         .requests
-        .with_label_values(&[&route, &method, resp.status().as_str()])
+        .with_label_values(&[&route, method, resp.status().as_str()])
         .inc();
     resp
 }
 
-/// `GET /metrics`.
-pub(crate) async fn render(State(s): State<Arc<AppState>>) -> Result<Response, ApiError> {
+/// The method as a label: the standard methods by name, any other as
+/// `other` (clients can invent methods; each would be a new series).
+fn method_label(m: &Method) -> &'static str {
+    const KNOWN: [(Method, &str); 9] = [
+        (Method::GET, "GET"),
+        (Method::POST, "POST"),
+        (Method::PUT, "PUT"),
+        (Method::DELETE, "DELETE"),
+        (Method::HEAD, "HEAD"),
+        (Method::OPTIONS, "OPTIONS"),
+        (Method::PATCH, "PATCH"),
+        (Method::CONNECT, "CONNECT"),
+        (Method::TRACE, "TRACE"),
+    ];
+    KNOWN
+        .iter()
+        .find(|(k, _)| k == m)
+        .map_or("other", |(_, name)| *name)
+}
+
+/// Name under which spaces beyond `server.max_space_series` are summed
+/// (not a valid space name, so it cannot collide with one).
+const OTHER_SPACES: &str = "_other";
+
+/// `GET /metrics`. Per-space series cover the `max_space_series` largest
+/// spaces; the rest are summed under `space="_other"`.
+pub(crate) async fn render(
+    State(s): State<Arc<AppState>>,
+    max_space_series: usize,
+) -> Result<Response, ApiError> {
     s.http.ready.set(i64::from(s.is_ready()));
     if let Some(g) = s.graph_if_open() {
         let st = g.engine().store().stats();
@@ -182,28 +211,35 @@ pub(crate) async fn render(State(s): State<Arc<AppState>>) -> Result<Response, A
         }
         None => None,
     };
-    if let Some(spaces) = spaces {
+    if let Some(mut spaces) = spaces {
         // Deleted spaces must disappear from the exposition.
         s.http.memories.reset();
         s.http.tiers.reset();
         s.http.vectors.reset();
-        for sp in spaces {
-            let n = i64::try_from(sp.memories).unwrap_or(i64::MAX);
-            s.http.memories.with_label_values(&[&sp.name]).set(n);
+        spaces.sort_by(|a, b| b.memories.cmp(&a.memories).then(a.name.cmp(&b.name)));
+        let add = |g: &IntGaugeVec, labels: &[&str], v: usize| {
+            let g = g.with_label_values(labels);
+            g.set(g.get().saturating_add(i64::try_from(v).unwrap_or(i64::MAX)));
+        };
+        for (i, sp) in spaces.iter().enumerate() {
+            let name = if i < max_space_series {
+                sp.name.as_str()
+            } else {
+                OTHER_SPACES
+            };
+            add(&s.http.memories, &[name], sp.memories);
             for (tier, v) in [
                 ("hot", sp.hot),
                 ("warm", sp.memories - sp.cold),
                 ("cold", sp.cold),
             ] {
-                let v = i64::try_from(v).unwrap_or(i64::MAX);
-                s.http.tiers.with_label_values(&[&sp.name, tier]).set(v);
+                add(&s.http.tiers, &[name, tier], v);
             }
             for (state, v) in [
                 ("unlinked", sp.unlinked_vectors),
                 ("tombstones", sp.vector_tombstones),
             ] {
-                let v = i64::try_from(v).unwrap_or(i64::MAX);
-                s.http.vectors.with_label_values(&[&sp.name, state]).set(v);
+                add(&s.http.vectors, &[name, state], v);
             }
         }
     }

@@ -2,7 +2,7 @@
 //! Unknown fields in a request are an error, never silently ignored. The
 //! same conversions serve HTTP and gRPC, so both validate alike.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, UNIX_EPOCH};
 
 use engram_graph::{
     ConsolidationReport, Cue, LinkSpec, Memory, Recalled, RememberRequest, Remembered, SpaceStats,
@@ -21,20 +21,25 @@ pub(crate) fn rfc3339(ms: i64) -> String {
     humantime::format_rfc3339_millis(t).to_string()
 }
 
-/// Parses an RFC 3339 time given in request field `field`.
+/// Parses an RFC 3339 time given in request field `field` (any offset,
+/// stored as UTC milliseconds).
 pub(crate) fn parse_time(field: &str, s: &str) -> Result<i64, ApiError> {
-    let t = humantime::parse_rfc3339_weak(s).map_err(|e| {
+    let t: jiff::Timestamp = s.parse().map_err(|e| {
         ApiError::bad_request(
             "invalid_request",
-            format!("{field}: {e} (expected RFC 3339, e.g. 2026-01-31T12:00:00Z)"),
+            format!(
+                "{field}: {s:?} is not an RFC 3339 time with an offset ({e}); e.g. 2026-01-31T12:00:00Z or 2026-01-31T17:00:00+05:00"
+            ),
         )
     })?;
-    let ms = t
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map(|d| d.as_millis())
-        .unwrap_or(0);
-    i64::try_from(ms)
-        .map_err(|_| ApiError::bad_request("invalid_request", format!("{field}: out of range")))
+    let ms = t.as_millisecond();
+    if ms < 0 {
+        return Err(ApiError::bad_request(
+            "invalid_request",
+            format!("{field}: {s:?} is before 1970-01-01T00:00:00Z, which is not supported"),
+        ));
+    }
+    Ok(ms)
 }
 
 fn opt_time(field: &str, s: Option<&str>) -> Result<Option<i64>, ApiError> {
@@ -377,6 +382,11 @@ pub struct ConsolidateOut {
     pub members: usize,
     /// Threshold used.
     pub threshold: f32,
+    /// Unconsolidated memories still ahead in this lap through the space;
+    /// 0: the next run starts again from the oldest.
+    pub remaining: usize,
+    /// This run passed the newest memory and went on from the oldest.
+    pub wrapped: bool,
 }
 
 impl ConsolidateOut {
@@ -386,6 +396,8 @@ impl ConsolidateOut {
             concepts: r.concepts,
             members: r.members,
             threshold,
+            remaining: r.remaining,
+            wrapped: r.wrapped,
         }
     }
 }

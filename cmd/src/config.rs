@@ -85,6 +85,25 @@ pub struct ServerConfig {
     /// Threads that run storage calls (each request's graph work holds one
     /// while it waits for its fsync); more concurrent requests queue.
     pub blocking_threads: usize,
+    /// A new connection that has not sent a whole request header (HTTP) or
+    /// its first bytes (gRPC) within this is closed; on HTTP it also closes
+    /// keep-alive connections idle this long between requests.
+    pub header_read_timeout_ms: u64,
+    /// Open HTTP connections at most; more are closed at once and counted.
+    pub max_connections: usize,
+    /// Open gRPC connections at most; more are closed at once and counted.
+    pub grpc_max_connections: usize,
+    /// Concurrent gRPC calls (HTTP/2 streams) per connection.
+    pub grpc_max_concurrent_streams: u32,
+    /// Host names requests may address (`Host` header, port ignored); others
+    /// get 421. IP literals are always accepted. Empty: the loopback names
+    /// (`localhost`, `*.localhost`) when bound to a loopback address, any
+    /// name otherwise. `"*"` accepts any; `".example.com"` a domain and its
+    /// subdomains.
+    pub allowed_hosts: Vec<String>,
+    /// Spaces exported one by one in the per-space metrics (largest first);
+    /// the rest are summed under `space="_other"`.
+    pub max_space_series: usize,
 }
 
 /// `[log]`.
@@ -123,6 +142,9 @@ pub struct StorageConfig {
     pub zstd_level: i32,
     /// Records applied between RocksDB WAL syncs and WAL segment release.
     pub wal_release_interval: u64,
+    /// Files RocksDB keeps open at most; the connection limits leave this
+    /// many descriptors (plus 512) free under the open-files limit.
+    pub max_open_files: i32,
 }
 
 /// `[wal]`.
@@ -191,6 +213,16 @@ pub struct LimitsSection {
     pub max_embedding_dim: usize,
     /// Largest recall limit.
     pub max_recall_limit: usize,
+    /// Most edges a memory may have, both directions.
+    pub max_edges_per_memory: usize,
+    /// Most links in one remember request.
+    pub max_links: usize,
+    /// Longest session id in bytes.
+    pub max_session_bytes: usize,
+    /// Largest hot-cache capacity a space may ask for.
+    pub max_hot_capacity: usize,
+    /// Most spaces on a node.
+    pub max_spaces: usize,
 }
 
 /// `[memory.ann]`.
@@ -235,6 +267,7 @@ impl Default for Config {
                 max_background_jobs: e.store.max_background_jobs,
                 zstd_level: e.store.zstd_level,
                 wal_release_interval: e.wal_release_interval,
+                max_open_files: e.store.max_open_files,
             },
             wal: WalSection {
                 segment_size_mb: e.wal.segment_size / (1024 * 1024),
@@ -261,6 +294,11 @@ impl Default for Config {
                     max_tag_bytes: g.limits.max_tag_bytes,
                     max_embedding_dim: g.limits.max_embedding_dim,
                     max_recall_limit: g.limits.max_recall_limit,
+                    max_edges_per_memory: g.limits.max_edges_per_memory,
+                    max_links: g.limits.max_links,
+                    max_session_bytes: g.limits.max_session_bytes,
+                    max_hot_capacity: g.limits.max_hot_capacity,
+                    max_spaces: g.limits.max_spaces,
                 },
                 ann: AnnSection {
                     m: g.ann.m,
@@ -289,6 +327,12 @@ impl Default for ServerConfig {
             shutdown_drain_ms: 20_000,
             warm_up: true,
             blocking_threads: 64,
+            header_read_timeout_ms: 10_000,
+            max_connections: 10_000,
+            grpc_max_connections: 10_000,
+            grpc_max_concurrent_streams: 256,
+            allowed_hosts: Vec::new(),
+            max_space_series: 1000,
         }
     }
 }
@@ -565,6 +609,26 @@ impl Config {
                 "config key \"server.shutdown_drain_ms\" must be at most 25000 (shutdown must finish within 30 s)"
             );
         }
+        if self.server.header_read_timeout_ms == 0 {
+            bail!("config key \"server.header_read_timeout_ms\" must be at least 1");
+        }
+        for (key, v) in [
+            ("server.max_connections", self.server.max_connections),
+            (
+                "server.grpc_max_connections",
+                self.server.grpc_max_connections,
+            ),
+            (
+                "server.grpc_max_concurrent_streams",
+                self.server.grpc_max_concurrent_streams as usize,
+            ),
+        ] {
+            if v == 0 {
+                bail!("config key {key:?} must be at least 1");
+            }
+        }
+        engram_api::HostPolicy::parse(&self.server.allowed_hosts, self.server.bind)
+            .map_err(|e| anyhow::anyhow!("config key \"server.allowed_hosts\": {e}"))?;
         if self.server.http_port != 0 && self.server.http_port == self.server.grpc_port {
             bail!("config keys \"server.http_port\" and \"server.grpc_port\" must differ");
         }
@@ -626,6 +690,7 @@ impl Config {
                     write_buffer_mb: s.write_buffer_mb,
                     max_background_jobs: s.max_background_jobs,
                     zstd_level: s.zstd_level,
+                    max_open_files: s.max_open_files,
                     ..StoreConfig::default()
                 },
                 wal_release_interval: s.wal_release_interval,
@@ -637,6 +702,11 @@ impl Config {
                 max_tag_bytes: m.limits.max_tag_bytes,
                 max_embedding_dim: m.limits.max_embedding_dim,
                 max_recall_limit: m.limits.max_recall_limit,
+                max_edges_per_memory: m.limits.max_edges_per_memory,
+                max_links: m.limits.max_links,
+                max_session_bytes: m.limits.max_session_bytes,
+                max_hot_capacity: m.limits.max_hot_capacity,
+                max_spaces: m.limits.max_spaces,
             },
             default_confidence: m.default_confidence,
             bootstrap_spaces: m.bootstrap_spaces.clone(),
@@ -663,11 +733,15 @@ impl Config {
     }
 
     /// The HTTP limits.
-    pub fn api_config(&self) -> engram_api::ApiConfig {
-        engram_api::ApiConfig {
+    pub fn api_config(&self) -> Result<engram_api::ApiConfig> {
+        let hosts = engram_api::HostPolicy::parse(&self.server.allowed_hosts, self.server.bind)
+            .map_err(|e| anyhow::anyhow!("config key \"server.allowed_hosts\": {e}"))?;
+        Ok(engram_api::ApiConfig {
             body_limit_bytes: self.server.body_limit_bytes,
             request_timeout: Duration::from_millis(self.server.request_timeout_ms),
-        }
+            hosts,
+            max_space_series: self.server.max_space_series,
+        })
     }
 
     /// The effective configuration as TOML.

@@ -6,6 +6,7 @@ mod benchmark;
 mod client;
 mod commands;
 mod config;
+mod listener;
 mod lock;
 mod logging;
 mod server;

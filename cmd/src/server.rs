@@ -24,6 +24,7 @@ use tokio::sync::watch;
 use tonic_health::ServingStatus;
 
 use crate::config::Config;
+use crate::listener;
 use crate::lock::DirLock;
 
 /// Runs the server until a signal; returns after a clean shutdown.
@@ -147,15 +148,44 @@ async fn serve(config: Config, repair: bool) -> Result<DirLock> {
     let (close_tx, close_rx) = watch::channel(false);
     tokio::spawn(signals(stop_tx));
 
-    let router = engram_api::router(Arc::clone(&state), &config.api_config());
-    let mut http_rx = close_rx.clone();
-    let http_task = tokio::spawn(async move {
-        axum::serve(http, router)
-            .with_graceful_shutdown(async move {
-                let _ = http_rx.wait_for(|s| *s).await;
-            })
-            .await
-    });
+    // Connection caps sized so clients can never take the descriptors
+    // storage needs (an exhausted fd table fails RocksDB's next file open).
+    let reserve = listener::storage_reserve(config.storage.max_open_files as usize);
+    let (http_cap, grpc_cap) = listener::fit_to_descriptors(
+        config.server.max_connections,
+        config.server.grpc_max_connections,
+        reserve,
+        open_files,
+    );
+    if (http_cap, grpc_cap)
+        != (
+            config.server.max_connections,
+            config.server.grpc_max_connections,
+        )
+    {
+        tracing::warn!(
+            open_files_limit = open_files,
+            storage_reserve = reserve,
+            http = http_cap,
+            grpc = grpc_cap,
+            "connection limits lowered to fit the open-files limit (raise `ulimit -n` / LimitNOFILE to allow more)"
+        );
+    }
+    let first_bytes_timeout = Duration::from_millis(config.server.header_read_timeout_ms);
+    let connections = listener::ConnectionMetrics::register(&registry)
+        .context("registering connection metrics")?;
+    let router = engram_api::router(Arc::clone(&state), &config.api_config()?);
+    let http_limits = listener::Limits {
+        max_connections: http_cap,
+        first_bytes_timeout,
+    };
+    let http_task = tokio::spawn(listener::serve_http(
+        http,
+        router,
+        http_limits,
+        connections.clone(),
+        close_rx.clone(),
+    ));
 
     let (health, health_service) = tonic_health::server::health_reporter();
     health
@@ -172,19 +202,28 @@ async fn serve(config: Config, repair: bool) -> Result<DirLock> {
     let memory = MemoryServiceServer::new(MemoryGrpc::new(Arc::clone(&state)))
         .max_decoding_message_size(config.server.body_limit_bytes);
     let cluster_service = ClusterServiceServer::new(ClusterGrpc::new(Arc::clone(&state)));
+    let grpc_incoming = listener::GrpcIncoming::new(
+        grpc,
+        listener::Limits {
+            max_connections: grpc_cap,
+            first_bytes_timeout,
+        },
+        connections,
+    );
+    let grpc_timeout = Duration::from_millis(config.server.request_timeout_ms);
+    let grpc_streams = config.server.grpc_max_concurrent_streams;
     let mut grpc_rx = close_rx.clone();
     let grpc_task = tokio::spawn(async move {
         tonic::transport::Server::builder()
+            .timeout(grpc_timeout)
+            .max_concurrent_streams(Some(grpc_streams))
             .add_service(health_service)
             .add_service(reflection)
             .add_service(memory)
             .add_service(cluster_service)
-            .serve_with_incoming_shutdown(
-                tonic::transport::server::TcpIncoming::from(grpc).with_nodelay(Some(true)),
-                async move {
-                    let _ = grpc_rx.wait_for(|s| *s).await;
-                },
-            )
+            .serve_with_incoming_shutdown(grpc_incoming, async move {
+                let _ = grpc_rx.wait_for(|s| *s).await;
+            })
             .await
     });
 

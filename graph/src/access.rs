@@ -3,7 +3,8 @@
 //! Recall must never wait for a disk write (ARCHITECTURE "A read", step 4),
 //! so it only adds the returned ids to this buffer; [`crate::Graph::flush_access`]
 //! (run by the background task every `access_flush_ms`) turns what has
-//! accumulated into one WAL record per space. The buffer is bounded: when it
+//! accumulated into WAL records per space ([`AccessBatch`], each within
+//! the WAL's `max_payload`). The buffer is bounded: when it
 //! is full, further accesses are dropped and counted, since they are
 //! statistics that only tune the forgetting curve.
 
@@ -11,12 +12,25 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use engram_lsm::{EpisodeId, SpaceId};
+use engram_lsm::{EpisodeId, Mutation, SpaceId};
 
 use crate::ids::IdMap;
+use crate::record::AccessRecord;
 
 /// Accesses per space and episode: how many, and the latest time.
 pub(crate) type Pending = HashMap<SpaceId, IdMap<(u32, i64)>>;
+
+/// One ACCESS WAL record being gathered by [`crate::Graph::flush_access`]
+/// (kept within the WAL's payload limit by its caller).
+#[derive(Debug, Default)]
+pub(crate) struct AccessBatch {
+    /// The record's mutations: statistics, and promotions of cold records.
+    pub(crate) mutations: Vec<Mutation>,
+    /// Episodes and their new statistics.
+    pub(crate) updates: Vec<(EpisodeId, AccessRecord)>,
+    /// Cold episodes the record moves back to the warm family.
+    pub(crate) promoted: Vec<EpisodeId>,
+}
 
 #[derive(Debug)]
 pub(crate) struct AccessBuffer {

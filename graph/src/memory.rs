@@ -9,8 +9,10 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use engram_lsm::{Cf, EpisodeId, Mutation, SpaceId, keys};
 use serde_json::{Map, Value};
 
+use crate::access::AccessBatch;
 use crate::activation::{self, Spread};
 use crate::adjacency::Adjacency;
+use crate::background::{Failures, Fit, RecordBudget, Task, encoded_len};
 use crate::hnsw::{Hnsw, HnswParams};
 use crate::ids::{IdMap, IdSet};
 use crate::record::{self, AccessRecord, EdgeKind, EdgeRecord, EpisodeRecord, SpaceRecord};
@@ -64,6 +66,24 @@ pub struct Limits {
     pub max_embedding_dim: usize,
     /// Results per recall (default 1000).
     pub max_recall_limit: usize,
+    /// Edges a memory may have, both directions together (default 100 000).
+    /// An explicit link (`link`, remember's `links`) beyond it is refused
+    /// with [`GraphError::TooManyEdges`]; write-time semantic edges skip a
+    /// neighbour at the limit. Temporal edges (one to and one from each
+    /// episode of a session) and consolidation edges (one per member; a
+    /// concept gets at most `consolidation.batch_size`) are never refused,
+    /// so a memory can exceed it by those few. Forget works at any degree.
+    pub max_edges_per_memory: usize,
+    /// Links in one remember request (default 100).
+    pub max_links: usize,
+    /// Bytes of a session id (default 256).
+    pub max_session_bytes: usize,
+    /// Largest hot-cache capacity a space may ask for (default 1 000 000
+    /// records; the configured `hot_capacity` must not exceed it either).
+    pub max_hot_capacity: usize,
+    /// Spaces on a node, `default` included (default 10 000); creating one
+    /// more is refused with [`GraphError::TooManySpaces`].
+    pub max_spaces: usize,
 }
 
 impl Default for Limits {
@@ -75,6 +95,11 @@ impl Default for Limits {
             max_tag_bytes: 128,
             max_embedding_dim: 4096,
             max_recall_limit: 1000,
+            max_edges_per_memory: 100_000,
+            max_links: 100,
+            max_session_bytes: 256,
+            max_hot_capacity: 1_000_000,
+            max_spaces: 10_000,
         }
     }
 }
@@ -174,6 +199,24 @@ impl GraphConfig {
         if c.batch_size == 0 {
             return Err(invalid("consolidation.batch_size", "must be at least 1"));
         }
+        if self.limits.max_edges_per_memory == 0 {
+            return Err(invalid("limits.max_edges_per_memory", "must be at least 1"));
+        }
+        if self.limits.max_session_bytes == 0 {
+            return Err(invalid("limits.max_session_bytes", "must be at least 1"));
+        }
+        if self.limits.max_spaces == 0 {
+            return Err(invalid("limits.max_spaces", "must be at least 1"));
+        }
+        if self.hot_capacity > self.limits.max_hot_capacity {
+            return Err(invalid(
+                "hot_capacity",
+                format!(
+                    "{} exceeds limits.max_hot_capacity ({})",
+                    self.hot_capacity, self.limits.max_hot_capacity
+                ),
+            ));
+        }
         if self.access_flush_ms == 0 {
             return Err(invalid("access_flush_ms", "must be at least 1"));
         }
@@ -264,6 +307,24 @@ pub enum GraphError {
         "the server is shutting down and accepts no more writes; retry on another node or after the restart"
     )]
     ShuttingDown,
+    /// A link would give a memory more edges than `max_edges_per_memory`.
+    #[error(
+        "memory {memory} already has {limit} edges, the most allowed (limits.max_edges_per_memory); link it to fewer memories or raise the limit"
+    )]
+    TooManyEdges {
+        /// The memory at the limit.
+        memory: String,
+        /// The configured limit.
+        limit: usize,
+    },
+    /// The node holds `limits.max_spaces` spaces already.
+    #[error(
+        "this node holds {limit} spaces, the most allowed (limits.max_spaces); delete unused spaces or raise the limit"
+    )]
+    TooManySpaces {
+        /// The configured limit.
+        limit: usize,
+    },
 }
 
 impl From<engram_lsm::StoreError> for GraphError {
@@ -564,6 +625,11 @@ struct SpaceState {
     ann: Option<Hnsw>,
     edges: Adjacency,
     sessions: HashMap<String, EpisodeId>,
+    /// Session episodes whose records are being written (prepared, not yet
+    /// in `episodes`), each with the edges to it that arrived first: the
+    /// next episode of a session can finish before its predecessor does,
+    /// and its temporal edge then waits here instead of being dropped.
+    unfinished: IdMap<Vec<(EpisodeId, EpisodeId, EdgeRecord)>>,
     /// Memories in the cold tier.
     cold: usize,
 }
@@ -644,6 +710,21 @@ impl SpaceState {
 
     fn edge_count(&self) -> usize {
         self.edges.len()
+    }
+
+    /// Edges of a memory, both directions (0 when it is not in the space).
+    fn degree(&self, id: &EpisodeId) -> usize {
+        self.episodes.slot(id).map_or(0, |s| {
+            self.edges.outgoing(s).len() + self.edges.incoming(s).len()
+        })
+    }
+
+    /// `true` if the edge `from → to` exists.
+    fn has_edge(&self, from: &EpisodeId, to: &EpisodeId) -> bool {
+        match (self.episodes.slot(from), self.episodes.slot(to)) {
+            (Some(f), Some(t)) => self.edges.outgoing(f).iter().any(|(x, _)| *x == t),
+            _ => false,
+        }
     }
 
     /// Writes everything but the vector index to a snapshot.
@@ -886,6 +967,8 @@ pub struct Graph {
     next_space_id: std::sync::Mutex<SpaceId>,
     access: crate::access::AccessBuffer,
     flushing: Mutex<()>,
+    /// `engram_background_failures_total` (see [`crate::background`]).
+    failures: Failures,
 }
 
 impl Graph {
@@ -898,7 +981,9 @@ impl Graph {
         options: OpenOptions,
     ) -> Result<(Graph, RecoveryReport), GraphError> {
         config.validate()?;
+        let registry = options.registry.clone();
         let (engine, report) = Engine::open(data_dir, &config.engine, options)?;
+        let failures = Failures::new(registry.as_ref()).map_err(EngineError::Metrics)?;
         let store = engine.store();
         let mut max_id = 0;
         for (space, _) in store.applied_seqs()? {
@@ -923,6 +1008,7 @@ impl Graph {
             next_space_id: std::sync::Mutex::new(max_id + 1),
             access: crate::access::AccessBuffer::new(config.access_buffer),
             flushing: Mutex::new(()),
+            failures,
             config,
         };
         let mut wanted = vec![DEFAULT_SPACE.to_owned()];
@@ -1036,18 +1122,30 @@ impl Graph {
     /// Writes every loaded space's indexes to `<data dir>/indexes/`, so the
     /// next start reads them instead of rebuilding them from the store.
     /// Only after [`Graph::seal_writes`] returned `true`; otherwise nothing
-    /// is written. A failed space is logged and left to be rebuilt.
+    /// is written. A failed space is logged and left to be rebuilt; after a
+    /// storage engine failure ([`Engine::failure`]) every loaded space is.
     pub fn save_index_snapshots(&self) -> SnapshotReport {
         let mut report = SnapshotReport::default();
         if !self.gate.quiescent() {
             tracing::warn!("writes still in flight: index snapshots not written");
             return report;
         }
+        // After a failed write the in-memory indexes can disagree with the
+        // store although the sequences match (a record applied whose caller
+        // saw an error, so it never reached the indexes): only a rebuild
+        // from the store is exact then.
+        let failure = self.engine.failure();
         let all: Vec<Arc<Space>> = read(&self.spaces).values().cloned().collect();
         for space in all {
             let Some(st) = space.state.get() else {
                 continue; // not loaded: its snapshot, if any, is still exact
             };
+            if let Some(reason) = &failure {
+                report.failed += 1;
+                tracing::warn!(space = %space.record.name, failure = %reason, "the storage engine failed: index snapshot not written; the next start rebuilds this space's indexes");
+                let _ = snapshot::remove(&self.index_dir, space.id);
+                continue;
+            }
             let state = read(st);
             let written = self
                 .engine
@@ -1129,9 +1227,23 @@ impl Graph {
                 ));
             }
         }
+        if let Some(h) = options.hot_capacity {
+            let max = self.config.limits.max_hot_capacity;
+            if h as usize > max {
+                return Err(invalid(
+                    "hot_capacity",
+                    format!("{h} exceeds the limit of {max} (limits.max_hot_capacity)"),
+                ));
+            }
+        }
         let mut spaces = write(&self.spaces);
         if spaces.contains_key(name) {
             return Err(GraphError::SpaceExists(name.to_owned()));
+        }
+        if spaces.len() >= self.config.limits.max_spaces {
+            return Err(GraphError::TooManySpaces {
+                limit: self.config.limits.max_spaces,
+            });
         }
         let id = {
             let mut next = self
@@ -1223,7 +1335,10 @@ impl Graph {
 
     /// Moves the space's memories that were neither stored nor recalled for
     /// `idle` to the cold tier (zstd column family); returns how many moved.
-    /// Recall still finds them; being recalled moves them back.
+    /// Recall still finds them; being recalled moves them back. The moves
+    /// are WAL records of at most 1024 memories within the WAL's
+    /// `max_payload`; a memory too large to move in one record stays warm
+    /// (logged, and counted in `engram_background_failures_total`).
     pub fn archive(
         &self,
         space_name: &str,
@@ -1234,7 +1349,10 @@ impl Graph {
     }
 
     /// One background run of [`Graph::archive`] over every loaded space with
-    /// `cold_after_sec` (nothing when it is 0).
+    /// `cold_after_sec` (nothing when it is 0). A space that fails is logged
+    /// with its name and counted
+    /// (`engram_background_failures_total{task="archive"}`), and the run goes
+    /// on with the others; only a shutdown stops it.
     pub fn archive_loaded(&self) -> Result<usize, GraphError> {
         if self.config.cold_after_sec == 0 {
             return Ok(0);
@@ -1250,13 +1368,28 @@ impl Graph {
             match self.archive_space(&space, idle) {
                 Ok(n) => moved += n,
                 Err(GraphError::SpaceNotFound(_)) => {}
-                Err(e) => return Err(e),
+                Err(GraphError::ShuttingDown) => return Err(GraphError::ShuttingDown),
+                Err(e) => self.background_failed(Task::Archive, &space, &e),
             }
         }
         Ok(moved)
     }
 
+    /// Logs and counts a background pass's failure on one space; the pass
+    /// goes on with the next space.
+    fn background_failed(&self, task: Task, space: &Space, e: &GraphError) {
+        tracing::warn!(
+            space = %space.record.name,
+            task = ?task,
+            error = %e,
+            "background work failed for this space; continuing with the other spaces"
+        );
+        self.failures.count(task);
+    }
+
     fn archive_space(&self, space: &Space, idle: std::time::Duration) -> Result<usize, GraphError> {
+        /// Memories moved by one ARCHIVE record at most.
+        const ARCHIVE_BATCH: usize = 1024;
         let _writing = self.gate.enter()?;
         let st = self.state(space)?;
         let cutoff = now_ms().saturating_sub(i64::try_from(idle.as_millis()).unwrap_or(i64::MAX));
@@ -1267,39 +1400,72 @@ impl Graph {
             .filter(|(_, m)| !m.cold && m.stored_at_ms.max(m.last_access_ms) <= cutoff)
             .map(|(id, _)| *id)
             .collect();
+        let max_payload = self.config.engine.wal.max_payload;
+        let mut budget = RecordBudget::new(max_payload, ARCHIVE_BATCH);
+        let mut m = Vec::new();
+        let mut done = Vec::new();
         let mut moved = 0;
-        for chunk in ids.chunks(1024) {
-            let mut m = Vec::with_capacity(chunk.len() * 2);
-            let mut done = Vec::with_capacity(chunk.len());
-            for id in chunk {
-                if let Some(bytes) = self.engine.store().episode(space.id, id)? {
-                    m.push(Mutation::DeleteEpisode { id: *id });
-                    m.push(Mutation::PutCold {
-                        id: *id,
-                        record: bytes,
-                    });
-                    done.push(*id);
-                }
-            }
-            if m.is_empty() {
+        for id in ids {
+            let Some(bytes) = self.engine.store().episode(space.id, &id)? else {
                 continue;
-            }
-            self.submit(space, kind::ARCHIVE, m)?;
-            let mut state = write(st);
-            let mut hot = lock(&space.hot);
-            let s = &mut *state;
-            for id in &done {
-                if let Some(meta) = s.episodes.get_mut(id) {
-                    if !meta.cold {
-                        meta.cold = true;
-                        s.cold += 1;
-                    }
+            };
+            let entry = [
+                Mutation::DeleteEpisode { id },
+                Mutation::PutCold { id, record: bytes },
+            ];
+            let size = encoded_len(&entry);
+            match budget.fit(size) {
+                Fit::Here => {}
+                Fit::Next => {
+                    let (batch, moving) = (std::mem::take(&mut m), std::mem::take(&mut done));
+                    moved += self.archive_batch(space, st, batch, moving)?;
+                    budget.reset();
                 }
-                hot.remove(id);
+                Fit::Never => {
+                    tracing::warn!(
+                        space = %space.record.name,
+                        memory = %id_string(&id),
+                        bytes = size,
+                        max_payload,
+                        "memory too large to move to the cold tier in one WAL record; it stays warm"
+                    );
+                    self.failures.count(Task::Archive);
+                    continue;
+                }
             }
-            moved += done.len();
+            budget.add(size);
+            m.extend(entry);
+            done.push(id);
+        }
+        if !done.is_empty() {
+            moved += self.archive_batch(space, st, m, done)?;
         }
         Ok(moved)
+    }
+
+    /// Writes one ARCHIVE record (`m`, moving `done`) and marks its memories
+    /// cold; returns how many it moved.
+    fn archive_batch(
+        &self,
+        space: &Space,
+        st: &RwLock<SpaceState>,
+        m: Vec<Mutation>,
+        done: Vec<EpisodeId>,
+    ) -> Result<usize, GraphError> {
+        self.submit(space, kind::ARCHIVE, m)?;
+        let mut state = write(st);
+        let mut hot = lock(&space.hot);
+        let s = &mut *state;
+        for id in &done {
+            if let Some(meta) = s.episodes.get_mut(id) {
+                if !meta.cold {
+                    meta.cold = true;
+                    s.cold += 1;
+                }
+            }
+            hot.remove(id);
+        }
+        Ok(done.len())
     }
 
     /// Links up to `budget` vectors of each loaded space's HNSW backlog (left
@@ -1341,9 +1507,12 @@ impl Graph {
     }
 
     /// Writes the access statistics recorded by recalls since the last call
-    /// (one WAL record per space and 4096 episodes); returns how many
-    /// episodes were updated. The background task calls this every
-    /// `access_flush_ms`.
+    /// (per space, WAL records of at most 4096 episodes within the WAL's
+    /// `max_payload`); returns how many episodes were updated. The
+    /// background task calls this every `access_flush_ms`. A space that
+    /// fails is logged with its name and counted
+    /// (`engram_background_failures_total{task="access_flush"}`); its
+    /// pending statistics are dropped and the other spaces are still written.
     pub fn flush_access(&self) -> Result<usize, GraphError> {
         let _writing = self.gate.enter()?;
         let _one = self.flushing.lock().unwrap_or_else(PoisonError::into_inner);
@@ -1379,58 +1548,126 @@ impl Graph {
                     })
                     .collect()
             };
-            for chunk in records.chunks(4096) {
-                let mut m = Vec::with_capacity(chunk.len());
-                let mut promoted = Vec::new();
-                for (id, r, cold) in chunk {
-                    m.push(Mutation::PutAccess {
-                        id: *id,
-                        value: r.encode(),
-                    });
-                    // Access promotes a cold memory back to the warm family.
-                    if *cold {
-                        if let Some(bytes) = self.engine.store().cold(sid, id)? {
-                            m.push(Mutation::PutEpisode {
-                                id: *id,
-                                record: bytes,
-                            });
-                            m.push(Mutation::DeleteCold { id: *id });
-                            promoted.push(*id);
-                        }
-                    }
-                }
-                match self.submit(space, kind::ACCESS, m) {
-                    Ok(_) => {}
-                    Err(GraphError::SpaceNotFound(_)) => break,
-                    Err(e) => return Err(e),
-                }
-                let mut gone = Vec::new();
-                {
-                    let mut state = write(st);
-                    let s = &mut *state;
-                    for (id, r, _) in chunk {
-                        match s.episodes.get_mut(id) {
-                            Some(m) => m.set_access(*r),
-                            // Forgotten while this record was written.
-                            None => gone.push(Mutation::DeleteAccess { id: *id }),
-                        }
-                    }
-                    for id in &promoted {
-                        if let Some(m) = s.episodes.get_mut(id) {
-                            if m.cold {
-                                m.cold = false;
-                                s.cold -= 1;
-                            }
-                        }
-                    }
-                }
-                if !gone.is_empty() {
-                    self.submit(space, kind::FORGET, gone)?;
-                }
-                written += chunk.len();
+            match self.flush_space_access(space, st, &records) {
+                Ok(n) => written += n,
+                Err(GraphError::SpaceNotFound(_)) => {} // deleted since
+                Err(e) => self.background_failed(Task::AccessFlush, space, &e),
             }
         }
         Ok(written)
+    }
+
+    /// Writes one space's access statistics `records` (id, statistics,
+    /// cold) for [`Graph::flush_access`]; returns how many were written.
+    fn flush_space_access(
+        &self,
+        space: &Space,
+        st: &RwLock<SpaceState>,
+        records: &[(EpisodeId, AccessRecord, bool)],
+    ) -> Result<usize, GraphError> {
+        /// Episodes updated by one ACCESS record at most.
+        const ACCESS_BATCH: usize = 4096;
+        let max_payload = self.config.engine.wal.max_payload;
+        let mut budget = RecordBudget::new(max_payload, ACCESS_BATCH);
+        let mut batch = AccessBatch::default();
+        let mut written = 0;
+        for (id, r, cold) in records {
+            let mut entry = vec![Mutation::PutAccess {
+                id: *id,
+                value: r.encode(),
+            }];
+            // Access promotes a cold memory back to the warm family.
+            if *cold {
+                if let Some(bytes) = self.engine.store().cold(space.id, id)? {
+                    entry.push(Mutation::PutEpisode {
+                        id: *id,
+                        record: bytes,
+                    });
+                    entry.push(Mutation::DeleteCold { id: *id });
+                }
+            }
+            let mut size = encoded_len(&entry);
+            if entry.len() > 1 && budget.fit(size) == Fit::Never {
+                tracing::warn!(
+                    space = %space.record.name,
+                    memory = %id_string(id),
+                    bytes = size,
+                    max_payload,
+                    "cold memory too large to promote in one WAL record; it stays cold"
+                );
+                self.failures.count(Task::AccessFlush);
+                entry.truncate(1);
+                size = encoded_len(&entry);
+            }
+            match budget.fit(size) {
+                Fit::Here => {}
+                Fit::Next => {
+                    written += self.write_access(space, st, std::mem::take(&mut batch))?;
+                    budget.reset();
+                }
+                Fit::Never => {
+                    // Only with a `max_payload` below a few dozen bytes.
+                    tracing::warn!(
+                        space = %space.record.name,
+                        memory = %id_string(id),
+                        max_payload,
+                        "access statistics do not fit in a WAL record; dropped"
+                    );
+                    self.failures.count(Task::AccessFlush);
+                    continue;
+                }
+            }
+            budget.add(size);
+            if entry.len() > 1 {
+                batch.promoted.push(*id);
+            }
+            batch.updates.push((*id, *r));
+            batch.mutations.extend(entry);
+        }
+        if !batch.updates.is_empty() {
+            written += self.write_access(space, st, batch)?;
+        }
+        Ok(written)
+    }
+
+    /// Writes one ACCESS record and applies it to the in-memory metadata;
+    /// returns how many episodes it updated.
+    fn write_access(
+        &self,
+        space: &Space,
+        st: &RwLock<SpaceState>,
+        batch: AccessBatch,
+    ) -> Result<usize, GraphError> {
+        let AccessBatch {
+            mutations,
+            updates,
+            promoted,
+        } = batch;
+        self.submit(space, kind::ACCESS, mutations)?;
+        let mut gone = Vec::new();
+        {
+            let mut state = write(st);
+            let s = &mut *state;
+            for (id, r) in &updates {
+                match s.episodes.get_mut(id) {
+                    Some(m) => m.set_access(*r),
+                    // Forgotten while this record was written.
+                    None => gone.push(Mutation::DeleteAccess { id: *id }),
+                }
+            }
+            for id in &promoted {
+                if let Some(m) = s.episodes.get_mut(id) {
+                    if m.cold {
+                        m.cold = false;
+                        s.cold -= 1;
+                    }
+                }
+            }
+        }
+        if !gone.is_empty() {
+            self.submit(space, kind::FORGET, gone)?;
+        }
+        Ok(updates.len())
     }
 
     /// Every space's name, sorted, without loading any space's indexes.
@@ -1507,6 +1744,38 @@ impl Graph {
             ));
         }
         self.check_embedding(space, req.embedding.as_deref())?;
+        if let Some(session) = &req.session {
+            if session.len() > l.max_session_bytes {
+                return Err(invalid(
+                    "session",
+                    format!(
+                        "{} bytes exceeds the limit of {} (limits.max_session_bytes)",
+                        session.len(),
+                        l.max_session_bytes
+                    ),
+                ));
+            }
+        }
+        if req.links.len() > l.max_links {
+            return Err(invalid(
+                "links",
+                format!(
+                    "{} links exceed the limit of {} per request (limits.max_links); link the rest with POST /api/v1/memories/{{id}}/links",
+                    req.links.len(),
+                    l.max_links
+                ),
+            ));
+        }
+        if req.links.len() > l.max_edges_per_memory {
+            return Err(invalid(
+                "links",
+                format!(
+                    "{} links exceed the limit of {} edges per memory",
+                    req.links.len(),
+                    l.max_edges_per_memory
+                ),
+            ));
+        }
         for link in &req.links {
             if let Some(w) = link.weight {
                 if !(w > 0.0 && w <= 1.0) {
@@ -1597,18 +1866,31 @@ impl Graph {
             Draft::New(d, c, t) => (d, c, t),
         };
         let (prepared, mutations) = self.prepare_episode(st, draft)?;
+        let id = prepared.id;
         let appended = {
             // As in `submit`: a deleted space refuses the write, and a
             // delete in progress waits for the append (its own record then
             // follows this one in LSN order).
             let alive = read(&space.alive);
-            if !*alive {
-                return Err(GraphError::SpaceNotFound(space.record.name.clone()));
+            if *alive {
+                self.engine
+                    .append(space.id, kind::REMEMBER, mutations)
+                    .map_err(GraphError::from)
+            } else {
+                Err(GraphError::SpaceNotFound(space.record.name.clone()))
             }
-            self.engine.append(space.id, kind::REMEMBER, mutations)?
         };
-        let committed = self.engine.durable(appended).await?;
-        let id = prepared.id;
+        let committed = match appended {
+            Ok(a) => self.engine.durable(a).await.map_err(GraphError::from),
+            Err(e) => Err(e),
+        };
+        let committed = match committed {
+            Ok(c) => c,
+            Err(e) => {
+                self.abandon_episode(&space, st, &id);
+                return Err(e);
+            }
+        };
         self.finish_episode(&space, st, prepared);
         Ok(Remembered::new(
             &space,
@@ -1642,6 +1924,16 @@ impl Graph {
                 let target = parse_id(&l.target)?;
                 if !state.episodes.contains_key(&target) {
                     return Err(GraphError::MemoryNotFound(l.target.clone()));
+                }
+                // Checked here, not under the lock that adds the edge:
+                // concurrent remembers can pass it by as many as are in
+                // flight (forget works at any degree; the limit bounds it).
+                let limit = self.config.limits.max_edges_per_memory;
+                if state.degree(&target) >= limit {
+                    return Err(GraphError::TooManyEdges {
+                        memory: l.target.clone(),
+                        limit,
+                    });
                 }
                 let e = EdgeRecord {
                     weight: l.weight.unwrap_or(DEFAULT_LINK_WEIGHT),
@@ -1708,10 +2000,35 @@ impl Graph {
         wal_kind: u8,
     ) -> Result<(EpisodeId, crate::Committed), GraphError> {
         let (prepared, m) = self.prepare_episode(st, draft)?;
-        let committed = self.submit(space, wal_kind, m)?;
         let id = prepared.id;
+        let committed = match self.submit(space, wal_kind, m) {
+            Ok(c) => c,
+            Err(e) => {
+                self.abandon_episode(space, st, &id);
+                return Err(e);
+            }
+        };
         self.finish_episode(space, st, prepared);
         Ok((id, committed))
+    }
+
+    /// Undoes [`Graph::prepare_episode`]'s mark of an episode whose record
+    /// was not written: the edges that waited for it (written by the next
+    /// episode of its session) are deleted again.
+    fn abandon_episode(&self, space: &Space, st: &RwLock<SpaceState>, id: &EpisodeId) {
+        let Some(waiting) = write(st).unfinished.remove(id) else {
+            return;
+        };
+        if waiting.is_empty() {
+            return;
+        }
+        let m = waiting
+            .into_iter()
+            .map(|(from, to, _)| Mutation::DeleteEdge { from, to })
+            .collect();
+        if let Err(e) = self.submit(space, kind::FORGET, m) {
+            tracing::warn!(error = %e, "could not delete edges to a memory whose write failed; they are removed at the next load");
+        }
     }
 
     /// The WAL mutations of a new episode, and what [`Graph::finish_episode`]
@@ -1732,7 +2049,11 @@ impl Graph {
         record.terms = len;
         if let (Some(e), true) = (&embedding, self.config.semantic_k > 0 && !record.concept) {
             let state = read(st);
-            let accept = |n: &EpisodeId| state.episodes.get(n).is_some_and(|m| !m.concept);
+            // A neighbour at the edge limit is passed over for the next one.
+            let limit = self.config.limits.max_edges_per_memory;
+            let accept = |n: &EpisodeId| {
+                state.episodes.get(n).is_some_and(|m| !m.concept) && state.degree(n) < limit
+            };
             for (n, sim) in self.vector_neighbours(&state, e, self.config.semantic_k, accept) {
                 if sim >= self.config.semantic_threshold && !edges_to.iter().any(|x| x.0 == n) {
                     let e = EdgeRecord {
@@ -1746,19 +2067,6 @@ impl Graph {
         let mut edges: Vec<(EpisodeId, EpisodeId, EdgeRecord)> = Vec::new();
         edges.extend(edges_to.into_iter().map(|(to, e)| (id, to, e)));
         edges.extend(edges_from.into_iter().map(|(from, e)| (from, id, e)));
-        // The session's previous episode is read and replaced under the
-        // space's lock so concurrent writers of one session form a chain.
-        let previous = record.session.as_ref().and_then(|s| {
-            let mut state = write(st);
-            state.sessions.insert(s.clone(), id)
-        });
-        if let Some(prev) = previous {
-            let e = EdgeRecord {
-                weight: self.config.temporal_weight,
-                kind: EdgeKind::Temporal,
-            };
-            edges.push((prev, id, e));
-        }
         let mut m = vec![Mutation::PutEpisode {
             id,
             record: record::encode(&record)?,
@@ -1781,6 +2089,30 @@ impl Graph {
                 from: *from,
                 to: *to,
                 record: record::encode(e)?,
+            });
+        }
+        let temporal = EdgeRecord {
+            weight: self.config.temporal_weight,
+            kind: EdgeKind::Temporal,
+        };
+        let temporal_bytes = record::encode(&temporal)?;
+        // Last, with nothing that can fail after it: the session's previous
+        // episode is read and replaced under the space's lock so concurrent
+        // writers of one session form a chain, and this episode is marked
+        // unfinished so that the next one's temporal edge waits for it if
+        // that one finishes first ([`Graph::finish_episode`]). A failed
+        // write undoes the mark ([`Graph::abandon_episode`]).
+        let previous = record.session.as_ref().and_then(|s| {
+            let mut state = write(st);
+            state.unfinished.insert(id, Vec::new());
+            state.sessions.insert(s.clone(), id)
+        });
+        if let Some(prev) = previous {
+            edges.push((prev, id, temporal));
+            m.push(Mutation::PutEdge {
+                from: prev,
+                to: id,
+                record: temporal_bytes,
             });
         }
         let prepared = PreparedEpisode {
@@ -1832,13 +2164,27 @@ impl Graph {
         for (term, f) in tf {
             state.lexical.add_posting(&term, slot, f);
         }
-        // An endpoint forgotten while this record was being written leaves
-        // a dangling edge in the store: it is deleted again right away (and
-        // any that a crash leaves behind are removed when the space loads).
+        // Edges to this episode that finished before it (the next episode
+        // of its session, written concurrently) were waiting for it.
+        let waiting = state.unfinished.remove(&id).unwrap_or_default();
+        // An endpoint still being written (a session's previous episode)
+        // gets the edge when it finishes. One forgotten while this record
+        // was being written leaves a dangling edge in the store: it is
+        // deleted again right away (and any that a crash leaves behind are
+        // removed when the space loads).
         let mut dangling = Vec::new();
-        for (from, to, e) in edges {
-            if !state.add_edge(from, to, e) {
-                dangling.push(Mutation::DeleteEdge { from, to });
+        for (from, to, e) in edges.into_iter().chain(waiting) {
+            if state.add_edge(from, to, e) {
+                continue;
+            }
+            let missing = if state.episodes.contains_key(&from) {
+                to
+            } else {
+                from
+            };
+            match state.unfinished.get_mut(&missing) {
+                Some(w) => w.push((from, to, e)),
+                None => dangling.push(Mutation::DeleteEdge { from, to }),
             }
         }
         drop(state);
@@ -1900,7 +2246,9 @@ impl Graph {
     }
 
     /// An episode's record from whichever tier holds it: the hot cache,
-    /// the warm `episodes` family, or the cold archive.
+    /// the warm `episodes` family, or the cold archive (both families read
+    /// from one store snapshot, so a memory moving between them is never
+    /// missed).
     fn read_record(
         &self,
         space: &Space,
@@ -1909,13 +2257,8 @@ impl Graph {
         if let Some(r) = lock(&space.hot).get(id) {
             return Ok(Some(r));
         }
-        let store = self.engine.store();
-        let bytes = match store.episode(space.id, id)? {
-            Some(b) => b,
-            None => match store.cold(space.id, id)? {
-                Some(b) => b,
-                None => return Ok(None),
-            },
+        let Some(bytes) = self.engine.store().episode_in_any_tier(space.id, id)? else {
+            return Ok(None);
         };
         Ok(Some(Arc::new(record::decode(&bytes, "episode")?)))
     }
@@ -1931,7 +2274,20 @@ impl Graph {
         let Some(rec) = self.read_record(space, id)? else {
             return Ok(None);
         };
-        lock(&space.hot).insert(*id, Arc::clone(&rec));
+        {
+            // Forget removes a memory from the indexes and the hot tier
+            // under the space's write lock: checked under its read lock, a
+            // record read just before a forget is neither cached after it
+            // nor returned.
+            let Some(st) = space.state.get() else {
+                return Ok(None);
+            };
+            let state = read(st);
+            if !state.episodes.contains_key(id) {
+                return Ok(None);
+            }
+            lock(&space.hot).insert(*id, Arc::clone(&rec));
+        }
         let metadata = match serde_json::from_str::<Value>(&rec.metadata_json) {
             Ok(Value::Object(m)) => m,
             _ => {
@@ -1966,7 +2322,8 @@ impl Graph {
     }
 
     /// Forgets a memory everywhere: content, embedding, postings, edges in
-    /// both directions, archived copy, in-memory indexes. Durable.
+    /// both directions, archived copy, in-memory indexes. Durable. Works at
+    /// any number of edges (several WAL records when one cannot hold them).
     pub fn forget(&self, space_name: &str, id: &str) -> Result<(), GraphError> {
         let _writing = self.gate.enter()?;
         let space = self.space(space_name)?;
@@ -1981,30 +2338,41 @@ impl Graph {
             return Err(GraphError::MemoryNotFound(id.to_owned()));
         };
         let (tf, _) = text::term_frequencies(&rec.content);
-        let mut m = vec![
-            Mutation::DeleteEpisode { id: eid },
-            Mutation::DeleteVector { id: eid },
-            Mutation::DeleteCold { id: eid },
-            Mutation::DeleteAccess { id: eid },
-        ];
-        for term in tf.keys() {
-            m.push(Mutation::DeletePosting {
-                term: term.clone(),
-                id: eid,
-            });
-        }
         let outs: Vec<EpisodeId> = state.outgoing(&eid).into_iter().map(|(t, _)| t).collect();
         let ins: Vec<EpisodeId> = state.incoming(&eid);
+        // A well-linked memory's deletions can exceed one WAL record: its
+        // edges and postings go first, in as many records as they need
+        // within `max_payload`, and the record deleting the memory itself
+        // comes last. Each record only deletes, so replaying it again
+        // changes nothing; a crash (or a failed write) between them leaves
+        // the memory in place with some of its own edges or index entries
+        // gone, and forgetting it again finishes the job. No other memory
+        // loses anything but its edges to this one.
+        let mut leading = Vec::with_capacity(outs.len() + ins.len() + tf.len());
         for to in &outs {
-            m.push(Mutation::DeleteEdge { from: eid, to: *to });
+            leading.push(Mutation::DeleteEdge { from: eid, to: *to });
         }
         for from in &ins {
-            m.push(Mutation::DeleteEdge {
+            leading.push(Mutation::DeleteEdge {
                 from: *from,
                 to: eid,
             });
         }
-        self.submit(&space, kind::FORGET, m)?;
+        for term in tf.keys() {
+            leading.push(Mutation::DeletePosting {
+                term: term.clone(),
+                id: eid,
+            });
+        }
+        let last = vec![
+            Mutation::DeleteVector { id: eid },
+            Mutation::DeleteAccess { id: eid },
+            Mutation::DeleteCold { id: eid },
+            Mutation::DeleteEpisode { id: eid },
+        ];
+        for m in forget_records(self.config.engine.wal.max_payload, leading, last) {
+            self.submit(&space, kind::FORGET, m)?;
+        }
 
         lock(&space.hot).remove(&eid);
         if let Some(slot) = state.episodes.slot(&eid) {
@@ -2033,7 +2401,9 @@ impl Graph {
         Ok(())
     }
 
-    /// Adds (or re-weights) an explicit edge between two memories of a space.
+    /// Adds (or re-weights) an explicit edge between two memories of a
+    /// space; refused with [`GraphError::TooManyEdges`] when either already
+    /// has `max_edges_per_memory` edges.
     pub fn link(
         &self,
         space_name: &str,
@@ -2056,6 +2426,18 @@ impl Graph {
         for (s, i) in [(from, &f), (to, &t)] {
             if !state.episodes.contains_key(i) {
                 return Err(GraphError::MemoryNotFound(s.to_owned()));
+            }
+        }
+        // Re-weighting an existing edge adds none.
+        if !state.has_edge(&f, &t) {
+            let limit = self.config.limits.max_edges_per_memory;
+            for (s, i) in [(from, &f), (to, &t)] {
+                if state.degree(i) >= limit {
+                    return Err(GraphError::TooManyEdges {
+                        memory: s.to_owned(),
+                        limit,
+                    });
+                }
             }
         }
         let e = EdgeRecord {
@@ -2259,6 +2641,37 @@ impl Graph {
     pub fn space_id(&self, name: &str) -> Result<SpaceId, GraphError> {
         Ok(self.space(name)?.id)
     }
+}
+
+/// Splits a forget's deletions into WAL records within `max_payload`:
+/// `leading` in order, as many per record as fit, then `last` whole, in the
+/// final record. (A single deletion larger than the limit, possible only
+/// with an absurdly small `max_payload`, gets a record of its own, which the
+/// WAL refuses with its limit in the error.)
+fn forget_records(
+    max_payload: u32,
+    leading: Vec<Mutation>,
+    last: Vec<Mutation>,
+) -> Vec<Vec<Mutation>> {
+    let mut budget = RecordBudget::new(max_payload, usize::MAX);
+    let mut records = Vec::new();
+    let mut current = Vec::new();
+    for m in leading {
+        let size = encoded_len(std::slice::from_ref(&m));
+        if budget.fit(size) != Fit::Here && !current.is_empty() {
+            records.push(std::mem::take(&mut current));
+            budget.reset();
+        }
+        budget.add(size);
+        current.push(m);
+    }
+    let size = encoded_len(&last);
+    if budget.fit(size) != Fit::Here && !current.is_empty() {
+        records.push(std::mem::take(&mut current));
+    }
+    current.extend(last);
+    records.push(current);
+    records
 }
 
 fn stats(s: &Space, state: &RwLock<SpaceState>) -> SpaceStats {

@@ -1229,3 +1229,521 @@ fn largest(dir: &Path) -> std::path::PathBuf {
         .max_by_key(|p| std::fs::metadata(p).expect("metadata").len())
         .expect("a snapshot")
 }
+
+/// WAL payload limit of the background-work tests: a few 8 KiB memories
+/// exceed it together.
+const SMALL_PAYLOAD: u32 = 64 * 1024;
+
+/// WAL records of at most [`SMALL_PAYLOAD`] bytes; memories idle for a
+/// second are due for the cold tier.
+fn small_wal_records() -> GraphConfig {
+    let engine = engram_graph::EngineConfig {
+        wal: engram_wal::WalConfig {
+            max_payload: SMALL_PAYLOAD,
+            ..engram_wal::WalConfig::default()
+        },
+        ..engram_graph::EngineConfig::default()
+    };
+    GraphConfig {
+        engine,
+        cold_after_sec: 1,
+        ..GraphConfig::default()
+    }
+}
+
+/// A graph whose metrics are registered in the returned registry.
+fn open_registered(dir: &Path, config: GraphConfig) -> (Graph, prometheus::Registry) {
+    let registry = prometheus::Registry::new();
+    let options = OpenOptions {
+        registry: Some(registry.clone()),
+        ..OpenOptions::default()
+    };
+    let g = Graph::open(dir, config, options).expect("open graph").0;
+    (g, registry)
+}
+
+/// `engram_background_failures_total{task}` as exported.
+fn background_failures(registry: &prometheus::Registry, task: &str) -> f64 {
+    registry
+        .gather()
+        .iter()
+        .filter(|f| f.name() == "engram_background_failures_total")
+        .flat_map(|f| f.get_metric())
+        .filter(|m| {
+            m.get_label()
+                .iter()
+                .any(|l| l.name() == "task" && l.value() == task)
+        })
+        .map(|m| m.get_counter().get_value())
+        .sum()
+}
+
+/// About 8 KiB of text.
+fn about_8_kib(i: usize) -> String {
+    let mut s = format!("large memory {i}");
+    while s.len() < 8 * 1024 {
+        s.push_str(" lorem ipsum dolor sit amet");
+    }
+    s
+}
+
+#[test]
+fn cold_tier_archives_spaces_with_large_memories() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (g, registry) = open_registered(dir.path(), small_wal_records());
+    // 24 × 8 KiB: three times what one WAL record may carry.
+    let n = 24;
+    for i in 0..n {
+        g.remember(DEFAULT_SPACE, text(&about_8_kib(i)))
+            .expect("remember");
+    }
+    std::thread::sleep(std::time::Duration::from_millis(1100)); // idle for cold_after_sec
+    assert_eq!(g.archive_loaded().expect("archive pass"), n);
+    assert_eq!(g.space_stats(DEFAULT_SPACE).expect("stats").cold, n);
+    // Recalled, they all move back in one flush, again within the limit.
+    let hits = g
+        .recall(DEFAULT_SPACE, &cue("lorem"), 100, &Spread::default())
+        .expect("recall");
+    assert_eq!(hits.len(), n);
+    assert_eq!(g.flush_access().expect("flush"), n);
+    assert_eq!(g.space_stats(DEFAULT_SPACE).expect("stats").cold, 0);
+    assert_eq!(background_failures(&registry, "archive"), 0.0);
+    assert_eq!(background_failures(&registry, "access_flush"), 0.0);
+    drop(g);
+    let g = open_with(dir.path(), small_wal_records());
+    let st = g.space_stats(DEFAULT_SPACE).expect("stats");
+    assert_eq!((st.memories, st.cold), (n, 0), "durable");
+    let id = hits[0].memory.id.clone();
+    assert!(
+        g.get(DEFAULT_SPACE, &id, false)
+            .expect("get")
+            .content
+            .starts_with("large memory ")
+    );
+}
+
+#[test]
+fn one_failing_space_does_not_stop_the_archive_pass() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (g, registry) = open_registered(dir.path(), small_wal_records());
+    for space in ["a", "b"] {
+        g.create_space(space, None).expect("create");
+        for i in 0..3 {
+            g.remember(space, text(&format!("{space} small memory {i}")))
+                .expect("remember");
+        }
+    }
+    // A record of "a" rewritten under the graph to fill a whole WAL record:
+    // moving it (delete + put) can never fit, however it is batched. Before,
+    // that failure ended the pass for every space after "a".
+    let big = g.remember("a", text("soon too large")).expect("remember");
+    let id = ulid::Ulid::from_string(&big.id).expect("ulid").to_bytes();
+    // Payload: 5 bytes of header + PutEpisode (1 + 16 + 4 + record).
+    let record = vec![0; SMALL_PAYLOAD as usize - 26];
+    g.engine()
+        .submit(
+            g.space_id("a").expect("id"),
+            engram_graph::kind::REMEMBER,
+            vec![engram_lsm::Mutation::PutEpisode { id, record }],
+        )
+        .expect("rewrite the record");
+    std::thread::sleep(std::time::Duration::from_millis(1100)); // idle for cold_after_sec
+    assert_eq!(g.archive_loaded().expect("the pass goes on"), 6);
+    assert_eq!(
+        g.space_stats("a").expect("a").cold,
+        3,
+        "the rest of a moved"
+    );
+    assert_eq!(g.space_stats("b").expect("b").cold, 3);
+    assert_eq!(background_failures(&registry, "archive"), 1.0);
+    let store = g.engine().store();
+    let sid = g.space_id("a").expect("id");
+    assert!(
+        store.episode(sid, &id).expect("get").is_some(),
+        "stays warm"
+    );
+}
+
+#[test]
+fn consolidation_reaches_every_memory_across_runs() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = GraphConfig {
+        consolidation: engram_graph::ConsolidationConfig {
+            batch_size: 8,
+            ..engram_graph::ConsolidationConfig::default()
+        },
+        ..GraphConfig::default()
+    };
+    let g = open_with(dir.path(), config.clone());
+    // 20 memories that cluster with nothing, then, newest, a pair that does.
+    for i in 0..20 {
+        g.remember(
+            DEFAULT_SPACE,
+            text(&format!("solitary{i} lonely{i} unmatched{i}")),
+        )
+        .expect("remember");
+    }
+    std::thread::sleep(std::time::Duration::from_millis(5)); // the pair's ids sort last
+    for _ in 0..2 {
+        g.remember(
+            DEFAULT_SPACE,
+            text("the red kite flies over the green hill"),
+        )
+        .expect("remember");
+    }
+    let first = g.consolidate(DEFAULT_SPACE, 0.8).expect("run 1");
+    assert_eq!(
+        (
+            first.examined,
+            first.concepts,
+            first.remaining,
+            first.wrapped
+        ),
+        (8, 0, 14, false),
+        "{first:?}"
+    );
+    // Where a run stopped survives a restart.
+    drop(g);
+    let g = open_with(dir.path(), config);
+    let second = g.consolidate(DEFAULT_SPACE, 0.8).expect("run 2");
+    assert_eq!(
+        (
+            second.examined,
+            second.concepts,
+            second.remaining,
+            second.wrapped
+        ),
+        (8, 0, 6, false),
+        "{second:?}"
+    );
+    // The third run reaches the pair, then goes on from the oldest.
+    let third = g.consolidate(DEFAULT_SPACE, 0.8).expect("run 3");
+    assert_eq!((third.concepts, third.members), (1, 2), "{third:?}");
+    assert!(third.wrapped, "{third:?}");
+    assert_eq!(g.space_stats(DEFAULT_SPACE).expect("stats").edges, 2);
+    // Nothing else ever clusters, however many laps.
+    for _ in 0..3 {
+        let r = g.consolidate(DEFAULT_SPACE, 0.8).expect("run");
+        assert_eq!((r.examined, r.concepts), (8, 0), "{r:?}");
+    }
+}
+
+#[test]
+fn one_failing_space_does_not_stop_consolidation() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (g, registry) = open_registered(dir.path(), GraphConfig::default());
+    let one = SpaceOptions {
+        embedding_dim: None,
+        hot_capacity: Some(1),
+    };
+    g.create_space_with("broken", one).expect("create");
+    let bad = g
+        .remember("broken", text("zebra quartz xylophone"))
+        .expect("remember");
+    // Evicts `bad` from the one-record hot tier: it is read from the store.
+    g.remember("broken", text("an unrelated note"))
+        .expect("remember");
+    let id = ulid::Ulid::from_string(&bad.id).expect("ulid").to_bytes();
+    g.engine()
+        .submit(
+            g.space_id("broken").expect("id"),
+            engram_graph::kind::REMEMBER,
+            vec![engram_lsm::Mutation::PutEpisode {
+                id,
+                record: vec![0xff; 8],
+            }],
+        )
+        .expect("corrupt the record");
+    g.create_space("fine", None).expect("create");
+    for _ in 0..2 {
+        g.remember("fine", text("the red kite flies over the green hill"))
+            .expect("remember");
+    }
+    let r = g.consolidate_loaded().expect("the run goes on");
+    assert_eq!((r.concepts, r.members), (1, 2), "{r:?}");
+    assert_eq!(background_failures(&registry, "consolidation"), 1.0);
+}
+
+/// `(from, to)` of every edge of `space` in the store.
+fn stored_edges(g: &Graph, space: &str) -> Vec<([u8; 16], [u8; 16])> {
+    let sid = g.space_id(space).expect("space id");
+    g.engine()
+        .store()
+        .scan_space(Cf::Edges, sid)
+        .expect("scan edges")
+        .map(|entry| {
+            let (k, _) = entry.expect("edge entry");
+            let (_, from, to) = keys::decode_edge(&k).expect("edge key");
+            (from, to)
+        })
+        .collect()
+}
+
+#[test]
+fn a_memory_with_more_edges_than_one_record_holds_can_be_forgotten() {
+    // 4 KiB records hold about 115 edge deletions (33 bytes each); the hub
+    // gets 300 edges, so deleting them takes several records.
+    let mut config = GraphConfig::default();
+    config.engine.wal.max_payload = 4096;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let g = open_with(dir.path(), config.clone());
+    let hub = g
+        .remember(DEFAULT_SPACE, text("the hub every note links to"))
+        .expect("remember")
+        .id;
+    let mut spokes = Vec::new();
+    for i in 0..150 {
+        let mut r = text(&format!("spoke number {i}"));
+        r.links = vec![LinkSpec {
+            target: hub.clone(),
+            weight: None,
+        }];
+        let id = g.remember(DEFAULT_SPACE, r).expect("remember").id;
+        g.link(DEFAULT_SPACE, &hub, &id, Some(0.5)).expect("link");
+        spokes.push(id);
+    }
+    assert_eq!(g.space_stats(DEFAULT_SPACE).expect("stats").edges, 300);
+
+    g.forget(DEFAULT_SPACE, &hub)
+        .expect("forget a memory whose edge deletions exceed one WAL record");
+    let check = |g: &Graph, when: &str| {
+        assert!(
+            matches!(
+                g.get(DEFAULT_SPACE, &hub, false),
+                Err(GraphError::MemoryNotFound(_))
+            ),
+            "{when}"
+        );
+        assert!(
+            store_mentions(g, DEFAULT_SPACE, &hub).is_empty(),
+            "{when}: the store still mentions the hub"
+        );
+        assert!(
+            !g.mentions(DEFAULT_SPACE, &hub).expect("mentions"),
+            "{when}"
+        );
+        assert!(stored_edges(g, DEFAULT_SPACE).is_empty(), "{when}");
+        let stats = g.space_stats(DEFAULT_SPACE).expect("stats");
+        assert_eq!((stats.memories, stats.edges), (150, 0), "{when}");
+        for id in &spokes {
+            g.get(DEFAULT_SPACE, id, false)
+                .unwrap_or_else(|e| panic!("{when}: linked memory {id} lost: {e}"));
+        }
+    };
+    check(&g, "after forget");
+    drop(g);
+    let g = open_with(dir.path(), config);
+    check(&g, "after a restart and replay");
+}
+
+#[test]
+fn links_beyond_max_edges_per_memory_are_refused() {
+    let mut config = GraphConfig::default();
+    config.limits.max_edges_per_memory = 3;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let g = open_with(dir.path(), config);
+    let make = |c: &str| g.remember(DEFAULT_SPACE, text(c)).expect("remember").id;
+    let hub = make("hub");
+    let (a, b, c, d) = (make("alpha"), make("bravo"), make("charlie"), make("delta"));
+    let link_to = |target: &str| {
+        let mut r = text("echo");
+        r.links = vec![LinkSpec {
+            target: target.to_owned(),
+            weight: None,
+        }];
+        r
+    };
+    g.link(DEFAULT_SPACE, &a, &hub, None).expect("first edge");
+    g.link(DEFAULT_SPACE, &hub, &b, None).expect("second edge");
+    g.remember(DEFAULT_SPACE, link_to(&hub))
+        .expect("third edge, made by remember");
+
+    // The hub is full: a fourth edge is refused in either direction and at
+    // remember, naming the memory and the limit.
+    match g.link(DEFAULT_SPACE, &c, &hub, None) {
+        Err(GraphError::TooManyEdges { memory, limit }) => {
+            assert_eq!((memory, limit), (hub.clone(), 3));
+        }
+        other => panic!("expected TooManyEdges, got {other:?}"),
+    }
+    assert!(matches!(
+        g.link(DEFAULT_SPACE, &hub, &d, None),
+        Err(GraphError::TooManyEdges { .. })
+    ));
+    assert!(matches!(
+        g.remember(DEFAULT_SPACE, link_to(&hub)),
+        Err(GraphError::TooManyEdges { .. })
+    ));
+    // Re-weighting an existing edge adds none.
+    g.link(DEFAULT_SPACE, &a, &hub, Some(0.3))
+        .expect("re-weight an existing edge");
+    // More links in one request than the limit is invalid input.
+    let mut r = text("golf");
+    r.links = [&a, &b, &c, &d]
+        .iter()
+        .map(|t| LinkSpec {
+            target: (*t).clone(),
+            weight: None,
+        })
+        .collect();
+    assert_eq!(field(g.remember(DEFAULT_SPACE, r)), "links");
+    let stats = g.space_stats(DEFAULT_SPACE).expect("stats");
+    assert_eq!(
+        (stats.memories, stats.edges),
+        (6, 3),
+        "refused writes leave nothing behind"
+    );
+    // Memories below the limit still link.
+    g.link(DEFAULT_SPACE, &c, &d, None)
+        .expect("c and d have room");
+}
+
+#[test]
+fn forgotten_memory_never_returns_to_the_hot_cache() {
+    // Reader A loads a large record from the store (slow: copied and
+    // decoded) and caches it; it is forgotten as soon as A returns (quickly:
+    // forget finds it cached). Reader B started a little after A, found the
+    // hot tier still empty and finishes its own read after the forget: it
+    // must not cache the forgotten record again. B's head start is swept
+    // across rounds (a fraction of one measured load), bounded in rounds and
+    // time. The size sits in tags: nothing re-reads them after the cache
+    // insert (large metadata would be parsed, large content tokenized by
+    // forget), so the window between B's store read and its insert is wide.
+    let mut config = GraphConfig::default();
+    config.limits.max_tag_bytes = 1 << 20;
+    config.engine.wal.durability = engram_wal::Durability::None;
+    config.engine.wal_release_interval = 8;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let g = open_with(dir.path(), config);
+    g.create_space_with(
+        "s",
+        SpaceOptions {
+            embedding_dim: None,
+            hot_capacity: Some(1),
+        },
+    )
+    .expect("create");
+    let tags: Vec<String> = ["a", "b", "c", "d"]
+        .iter()
+        .map(|t| t.repeat(1 << 20))
+        .collect();
+    // A large memory that is in the store but not in the hot tier.
+    let uncached = |n: u32| -> String {
+        let mut r = text(&format!("large note {n}"));
+        r.tags = tags.clone();
+        let id = g.remember("s", r).expect("remember").id;
+        // Caching another memory evicts it (capacity 1).
+        g.remember("s", text(&format!("small note {n}")))
+            .expect("remember");
+        id
+    };
+    let x = uncached(0);
+    let t = std::time::Instant::now();
+    g.get("s", &x, false).expect("get");
+    let load = t.elapsed();
+    g.forget("s", &x).expect("forget");
+
+    let started = std::time::Instant::now();
+    let mut round = 0;
+    while round < 40 && started.elapsed() < std::time::Duration::from_secs(20) {
+        round += 1;
+        let x = uncached(round);
+        let head_start = load * (1 + round % 8) / 10;
+        let (done, finished) = std::sync::mpsc::channel::<()>();
+        let (gr, xr) = (&g, x.as_str());
+        std::thread::scope(|s| {
+            s.spawn(move || {
+                let _ = gr.get("s", xr, false);
+                let _ = done.send(());
+            });
+            s.spawn(move || {
+                std::thread::sleep(head_start);
+                let _ = gr.get("s", xr, false);
+            });
+            let _ = finished.recv();
+            gr.forget("s", xr).expect("forget");
+        });
+        assert!(
+            matches!(g.get("s", &x, false), Err(GraphError::MemoryNotFound(_))),
+            "round {round}"
+        );
+        assert!(
+            !g.mentions("s", &x).expect("mentions"),
+            "round {round}: a read racing forget put the forgotten memory back into the hot cache"
+        );
+    }
+}
+
+#[test]
+fn concurrent_session_writes_keep_every_temporal_edge() {
+    const WRITERS: usize = 6;
+    const EACH: usize = 40;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let g = open(dir.path());
+    std::thread::scope(|s| {
+        for w in 0..WRITERS {
+            let g = &g;
+            s.spawn(move || {
+                for i in 0..EACH {
+                    let mut r = text(&format!("writer {w} says {i}"));
+                    r.session = Some("one conversation".into());
+                    g.remember(DEFAULT_SPACE, r).expect("remember");
+                }
+            });
+        }
+    });
+    let n = WRITERS * EACH;
+    let check = |g: &Graph, when: &str| {
+        let stats = g.space_stats(DEFAULT_SPACE).expect("stats");
+        assert_eq!(
+            (stats.memories, stats.edges),
+            (n, n - 1),
+            "{when}: every episode but the first is linked from its predecessor"
+        );
+        // One chain: no episode is left or reached twice.
+        let edges = stored_edges(g, DEFAULT_SPACE);
+        let from: HashSet<_> = edges.iter().map(|e| e.0).collect();
+        let to: HashSet<_> = edges.iter().map(|e| e.1).collect();
+        assert_eq!(
+            (edges.len(), from.len(), to.len()),
+            (n - 1, n - 1, n - 1),
+            "{when}"
+        );
+    };
+    check(&g, "after the writes");
+    drop(g);
+    let g = open(dir.path());
+    check(&g, "after a restart");
+}
+
+#[test]
+fn snapshots_are_refused_after_an_engine_failure() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let g = open(dir.path());
+    g.create_space("other", None).expect("create");
+    for i in 0..5 {
+        g.remember(DEFAULT_SPACE, text(&format!("note {i}")))
+            .expect("remember");
+    }
+    // A record the store cannot apply (a term longer than a key holds)
+    // stops the engine. It is another space's, so `default`'s applied
+    // sequence still matches: only the failure itself can refuse it.
+    let bad = engram_lsm::Mutation::PutPosting {
+        term: "t".repeat(keys::MAX_TERM_LEN + 1),
+        id: [7; 16],
+        value: 1u32.to_be_bytes().to_vec(),
+    };
+    let other = g.space_id("other").expect("space id");
+    assert!(
+        g.engine()
+            .submit(other, engram_graph::kind::REMEMBER, vec![bad])
+            .is_err()
+    );
+    assert!(g.engine().failure().is_some());
+
+    assert!(g.seal_writes(std::time::Duration::from_secs(5)));
+    let report = g.save_index_snapshots();
+    assert_eq!((report.spaces, report.failed), (0, 2), "{report:?}");
+    let written = std::fs::read_dir(dir.path().join("indexes")).map_or(0, |d| d.count());
+    assert_eq!(written, 0, "no index snapshot after an engine failure");
+}

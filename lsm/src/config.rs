@@ -20,6 +20,10 @@ pub struct StoreConfig {
     /// is the durable log and RocksDB's is synced before WAL segments are
     /// released). Benchmarks set it to measure RocksDB synchronous puts.
     pub sync_writes: bool,
+    /// Files RocksDB keeps open at most (default 2048; table readers beyond
+    /// it are closed and reopened on demand). Bounded so client connections
+    /// can never take the descriptors storage needs.
+    pub max_open_files: i32,
 }
 
 impl Default for StoreConfig {
@@ -31,6 +35,7 @@ impl Default for StoreConfig {
             max_background_jobs: 2,
             zstd_level: 3,
             sync_writes: false,
+            max_open_files: 2048,
         }
     }
 }
@@ -53,6 +58,12 @@ impl StoreConfig {
             return Err(StoreError::Config(
                 "max_background_jobs must be at least 1".into(),
             ));
+        }
+        if self.max_open_files < 64 {
+            return Err(StoreError::Config(format!(
+                "max_open_files {} is below 64",
+                self.max_open_files
+            )));
         }
         if !(1..=22).contains(&self.zstd_level) {
             return Err(StoreError::Config(format!(

@@ -7,6 +7,7 @@
 //! | `meta` | `0x00` `"applied_lsn"` | u64 BE: highest WAL LSN applied |
 //! | `meta` | `0x01` space(4) | u64 BE: highest per-space sequence applied |
 //! | `meta` | `0x02` space(4) | space record (opaque, owned by the graph) |
+//! | `meta` | `0x03` space(4) | episode id(16): where the space's last consolidation run stopped |
 //! | `episodes` | space(4) id(16) | episode record |
 //! | `edges` | space(4) from(16) to(16) | edge record |
 //! | `terms` | space(4) term length(2, BE) term(UTF-8) id(16) | posting value |
@@ -25,6 +26,7 @@ pub const MAX_TERM_LEN: usize = 1024;
 pub(crate) const APPLIED_LSN: &[u8] = b"\x00applied_lsn";
 const APPLIED_SEQ: u8 = 0x01;
 const SPACE_RECORD: u8 = 0x02;
+const CONSOLIDATION_CURSOR: u8 = 0x03;
 
 /// Space ids must stay below this so that `space + 1` bounds a range delete.
 pub const MAX_SPACE_ID: SpaceId = u32::MAX - 1;
@@ -48,6 +50,12 @@ pub(crate) fn space_record(space: SpaceId) -> [u8; 5] {
     k
 }
 
+pub(crate) fn consolidation_cursor(space: SpaceId) -> [u8; 5] {
+    let mut k = [CONSOLIDATION_CURSOR, 0, 0, 0, 0];
+    k[1..].copy_from_slice(&space.to_be_bytes());
+    k
+}
+
 pub(crate) fn meta_prefix_applied() -> [u8; 1] {
     [APPLIED_SEQ]
 }
@@ -56,7 +64,7 @@ pub(crate) fn meta_prefix_spaces() -> [u8; 1] {
     [SPACE_RECORD]
 }
 
-/// Space id of a `0x01`/`0x02` meta key.
+/// Space id of a `0x01`/`0x02`/`0x03` meta key.
 pub(crate) fn meta_space(key: &[u8]) -> Option<SpaceId> {
     let b: [u8; 4] = key.get(1..5)?.try_into().ok()?;
     Some(SpaceId::from_be_bytes(b))
@@ -187,5 +195,21 @@ mod tests {
         ));
         assert!(check_space(u32::MAX).is_err());
         assert!(check_space(MAX_SPACE_ID).is_ok());
+    }
+
+    #[test]
+    fn per_space_meta_keys_are_distinct_and_name_their_space() {
+        let space = 0x0102_0304;
+        let keys = [
+            applied_seq(space),
+            space_record(space),
+            consolidation_cursor(space),
+        ];
+        for (i, k) in keys.iter().enumerate() {
+            assert_eq!(meta_space(k), Some(space));
+            assert!(keys[i + 1..].iter().all(|other| other != k));
+        }
+        assert!(!consolidation_cursor(space).starts_with(&meta_prefix_spaces()));
+        assert!(!consolidation_cursor(space).starts_with(&meta_prefix_applied()));
     }
 }

@@ -140,6 +140,7 @@ impl Store {
         db_opts.create_if_missing(true);
         db_opts.create_missing_column_families(true);
         db_opts.set_max_background_jobs(config.max_background_jobs);
+        db_opts.set_max_open_files(config.max_open_files);
         db_opts.set_manual_wal_flush(false);
         db_opts.set_atomic_flush(false);
         let cfs = Cf::ALL
@@ -214,6 +215,7 @@ impl Store {
                     );
                 }
                 b.delete_cf(self.handle(Cf::Meta)?, keys::space_record(space));
+                b.delete_cf(self.handle(Cf::Meta)?, keys::consolidation_cursor(space));
             }
             Mutation::PutEpisode { id, record } => {
                 b.put_cf(self.handle(Cf::Episodes)?, keys::episode(space, id), record)
@@ -317,6 +319,39 @@ impl Store {
             .collect()
     }
 
+    /// Where the last consolidation run of `space` stopped (the id of the
+    /// last episode it examined), if one has run since the space was created.
+    pub fn consolidation_cursor(&self, space: SpaceId) -> Result<Option<EpisodeId>, StoreError> {
+        let Some(v) = self.get(Cf::Meta, &keys::consolidation_cursor(space))? else {
+            return Ok(None);
+        };
+        let id: EpisodeId = v.as_slice().try_into().map_err(|_| StoreError::Corrupt {
+            cf: "meta",
+            detail: format!("{}-byte consolidation cursor of space {space}", v.len()),
+        })?;
+        Ok(Some(id))
+    }
+
+    /// Records where consolidation of `space` stopped. Written directly, not
+    /// through a WAL record: it is a position to resume from, local to this
+    /// node, and losing it only makes the next run start again from the
+    /// oldest episode. Dropping the space removes it.
+    pub fn set_consolidation_cursor(
+        &self,
+        space: SpaceId,
+        id: &EpisodeId,
+    ) -> Result<(), StoreError> {
+        keys::check_space(space)?;
+        self.db
+            .put_cf_opt(
+                self.handle(Cf::Meta)?,
+                keys::consolidation_cursor(space),
+                id,
+                &self.write_opts,
+            )
+            .map_err(|e| self.err(e))
+    }
+
     /// An episode record.
     pub fn episode(&self, space: SpaceId, id: &EpisodeId) -> Result<Option<Vec<u8>>, StoreError> {
         self.get(Cf::Episodes, &keys::episode(space, id))
@@ -330,6 +365,29 @@ impl Store {
     /// An archived episode.
     pub fn cold(&self, space: SpaceId, id: &EpisodeId) -> Result<Option<Vec<u8>>, StoreError> {
         self.get(Cf::Cold, &keys::episode(space, id))
+    }
+
+    /// An episode record from the warm family or, failing that, the cold
+    /// one, both read from one RocksDB snapshot. A move between the two
+    /// (archive, promotion) is one atomic batch, so a record that exists is
+    /// always found, whichever way it is moving; two separate reads could
+    /// miss it in both.
+    pub fn episode_in_any_tier(
+        &self,
+        space: SpaceId,
+        id: &EpisodeId,
+    ) -> Result<Option<Vec<u8>>, StoreError> {
+        let key = keys::episode(space, id);
+        let snapshot = self.db.snapshot();
+        if let Some(v) = snapshot
+            .get_cf(self.handle(Cf::Episodes)?, key)
+            .map_err(|e| self.err(e))?
+        {
+            return Ok(Some(v));
+        }
+        snapshot
+            .get_cf(self.handle(Cf::Cold)?, key)
+            .map_err(|e| self.err(e))
     }
 
     /// One edge's record.

@@ -76,6 +76,22 @@ impl Server {
         for (k, v) in &opts.env {
             cmd.env(k, v);
         }
+        let server = Server::spawn(cmd, data_dir);
+        if !opts.no_wait {
+            server.wait_ready(Duration::from_secs(120));
+        }
+        server
+    }
+
+    /// Starts a prepared `engram start` command (it must log JSON to a
+    /// piped stderr) and waits until it is ready.
+    pub fn from_command(cmd: Command, data_dir: &Path) -> Server {
+        let server = Server::spawn(cmd, data_dir);
+        server.wait_ready(Duration::from_secs(120));
+        server
+    }
+
+    fn spawn(mut cmd: Command, data_dir: &Path) -> Server {
         let mut child = cmd.spawn().expect("spawn engram");
         let stderr = child.stderr.take().expect("stderr");
         let log = Arc::new(Mutex::new(Vec::new()));
@@ -110,17 +126,13 @@ impl Server {
                 );
             }
         };
-        let server = Server {
+        Server {
             child,
             http: http.parse().expect("http addr"),
             grpc: grpc.parse().expect("grpc addr"),
             data_dir: data_dir.to_path_buf(),
             log,
-        };
-        if !opts.no_wait {
-            server.wait_ready(Duration::from_secs(120));
         }
-        server
     }
 
     /// Polls `/health/ready` until 200.

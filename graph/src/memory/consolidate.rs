@@ -2,7 +2,13 @@
 //! a *concept* memory linked to each of them.
 //!
 //! A run takes up to `batch_size` episodes that are neither concepts nor
-//! already consolidated, oldest first. For each, its neighbours among the
+//! already consolidated, in id (creation) order, starting after the last one
+//! the previous run examined and going on from the oldest once the newest is
+//! passed: successive runs make laps over the whole space, so every episode
+//! is examined, however many never cluster. Where a run stopped is kept per
+//! space in the store (`meta` key `0x03`), so a restart continues the lap;
+//! the report says how much of it is left (`remaining`) and whether the run
+//! started a new one (`wrapped`). For each, its neighbours among the
 //! other unconsolidated episodes are found by embedding cosine similarity
 //! (spaces with embeddings) or, without embeddings, by BM25 with the
 //! episode's own text as the query, normalised by the episode's score
@@ -35,6 +41,13 @@ pub struct ConsolidationReport {
     pub concepts: usize,
     /// Episodes linked to a new concept.
     pub members: usize,
+    /// Unconsolidated episodes newer than the last one examined: the next
+    /// runs examine them before starting again from the oldest (0: the next
+    /// run starts from the oldest).
+    pub remaining: usize,
+    /// The run passed the newest unconsolidated episode and went on from the
+    /// oldest (summed over spaces: any of them did).
+    pub wrapped: bool,
 }
 
 impl std::ops::AddAssign for ConsolidationReport {
@@ -42,7 +55,25 @@ impl std::ops::AddAssign for ConsolidationReport {
         self.examined += o.examined;
         self.concepts += o.concepts;
         self.members += o.members;
+        self.remaining += o.remaining;
+        self.wrapped |= o.wrapped;
     }
+}
+
+/// The seeds of one run: up to `batch` of the sorted `candidates`, starting
+/// after `cursor` (the last episode the previous run examined) and going on
+/// from the oldest once the newest is passed, never one twice; `true` when
+/// it went on from the oldest.
+fn lap_order(
+    candidates: &[EpisodeId],
+    cursor: Option<EpisodeId>,
+    batch: usize,
+) -> (Vec<EpisodeId>, bool) {
+    let start = cursor.map_or(0, |c| candidates.partition_point(|id| *id <= c));
+    let (before, after) = candidates.split_at(start);
+    let order: Vec<EpisodeId> = after.iter().chain(before).take(batch).copied().collect();
+    let wrapped = order.len() > after.len();
+    (order, wrapped)
 }
 
 /// Neighbours examined per episode.
@@ -52,7 +83,8 @@ const CONCEPT_TERMS: usize = 12;
 
 impl Graph {
     /// Consolidates up to `consolidation.batch_size` episodes of a space,
-    /// clustering those with similarity at or above `threshold` (in (0, 1]).
+    /// clustering those with similarity at or above `threshold` (in (0, 1]),
+    /// continuing after where the space's previous run stopped.
     pub fn consolidate(
         &self,
         space_name: &str,
@@ -69,7 +101,10 @@ impl Graph {
     }
 
     /// One background run: every space whose indexes are loaded, with the
-    /// configured threshold and batch size.
+    /// configured threshold and batch size. A space that fails is logged
+    /// with its name and counted
+    /// (`engram_background_failures_total{task="consolidation"}`), and the
+    /// run goes on with the others; only a shutdown stops it.
     pub fn consolidate_loaded(&self) -> Result<ConsolidationReport, GraphError> {
         let all: Vec<Arc<Space>> = read(&self.spaces)
             .values()
@@ -82,7 +117,8 @@ impl Graph {
             match self.consolidate_space(&space, c.threshold, c.batch_size) {
                 Ok(r) => total += r,
                 Err(GraphError::SpaceNotFound(_)) => {}
-                Err(e) => return Err(e),
+                Err(GraphError::ShuttingDown) => return Err(GraphError::ShuttingDown),
+                Err(e) => self.background_failed(Task::Consolidation, &space, &e),
             }
         }
         Ok(total)
@@ -108,67 +144,118 @@ impl Graph {
             .map(|(id, _)| *id)
             .collect();
         candidates.sort_unstable();
-        candidates.truncate(batch);
-        let mut report = ConsolidationReport::default();
+        let cursor = self.engine.store().consolidation_cursor(space.id)?;
+        let (seeds, wrapped) = lap_order(&candidates, cursor, batch);
+        let mut report = ConsolidationReport {
+            wrapped,
+            ..ConsolidationReport::default()
+        };
         let mut taken = IdSet::default();
-        for seed in candidates {
-            if taken.contains(&seed) {
-                continue;
-            }
-            report.examined += 1;
-            let text = match self.read_record(space, &seed)? {
-                Some(r) => r.content.clone(),
-                None => continue,
-            };
-            let cluster: Vec<(EpisodeId, f32)> = {
-                let state = read(st);
-                if !state.episodes.get(&seed).is_some_and(free) {
-                    continue;
-                }
-                let accept = |id: &EpisodeId| {
-                    !taken.contains(id) && state.episodes.get(id).is_some_and(free)
-                };
-                let vector = state
-                    .ann
-                    .as_ref()
-                    .and_then(|a| a.get(&seed))
-                    .map(<[f32]>::to_vec);
-                match vector {
-                    Some(v) => self
-                        .vector_neighbours(&state, &v, NEIGHBOURS, accept)
-                        .into_iter()
-                        .filter(|(_, s)| *s >= threshold)
-                        .collect(),
-                    None => {
-                        let found = state.lexical_search(&text, NEIGHBOURS, accept);
-                        let own = found.iter().find(|(id, _)| *id == seed).map(|x| x.1);
-                        match own {
-                            Some(own) if own > 0.0 => found
-                                .into_iter()
-                                .map(|(id, s)| (id, (s / own).min(1.0) as f32))
-                                .filter(|(_, s)| *s >= threshold)
-                                .collect(),
-                            _ => Vec::new(),
-                        }
+        let mut last = None;
+        for seed in seeds {
+            match self.consolidate_seed(space, st, seed, threshold, &mut taken, &mut report) {
+                Ok(true) => {}
+                Ok(false) => return Ok(report), // the space was deleted
+                Err(e) => {
+                    // The next run starts after the episode that failed.
+                    if let Err(c) = self.save_cursor(space, &seed) {
+                        tracing::warn!(space = %space.record.name, error = %c, "keeping the consolidation position failed");
                     }
+                    return Err(e);
                 }
-            };
-            if cluster.len() < 2 || !cluster.iter().any(|(id, _)| *id == seed) {
-                continue;
             }
-            let Some(draft) = self.concept_of(space, st, &cluster)? else {
-                continue;
-            };
-            match self.store_episode(space, st, draft, kind::CONSOLIDATE) {
-                Ok(_) => {}
-                Err(GraphError::SpaceNotFound(_)) => return Ok(report),
-                Err(e) => return Err(e),
-            }
-            report.concepts += 1;
-            report.members += cluster.len();
-            taken.extend(cluster.iter().map(|(id, _)| *id));
+            last = Some(seed);
+        }
+        if let Some(last) = last {
+            self.save_cursor(space, &last)?;
+            report.remaining = read(st)
+                .episodes
+                .iter()
+                .filter(|(id, m)| **id > last && free(m))
+                .count();
         }
         Ok(report)
+    }
+
+    /// Examines one seed of a run: clusters it with its free neighbours and
+    /// stores a concept for a cluster of two or more. `Ok(false)` when the
+    /// space was deleted meanwhile.
+    fn consolidate_seed(
+        &self,
+        space: &Space,
+        st: &RwLock<SpaceState>,
+        seed: EpisodeId,
+        threshold: f32,
+        taken: &mut IdSet,
+        report: &mut ConsolidationReport,
+    ) -> Result<bool, GraphError> {
+        let free = |m: &EpisodeMeta| !m.concept && !m.consolidated;
+        if taken.contains(&seed) {
+            return Ok(true);
+        }
+        report.examined += 1;
+        let text = match self.read_record(space, &seed)? {
+            Some(r) => r.content.clone(),
+            None => return Ok(true),
+        };
+        let cluster: Vec<(EpisodeId, f32)> = {
+            let state = read(st);
+            if !state.episodes.get(&seed).is_some_and(free) {
+                return Ok(true);
+            }
+            let accept =
+                |id: &EpisodeId| !taken.contains(id) && state.episodes.get(id).is_some_and(free);
+            let vector = state
+                .ann
+                .as_ref()
+                .and_then(|a| a.get(&seed))
+                .map(<[f32]>::to_vec);
+            match vector {
+                Some(v) => self
+                    .vector_neighbours(&state, &v, NEIGHBOURS, accept)
+                    .into_iter()
+                    .filter(|(_, s)| *s >= threshold)
+                    .collect(),
+                None => {
+                    let found = state.lexical_search(&text, NEIGHBOURS, accept);
+                    let own = found.iter().find(|(id, _)| *id == seed).map(|x| x.1);
+                    match own {
+                        Some(own) if own > 0.0 => found
+                            .into_iter()
+                            .map(|(id, s)| (id, (s / own).min(1.0) as f32))
+                            .filter(|(_, s)| *s >= threshold)
+                            .collect(),
+                        _ => Vec::new(),
+                    }
+                }
+            }
+        };
+        if cluster.len() < 2 || !cluster.iter().any(|(id, _)| *id == seed) {
+            return Ok(true);
+        }
+        let Some(draft) = self.concept_of(space, st, &cluster)? else {
+            return Ok(true);
+        };
+        match self.store_episode(space, st, draft, kind::CONSOLIDATE) {
+            Ok(_) => {}
+            Err(GraphError::SpaceNotFound(_)) => return Ok(false),
+            Err(e) => return Err(e),
+        }
+        report.concepts += 1;
+        report.members += cluster.len();
+        taken.extend(cluster.iter().map(|(id, _)| *id));
+        Ok(true)
+    }
+
+    /// Keeps where the space's run stopped, so the next one (after a
+    /// restart too) continues from there. Not for a deleted space: its
+    /// drop removed the key and nothing may write it again.
+    fn save_cursor(&self, space: &Space, at: &EpisodeId) -> Result<(), GraphError> {
+        let alive = read(&space.alive);
+        if *alive {
+            self.engine.store().set_consolidation_cursor(space.id, at)?;
+        }
+        Ok(())
     }
 
     /// The concept summarising `cluster` (member, similarity), or `None`
@@ -263,5 +350,38 @@ impl Graph {
             edges_to: Vec::new(),
             edges_from,
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn id(n: u8) -> EpisodeId {
+        let mut id = [0; 16];
+        id[15] = n;
+        id
+    }
+
+    #[test]
+    fn runs_make_laps_over_every_candidate() {
+        let all: Vec<EpisodeId> = (1..=5).map(id).collect();
+        assert_eq!(lap_order(&all, None, 2), (vec![id(1), id(2)], false));
+        assert_eq!(lap_order(&all, Some(id(2)), 2), (vec![id(3), id(4)], false));
+        assert_eq!(
+            lap_order(&all, Some(id(4)), 3),
+            (vec![id(5), id(1), id(2)], true),
+            "past the newest, on from the oldest"
+        );
+        assert_eq!(lap_order(&all, Some(id(5)), 9), (all.clone(), true));
+        assert_eq!(
+            lap_order(&all, None, 9),
+            (all.clone(), false),
+            "never one twice"
+        );
+        // The cursor's own episode was consolidated or forgotten since.
+        let rest = [id(1), id(4), id(5)];
+        assert_eq!(lap_order(&rest, Some(id(3)), 1), (vec![id(4)], false));
+        assert_eq!(lap_order(&[], Some(id(3)), 4), (Vec::new(), false));
     }
 }
