@@ -475,3 +475,119 @@ fn readme_quickstart_runs_verbatim() {
     );
     assert!(stdout.contains("\"via\""), "recall answered: {stdout}");
 }
+
+/// Remembers `content` in `space`; returns the new memory's id.
+fn remember_in(s: &Server, space: &str, content: &str) -> String {
+    let r = s.post(
+        &format!("/api/v1/memories/remember?space={space}"),
+        &json!({ "content": content }),
+    );
+    assert_eq!(r.status, 201, "{}", r.text());
+    r.json()["id"].as_str().expect("id").to_owned()
+}
+
+/// Makes one episode record of space `name` undecodable in the store of a
+/// stopped server, as damage on disk would (applied LSN and sequence stay).
+fn damage_an_episode(data_dir: &std::path::Path, name: &str) {
+    use engram_graph::record::{self, SpaceRecord};
+    use engram_lsm::{Cf, Mutation, Operation, Store, StoreConfig, keys};
+    let store = Store::open(&data_dir.join("db"), &StoreConfig::default()).expect("open the store");
+    let space = store
+        .spaces()
+        .expect("space records")
+        .into_iter()
+        .find_map(|(id, bytes)| {
+            let r: SpaceRecord = record::decode(&bytes, "space record").ok()?;
+            (r.name == name).then_some(id)
+        })
+        .expect("the space's record");
+    let (key, _) = store
+        .scan_space(Cf::Episodes, space)
+        .expect("scan")
+        .next()
+        .expect("an episode of the space")
+        .expect("read");
+    let (_, id) = keys::decode_episode(&key).expect("episode key");
+    let op = Operation {
+        lsn: store.applied_lsn().expect("applied LSN"),
+        space,
+        seq: store.applied_seq(space).expect("applied sequence"),
+        mutations: vec![Mutation::PutEpisode {
+            id,
+            record: vec![0xff; 3],
+        }],
+    };
+    store.apply(&[op]).expect("write the damage");
+    store.flush().expect("flush");
+}
+
+#[test]
+fn a_damaged_space_does_not_stop_the_server() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut s = Server::start(dir.path());
+    for space in ["a", "b"] {
+        let r = s.post("/api/v1/spaces", &json!({ "id": space }));
+        assert_eq!(r.status, 201, "{}", r.text());
+    }
+    let in_a = remember_in(&s, "a", "the boat is blue");
+    let in_b = remember_in(&s, "b", "the house is red");
+    s.signal(libc::SIGTERM);
+    assert!(
+        s.wait_exit(Duration::from_secs(30))
+            .is_some_and(|st| st.success()),
+        "{}",
+        s.logs()
+    );
+    drop(s);
+    // The clean stop wrote index snapshots, which a load would use instead
+    // of decoding the store's records: remove them, then damage a's data.
+    if let Ok(files) = std::fs::read_dir(dir.path().join("indexes")) {
+        for f in files {
+            std::fs::remove_file(f.expect("snapshot").path()).expect("remove snapshot");
+        }
+    }
+    damage_an_episode(dir.path(), "a");
+
+    // Ready (Server::start waits for /health/ready 200) despite warm-up
+    // failing on a.
+    let s = Server::start(dir.path());
+    let health = s.get("/api/v1/system/health");
+    assert_eq!(health.status, 200, "{}", health.text());
+    let v = health.json();
+    let spaces = v["checks"]
+        .as_array()
+        .and_then(|c| c.iter().find(|c| c["name"] == "spaces"))
+        .cloned()
+        .unwrap_or_else(|| panic!("a spaces check: {v}"));
+    assert_eq!(spaces["status"], "warn", "{spaces}");
+    let message = spaces["message"].as_str().unwrap_or_default();
+    assert!(message.contains("a: stored data is corrupt"), "{message}");
+    assert_eq!(s.get("/health").json()["status"], "degraded");
+
+    let r = s.get(&format!("/api/v1/memories/{in_a}?space=a"));
+    assert_eq!(r.status, 503, "{}", r.text());
+    assert_eq!(
+        r.json()["error"]["code"],
+        "space_unavailable",
+        "{}",
+        r.text()
+    );
+    let r = s.get(&format!("/api/v1/memories/{in_b}?space=b"));
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["content"], "the house is red");
+    remember_in(&s, "b", "b still takes writes");
+    let listed = s.get("/api/v1/spaces");
+    assert_eq!(
+        listed.status,
+        200,
+        "listing skips the damaged space: {}",
+        listed.text()
+    );
+
+    assert!(s.logs().contains("space unavailable"), "{}", s.logs());
+    let metrics = s.get("/metrics").text();
+    assert!(
+        metrics.lines().any(|l| l == "engram_spaces_damaged 1"),
+        "{metrics}"
+    );
+}

@@ -42,6 +42,14 @@ fn promtool_accepts_the_config_and_the_rules() {
             .to_str()
             .expect("utf8"),
     ]);
+    // Unit tests of the alerts (series in, expected firing alerts out).
+    promtool(&[
+        "test",
+        "rules",
+        repo("deployments/monitoring/alerts_test.yml")
+            .to_str()
+            .expect("utf8"),
+    ]);
 }
 
 /// Metric series names in a Prometheus text exposition.

@@ -63,8 +63,13 @@ impl From<GraphError> for ApiError {
             GraphError::ShuttingDown => (StatusCode::SERVICE_UNAVAILABLE, "shutting_down"),
             GraphError::TooManyEdges { .. } => (StatusCode::CONFLICT, "too_many_edges"),
             GraphError::TooManySpaces { .. } => (StatusCode::CONFLICT, "too_many_spaces"),
+            GraphError::SpaceUnavailable { .. } => {
+                (StatusCode::SERVICE_UNAVAILABLE, "space_unavailable")
+            }
         };
-        if status.is_server_error() {
+        // A damaged space was logged once when its load failed; every
+        // request refused since then would only repeat that line.
+        if status.is_server_error() && !matches!(e, GraphError::SpaceUnavailable { .. }) {
             tracing::error!(error = %message, "request failed");
         }
         Self {

@@ -29,6 +29,8 @@ pub use pb::memory_service_server::MemoryServiceServer;
 impl From<ApiError> for Status {
     fn from(e: ApiError) -> Self {
         let code = match e.status.as_u16() {
+            // Limits reached: not a conflict with an existing thing.
+            409 if e.code.starts_with("too_many_") => Code::ResourceExhausted,
             400 | 422 => Code::InvalidArgument,
             404 => Code::NotFound,
             408 => Code::DeadlineExceeded,

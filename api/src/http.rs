@@ -159,24 +159,28 @@ pub(crate) async fn blocking<T: Send + 'static>(
         .map_err(|e| ApiError::internal(format!("worker failed: {e}")))?
 }
 
-/// Remembers `req` in `space` and returns once it is durable. Plain text
-/// writes await the WAL's group commit in a task of their own (no thread
-/// hand-off, and the write completes even if the client goes away); writes
-/// with an embedding or dedupe, or to a space not loaded yet, run on the
-/// blocking pool.
+/// Remembers `req` in `space` and returns once it is durable. Nothing here
+/// blocks a runtime thread: the locked in-memory work and the WAL append
+/// run on the blocking pool, the group commit is awaited, and the RocksDB
+/// apply and index update run on the blocking pool again. The whole write
+/// runs in a task of its own, so it completes even if the client goes away.
 pub(crate) async fn remember_durably(
     graph: Arc<engram_graph::Graph>,
     space: String,
     req: engram_graph::RememberRequest,
 ) -> Result<engram_graph::Remembered, ApiError> {
-    if graph.remember_is_quick(&space, &req) {
-        tokio::spawn(async move { graph.remember_async(&space, req).await })
-            .await
-            .map_err(|e| ApiError::internal(format!("worker failed: {e}")))?
-            .map_err(ApiError::from)
-    } else {
-        blocking(move || Ok(graph.remember(&space, req)?)).await
-    }
+    tokio::spawn(async move {
+        let g = Arc::clone(&graph);
+        let begun = blocking(move || Ok(g.remember_begin(&space, req)?)).await?;
+        let mut pending = match begun {
+            engram_graph::Begun::Done(found) => return Ok(found),
+            engram_graph::Begun::Pending(p) => p,
+        };
+        pending.group_commit().await;
+        blocking(move || Ok(graph.remember_finish(pending)?)).await
+    })
+    .await
+    .map_err(|e| ApiError::internal(format!("worker failed: {e}")))?
 }
 
 /// Parses a JSON body, answering 415 unless it is declared JSON, 400 (or
@@ -293,6 +297,8 @@ pub(crate) fn cluster_health_out(s: &AppState) -> ClusterHealthOut {
 async fn health(State(s): Shared) -> Json<HealthOut> {
     let status = match s.graph_if_open() {
         Some(g) if g.engine().failure().is_some() => "unhealthy",
+        // Ready, but some space could not be loaded (the others serve).
+        Some(g) if s.is_ready() && !g.damaged_spaces().is_empty() => "degraded",
         _ if s.is_ready() => "healthy",
         _ => "degraded",
     };
@@ -345,6 +351,29 @@ async fn system_health(State(s): Shared) -> Result<Response, ApiError> {
             name: "indexes",
             status: "pass",
             message: format!("{loaded} of {total} spaces loaded"),
+        });
+        // A space that cannot be loaded is a warning, not unreadiness: one
+        // tenant's damaged data must not take the node out of service.
+        let damaged = graph.damaged_spaces();
+        checks.push(CheckOut {
+            name: "spaces",
+            status: if damaged.is_empty() { "pass" } else { "warn" },
+            message: if damaged.is_empty() {
+                "no damaged space".into()
+            } else {
+                const LISTED: usize = 20;
+                let mut listed: Vec<String> =
+                    damaged.iter().take(LISTED).map(ToString::to_string).collect();
+                if damaged.len() > LISTED {
+                    listed.push(format!("and {} more", damaged.len() - LISTED));
+                }
+                let n = damaged.len();
+                format!(
+                    "{n} {} unavailable (503 space_unavailable; the other spaces serve; see docs/operations/troubleshooting.md): {}",
+                    if n == 1 { "space" } else { "spaces" },
+                    listed.join("; ")
+                )
+            },
         });
         wal = Some(WalOut {
             last_lsn: w.committed_lsn,

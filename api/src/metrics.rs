@@ -39,6 +39,7 @@ pub struct HttpMetrics {
     vectors: IntGaugeVec,
     storage: IntGaugeVec,
     ready: IntGauge,
+    damaged: IntGauge,
     grpc_requests: IntCounterVec,
     grpc_latency: HistogramVec,
 }
@@ -84,6 +85,10 @@ impl HttpMetrics {
             &["kind"],
         )?;
         let ready = IntGauge::new("engram_ready", "1 when the server is ready to serve")?;
+        let damaged = IntGauge::new(
+            "engram_spaces_damaged",
+            "Spaces whose data could not be loaded: requests to them get 503 space_unavailable while the others serve (see /api/v1/system/health, check spaces)",
+        )?;
         let grpc_requests = IntCounterVec::new(
             Opts::new(
                 "engram_grpc_requests_total",
@@ -109,6 +114,7 @@ impl HttpMetrics {
         r.register(Box::new(grpc_latency.clone()))?;
         r.register(Box::new(storage.clone()))?;
         r.register(Box::new(ready.clone()))?;
+        r.register(Box::new(damaged.clone()))?;
         r.register(Box::new(requests.clone()))?;
         r.register(Box::new(latency.clone()))?;
         r.register(Box::new(memories.clone()))?;
@@ -122,6 +128,7 @@ impl HttpMetrics {
             tiers,
             storage,
             ready,
+            damaged,
             grpc_requests,
             grpc_latency,
         })
@@ -192,6 +199,10 @@ pub(crate) async fn render(
 ) -> Result<Response, ApiError> {
     s.http.ready.set(i64::from(s.is_ready()));
     if let Some(g) = s.graph_if_open() {
+        let damaged = g.damaged_spaces().len();
+        s.http
+            .damaged
+            .set(i64::try_from(damaged).unwrap_or(i64::MAX));
         let st = g.engine().store().stats();
         for (kind, v) in [
             ("block_cache_usage", st.block_cache_usage_bytes),

@@ -467,7 +467,8 @@ pub struct SpacesOut {
 /// `GET /health`.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct HealthOut {
-    /// `healthy`, `degraded` (starting or stopping) or `unhealthy`.
+    /// `healthy`, `degraded` (starting, stopping, or ready with a space that
+    /// could not be loaded: see the `spaces` check) or `unhealthy`.
     pub status: &'static str,
     /// Server version.
     pub version: &'static str,
@@ -483,9 +484,11 @@ pub struct AliveOut {
 /// One readiness check.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct CheckOut {
-    /// `recovery`, `wal` or `indexes`.
+    /// `recovery`, `wal`, `indexes` or `spaces` (spaces that could not be
+    /// loaded, with the reasons).
     pub name: &'static str,
-    /// `pass` or `fail`.
+    /// `pass`, `warn` (the node serves, but not everything: `spaces` lists
+    /// damaged spaces; readiness is not affected) or `fail`.
     pub status: &'static str,
     /// Detail.
     pub message: String,
@@ -528,7 +531,8 @@ pub struct StorageOut {
 /// `GET /api/v1/system/health` and `/health/ready`.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct SystemHealthOut {
-    /// `healthy` when ready, else `unhealthy`.
+    /// `healthy` when ready (also with a damaged space: the `spaces` check
+    /// says `warn`), else `unhealthy`.
     pub status: &'static str,
     /// True once recovery and warm-up finished (false again while stopping).
     pub ready: bool,

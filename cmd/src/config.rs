@@ -145,6 +145,9 @@ pub struct StorageConfig {
     /// Files RocksDB keeps open at most; the connection limits leave this
     /// many descriptors (plus 512) free under the open-files limit.
     pub max_open_files: i32,
+    /// At most this long after a forget, no copy of the forgotten data is
+    /// left in RocksDB files or WAL segments.
+    pub purge_after_ms: u64,
 }
 
 /// `[wal]`.
@@ -161,6 +164,9 @@ pub struct WalSection {
     pub fsync: String,
     /// Preallocate segment files (much faster fsync on most file systems).
     pub preallocate: bool,
+    /// Hours files moved to `wal/corrupt/` by `--repair` are kept (0: until
+    /// removed by hand).
+    pub corrupt_retention_hours: u64,
 }
 
 /// `[memory]`: mirrors the graph's configuration.
@@ -268,12 +274,14 @@ impl Default for Config {
                 zstd_level: e.store.zstd_level,
                 wal_release_interval: e.wal_release_interval,
                 max_open_files: e.store.max_open_files,
+                purge_after_ms: e.purge_after_ms,
             },
             wal: WalSection {
                 segment_size_mb: e.wal.segment_size / (1024 * 1024),
                 max_record_bytes: e.wal.max_payload,
                 fsync: "always".into(),
                 preallocate: e.wal.preallocate,
+                corrupt_retention_hours: e.wal.corrupt_retention_hours,
             },
             memory: MemorySection {
                 default_confidence: g.default_confidence,
@@ -447,6 +455,7 @@ const NOT_CONFIG: &[&str] = &[
     "ENGRAM_GRPC_HOST_PORT",
     "ENGRAM_PUBLISH_ADDR",
     "ENGRAM_RENDERED_DIR",
+    "ENGRAM_TEST_BIN",
 ];
 
 /// Loads the layered configuration. `file` comes from [`config_file`].
@@ -683,6 +692,7 @@ impl Config {
                     max_payload: self.wal.max_record_bytes,
                     durability: parse_fsync(&self.wal.fsync)?,
                     preallocate: self.wal.preallocate,
+                    corrupt_retention_hours: self.wal.corrupt_retention_hours,
                 },
                 store: StoreConfig {
                     block_cache_mb: s.cache_size_mb,
@@ -694,6 +704,7 @@ impl Config {
                     ..StoreConfig::default()
                 },
                 wal_release_interval: s.wal_release_interval,
+                purge_after_ms: s.purge_after_ms,
             },
             limits: Limits {
                 max_content_bytes: m.limits.max_content_bytes,

@@ -261,14 +261,29 @@ async fn serve(config: Config, repair: bool) -> Result<DirLock> {
         "storage recovered"
     );
     let background = Background::start(&graph).context("starting background tasks")?;
-    if config.server.warm_up && !*stop_rx.borrow() {
+    // A space that cannot be loaded is refused (503 space_unavailable) while
+    // the others serve: it is logged here and shown by the health checks,
+    // and the node still becomes ready.
+    let damaged = if config.server.warm_up && !*stop_rx.borrow() {
         let g = Arc::clone(&graph);
         let warm = tokio::task::spawn_blocking(move || g.warm_up()).await;
         match warm {
-            Ok(Ok(())) => {}
+            Ok(Ok(report)) => report.damaged,
             Ok(Err(e)) => return Err(anyhow!(e).context("loading space indexes")),
             Err(e) => return Err(anyhow!(e).context("warm-up task failed")),
         }
+    } else {
+        // Without warm-up only unreadable space records are known yet.
+        graph.damaged_spaces()
+    };
+    for d in &damaged {
+        tracing::error!(
+            space = d.name.as_deref().unwrap_or(""),
+            space_id = d.id,
+            reason = %d.reason,
+            retried = d.retried,
+            "space unavailable: its data could not be loaded; requests to it get 503 space_unavailable while the other spaces serve (see docs/operations/troubleshooting.md)"
+        );
     }
     let (loaded, total) = graph.loaded_spaces();
     if !*stop_rx.borrow() {

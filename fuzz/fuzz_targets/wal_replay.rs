@@ -40,6 +40,7 @@ fuzz_target!(|data: &[u8]| {
         max_payload: 1024,
         durability: Durability::None,
         preallocate: false,
+        corrupt_retention_hours: 0,
     };
     for repair in [false, true] {
         let options = WalOptions {

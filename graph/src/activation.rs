@@ -37,6 +37,16 @@ impl Default for Spread {
 /// Largest accepted `depth`.
 pub const MAX_DEPTH: u32 = 4;
 
+/// Largest accepted `fan_out`.
+pub const MAX_FAN_OUT: usize = 64;
+
+/// Edges one spread examines at most, whatever the graph: a recall's cost
+/// is bounded even where `seeds × fan_out^depth` is not (a node's edges are
+/// all read to pick its strongest `fan_out`, and a memory may have up to
+/// `limits.max_edges_per_memory`). Spreading stops where the budget ends;
+/// what was reached so far is returned.
+pub const MAX_EDGES_EXAMINED: usize = 1_000_000;
+
 /// How a node was reached.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Reached {
@@ -76,7 +86,9 @@ where
         }
     }
     let decay = params.decay.clamp(0.0, 1.0);
-    for _ in 0..params.depth.min(MAX_DEPTH) {
+    let fan_out = params.fan_out.min(MAX_FAN_OUT);
+    let mut examined = 0usize;
+    'hops: for _ in 0..params.depth.min(MAX_DEPTH) {
         let mut next = Vec::new();
         // Expand each node with its state at the start of this hop, so a
         // path never grows by more than one edge per hop.
@@ -85,11 +97,16 @@ where
             .filter_map(|n| reached.get(n).cloned().map(|r| (*n, r)))
             .collect();
         for (node, from) in current {
+            if examined >= MAX_EDGES_EXAMINED {
+                break 'hops;
+            }
             let mut edges: Vec<(EpisodeId, f32)> = neighbours(&node)
+                .take(MAX_EDGES_EXAMINED - examined)
                 .map(|(id, w)| (*id, w.clamp(0.0, 1.0)))
                 .collect();
+            examined += edges.len();
             edges.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
-            edges.truncate(params.fan_out);
+            edges.truncate(fan_out);
             for (to, w) in edges {
                 let a = from.activation * w * decay;
                 if a < params.threshold || !accept(&to) {
@@ -166,6 +183,45 @@ mod tests {
             |n| adj.get(n).into_iter().flatten().map(|(i, w)| (i, *w)),
             accept,
         )
+    }
+
+    #[test]
+    fn spreading_work_is_bounded_on_a_dense_graph() {
+        // 1 200 nodes, every node linked to every other: 1.4M edges, and
+        // each expansion reads a node's 1 199 edges to pick its strongest.
+        let n: u32 = 1200;
+        let nid = |i: u32| {
+            let mut id = [0; 16];
+            id[12..].copy_from_slice(&i.to_be_bytes());
+            id
+        };
+        let ids: Vec<EpisodeId> = (0..n).map(nid).collect();
+        let examined = std::cell::Cell::new(0usize);
+        let seeds: Vec<(EpisodeId, f32)> = ids.iter().take(200).map(|i| (*i, 1.0)).collect();
+        let params = Spread {
+            depth: MAX_DEPTH,
+            decay: 1.0,
+            threshold: 0.0,
+            fan_out: 10_000,
+        };
+        let reached = spread(
+            &seeds,
+            &params,
+            |node| {
+                let me = *node;
+                ids.iter().filter(move |o| **o != me).map(|o| {
+                    examined.set(examined.get() + 1);
+                    (o, 0.9)
+                })
+            },
+            |_| true,
+        );
+        assert!(!reached.is_empty());
+        assert!(
+            examined.get() <= MAX_EDGES_EXAMINED,
+            "{} edges examined",
+            examined.get()
+        );
     }
 
     #[test]

@@ -1,6 +1,9 @@
-//! The graph's background tasks: writing access statistics and
-//! consolidating episodes into concepts. Each runs on its own thread and
-//! holds only a weak reference, so dropping the graph ends it too.
+//! The graph's background tasks: writing access statistics,
+//! consolidating episodes into concepts, linking vectors, moving idle
+//! memories to the cold tier, and purging forgotten content from the
+//! storage files ([`crate::Engine::purge_if_due`]). Each runs on its own
+//! thread and holds only a weak reference, so dropping the graph ends it
+//! too.
 //!
 //! Contracts of the passes they run ([`Graph::flush_access`],
 //! [`Graph::archive_loaded`], [`Graph::consolidate_loaded`]):
@@ -32,6 +35,13 @@ const RECLAIM_BUDGET: usize = 128;
 
 /// How often idle memories are looked for (when `cold_after_sec` is set).
 const TIERING_EVERY: Duration = Duration::from_secs(60);
+
+/// How often the purge task checks whether a purge is due: a quarter of
+/// `purge_after_ms`, between 10 ms and 1 s, so a purge starts at most that
+/// late.
+fn purge_check_every(purge_after_ms: u64) -> Duration {
+    Duration::from_millis((purge_after_ms / 4).clamp(10, 1000))
+}
 
 /// A background task, as labelled in `engram_background_failures_total`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -212,7 +222,8 @@ pub struct Background {
 }
 
 impl Background {
-    /// Starts the access flusher, the vector-index linker and, unless
+    /// Starts the access flusher, the vector-index linker, the purge of
+    /// forgotten content (`engine.purge_after_ms` after a forget) and, unless
     /// switched off (interval or age 0), periodic consolidation and the move
     /// of idle memories to the cold tier (every minute).
     pub fn start(graph: &Arc<Graph>) -> std::io::Result<Background> {
@@ -286,6 +297,21 @@ impl Background {
                 },
             )?);
         }
+        threads.push(spawn(
+            "engram-purge",
+            &stop,
+            graph,
+            purge_check_every(graph.config().engine.purge_after_ms),
+            |g, stopping| {
+                // At shutdown a pending purge stays marked in the store and
+                // runs right after the next start.
+                if stopping {
+                    return;
+                }
+                // Failures are logged and counted by the engine.
+                let _ = g.engine().purge_if_due();
+            },
+        )?);
         Ok(Background { stop, threads })
     }
 }
@@ -389,6 +415,13 @@ mod tests {
             encoded_len(&all) + PAYLOAD_HEADER,
             mutation::encode(&all).len()
         );
+    }
+
+    #[test]
+    fn purge_checks_run_often_enough_and_not_too_often() {
+        assert_eq!(purge_check_every(60_000), Duration::from_secs(1));
+        assert_eq!(purge_check_every(200), Duration::from_millis(50));
+        assert_eq!(purge_check_every(0), Duration::from_millis(10));
     }
 
     #[test]

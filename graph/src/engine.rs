@@ -9,6 +9,10 @@ use engram_lsm::{Mutation, Operation, SpaceId, Store, StoreConfig, StoreError, m
 use engram_wal::{OpenReport, RecordHeader, Wal, WalConfig, WalError, WalOptions};
 use prometheus::{Histogram, HistogramOpts, IntCounter, Registry};
 
+mod purge;
+
+pub use purge::PurgeReport;
+
 /// Settings of the storage engine.
 #[derive(Debug, Clone, PartialEq)]
 pub struct EngineConfig {
@@ -19,6 +23,14 @@ pub struct EngineConfig {
     /// After this many applied records the engine syncs RocksDB's WAL and
     /// releases WAL segments that are no longer needed (default 16384).
     pub wal_release_interval: u64,
+    /// Milliseconds after a forget (or a space deletion) by which the
+    /// background task starts the purge that removes the erased content from
+    /// every file: RocksDB memtables are flushed and the space's key range
+    /// compacted to the bottommost level, the WAL segment being written is
+    /// sealed and every applied segment deleted (default 60 000). Forgets
+    /// within the window share one purge. 0: at the next check (about every
+    /// 10 ms; one compaction per forget, costly). See [`Engine::purge_now`].
+    pub purge_after_ms: u64,
 }
 
 impl Default for EngineConfig {
@@ -27,6 +39,7 @@ impl Default for EngineConfig {
             wal: WalConfig::default(),
             store: StoreConfig::default(),
             wal_release_interval: 16384,
+            purge_after_ms: 60_000,
         }
     }
 }
@@ -144,6 +157,8 @@ pub struct Engine {
     failed: Mutex<Option<String>>,
     release_interval: u64,
     metrics: EngineMetrics,
+    /// Erased content waiting to be purged from the files.
+    purge: purge::Purge,
 }
 
 impl Drop for Engine {
@@ -220,6 +235,7 @@ impl Engine {
             r.register(Box::new(metrics.apply_seconds.clone()))?;
             r.register(Box::new(metrics.replayed.clone()))?;
         }
+        let purge = purge::Purge::new(config.purge_after_ms, options.registry.as_ref())?;
 
         let mut seqs: HashMap<SpaceId, u64> = store.applied_seqs()?.into_iter().collect();
         let mut replayed = 0;
@@ -267,6 +283,8 @@ impl Engine {
             store.sync_wal()?;
         }
         wal.release_through(applied)?;
+        // Erasures applied before a restart whose purge had not finished.
+        purge.resume(&store.purge_due()?);
 
         let report = RecoveryReport {
             wal: wal_report,
@@ -300,6 +318,7 @@ impl Engine {
                 failed: Mutex::new(None),
                 release_interval: config.wal_release_interval.max(1),
                 metrics,
+                purge,
             },
             report,
         ))
@@ -328,7 +347,7 @@ impl Engine {
     }
 
     /// The first half of [`Engine::submit`]: appends the record (ordered
-    /// like `submit`) without waiting. Finish with [`Engine::durable`]; the
+    /// like `submit`) without waiting. Finish with [`Engine::group_commit`] and [`Engine::apply_durable`]; the
     /// write is acknowledged only when that returns `Ok`.
     pub fn append(
         &self,
@@ -354,15 +373,22 @@ impl Engine {
     }
 
     /// The second half of [`Engine::submit`] for async callers: awaits the
-    /// group commit without holding a thread, then applies the record to
-    /// the store (a short, unsynced RocksDB write, done inline).
-    pub async fn durable(&self, appended: Appended) -> Result<Committed, EngineError> {
+    /// group commit (fsync) without holding a thread. The record is durable
+    /// but not applied yet: finish with [`Engine::apply_durable`] on a
+    /// thread that may block before acknowledging the write.
+    pub async fn group_commit(appended: Appended) -> Result<Committed, EngineError> {
         let lsn = appended.ticket.durable().await?;
-        self.apply_through(lsn)?;
         Ok(Committed {
             lsn,
             seq: appended.seq,
         })
+    }
+
+    /// Applies every durable record through `lsn` to the store (a RocksDB
+    /// write, now and then a sync of RocksDB's WAL and a segment release):
+    /// blocking work.
+    pub fn apply_durable(&self, lsn: u64) -> Result<(), EngineError> {
+        self.apply_through(lsn)
     }
 
     /// Applies every acknowledged pending record up to at least `lsn`, in
@@ -392,6 +418,7 @@ impl Engine {
             .apply_seconds
             .observe(t.elapsed().as_secs_f64());
         applied.lsn = last;
+        self.purge.note_applied(&batch);
         if last - applied.released_at >= self.release_interval {
             applied.released_at = last;
             self.store.sync_wal().map_err(|e| self.fail(e.into()))?;

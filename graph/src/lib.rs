@@ -26,7 +26,11 @@
 //! - A space's in-memory indexes and adjacency are rebuilt from the warm
 //!   store on its first use after open (after WAL replay), so recall after a
 //!   crash equals recall before it and a restart does not wait for every
-//!   space to load; [`Graph::warm_up`] loads them all ahead of use.
+//!   space to load; [`Graph::warm_up`] loads them all ahead of use. A space
+//!   that cannot be loaded (corrupt data, a storage error) is refused alone
+//!   with [`GraphError::SpaceUnavailable`] while the others serve
+//!   ([`Graph::damaged_spaces`]); creating or deleting a space never holds
+//!   the map of spaces across the WAL's fsync.
 //!
 //! ## Write path ([`Engine::submit`])
 //! 1. The next per-space sequence number is assigned and the record is queued
@@ -48,6 +52,12 @@
 //! ## Retention
 //! Every `wal_release_interval` applied records, RocksDB's WAL is synced and
 //! WAL segments wholly at or below the applied LSN are deleted (unless pinned).
+//! A forget or a space deletion also arms a purge ([`Engine::purge_now`]):
+//! `purge_after_ms` later the background task flushes RocksDB, compacts the
+//! affected spaces' key ranges to the bottommost level (tombstones and the
+//! values they hide are dropped), seals the WAL segment being written and
+//! deletes every applied one, so no file keeps the erased content
+//! (invariant 6).
 
 mod access;
 pub mod activation;
@@ -66,9 +76,14 @@ pub mod text;
 
 pub use activation::Spread;
 pub use background::Background;
-pub use engine::{Committed, Engine, EngineConfig, EngineError, OpenOptions, RecoveryReport};
-pub use memory::{
-    ConsolidationConfig, ConsolidationReport, Cue, DEFAULT_LINK_WEIGHT, DEFAULT_SPACE, Graph,
-    GraphConfig, GraphError, Limits, LinkSpec, Memory, Recalled, RememberRequest, Remembered,
-    SnapshotReport, SpaceOptions, SpaceStats, Via, kind, valid_space_name,
+pub use engine::{
+    Appended, Committed, Engine, EngineConfig, EngineError, OpenOptions, PurgeReport,
+    RecoveryReport,
 };
+pub use memory::{
+    Begun, ConsolidationConfig, ConsolidationReport, Cue, DEFAULT_LINK_WEIGHT, DEFAULT_SPACE,
+    Graph, GraphConfig, GraphError, Limits, LinkSpec, Memory, PendingRemember, Recalled,
+    RememberRequest, Remembered, SnapshotReport, SpaceOptions, SpaceStats, Via, kind,
+    valid_space_name,
+};
+pub use memory::{DamagedSpace, WarmUpReport};

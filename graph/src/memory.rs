@@ -22,8 +22,10 @@ use crate::text::{self, LexicalIndex};
 use crate::{Engine, EngineConfig, EngineError, OpenOptions, RecoveryReport};
 
 mod consolidate;
+mod spaces;
 
 pub use consolidate::ConsolidationReport;
+pub use spaces::{DamagedSpace, WarmUpReport};
 
 /// WAL operation kinds written by the graph.
 pub mod kind {
@@ -325,6 +327,17 @@ pub enum GraphError {
         /// The configured limit.
         limit: usize,
     },
+    /// The space's data could not be loaded (corrupt, or a storage error):
+    /// requests to it fail at once while the other spaces serve.
+    #[error(
+        "space {space:?} could not be loaded and is unavailable: {reason}; the other spaces serve normally; see docs/operations/troubleshooting.md, \"A space is unavailable\""
+    )]
+    SpaceUnavailable {
+        /// The space.
+        space: String,
+        /// The load's error, and when the space is loaded again.
+        reason: String,
+    },
 }
 
 impl From<engram_lsm::StoreError> for GraphError {
@@ -409,6 +422,50 @@ struct PreparedEpisode {
     tf: std::collections::HashMap<String, u32>,
     len: u32,
     edges: Vec<(EpisodeId, EpisodeId, EdgeRecord)>,
+}
+
+/// What [`Graph::remember_begin`] did: found the duplicate `dedupe` asked
+/// for, or appended a new memory that now waits for its group commit.
+#[derive(Debug)]
+pub enum Begun {
+    /// Nothing was written: identical content exists (`dedupe`).
+    Done(Remembered),
+    /// Appended; await [`PendingRemember::group_commit`], then call
+    /// [`Graph::remember_finish`].
+    Pending(Box<PendingRemember>),
+}
+
+/// A remember appended to the WAL (see [`Graph::remember_begin`]).
+pub struct PendingRemember {
+    space: Arc<Space>,
+    prepared: PreparedEpisode,
+    appended: Option<crate::engine::Appended>,
+    committed: Option<Result<crate::Committed, GraphError>>,
+    confidence: f32,
+    stored_at_ms: i64,
+    /// Counts as a write in flight until finished (shutdown waits for it).
+    _writing: Writing,
+}
+
+impl std::fmt::Debug for PendingRemember {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PendingRemember")
+            .field("space", &self.space.record.name)
+            .field("committed", &self.committed.as_ref().map(|c| c.is_ok()))
+            .finish_non_exhaustive()
+    }
+}
+
+impl PendingRemember {
+    /// Waits for the WAL's group commit (fsync) without holding a thread.
+    pub async fn group_commit(&mut self) {
+        if let Some(appended) = self.appended.take() {
+            let r = Engine::group_commit(appended)
+                .await
+                .map_err(GraphError::from);
+            self.committed = Some(r);
+        }
+    }
 }
 
 struct NewEpisode {
@@ -583,35 +640,104 @@ impl EpisodeMeta {
     }
 }
 
-/// The distinct tag sets of a space, interned: memories refer to theirs by
-/// number (0 is the empty set). Sets are never removed; there are as many
-/// as distinct combinations of tags, not as memories.
+/// The distinct tag sets of a space, interned and counted: memories refer to
+/// theirs by number (0 is the empty set). A set lives while a memory uses
+/// it: the last one forgotten removes it (its strings leave memory and the
+/// next index snapshot), and its number is reused by the next new set, so
+/// churn of unique tags never grows it beyond the most sets in use at once.
 #[derive(Debug, Default)]
 struct TagSets {
-    sets: Vec<Box<[String]>>,
+    /// Set `i` at `i - 1` with the number of memories using it; a free
+    /// number holds an empty set and 0.
+    sets: Vec<(Box<[String]>, u32)>,
     index: HashMap<Box<[String]>, u32>,
+    /// Free numbers, reused first.
+    free: Vec<u32>,
 }
 
 impl TagSets {
+    /// The number of `tags`, counting one more memory that uses it (pair
+    /// with [`TagSets::release`] when that memory goes).
     fn intern(&mut self, tags: &[String]) -> u32 {
         if tags.is_empty() {
             return 0;
         }
         if let Some(&i) = self.index.get(tags) {
+            if let Some(entry) = self.sets.get_mut(i as usize - 1) {
+                entry.1 += 1;
+            }
             return i;
         }
         let set: Box<[String]> = tags.into();
-        self.sets.push(set.clone());
-        let i = self.sets.len() as u32;
+        let reused = self.free.pop().and_then(|i| {
+            let entry = self.sets.get_mut(i as usize - 1)?;
+            *entry = (set.clone(), 1);
+            Some(i)
+        });
+        let i = match reused {
+            Some(i) => i,
+            None => {
+                self.sets.push((set.clone(), 1));
+                self.sets.len() as u32
+            }
+        };
         self.index.insert(set, i);
         i
+    }
+
+    /// One memory fewer uses set `i`; after the last one it is removed.
+    fn release(&mut self, i: u32) {
+        let Some(entry) = (i as usize)
+            .checked_sub(1)
+            .and_then(|k| self.sets.get_mut(k))
+        else {
+            return;
+        };
+        if entry.1 == 0 {
+            return;
+        }
+        entry.1 -= 1;
+        if entry.1 == 0 {
+            let set = std::mem::take(&mut entry.0);
+            self.index.remove(&set);
+            self.free.push(i);
+        }
     }
 
     fn get(&self, i: u32) -> &[String] {
         match i {
             0 => &[],
-            i => self.sets.get(i as usize - 1).map_or(&[], |s| &s[..]),
+            i => self.sets.get(i as usize - 1).map_or(&[], |s| &s.0[..]),
         }
+    }
+
+    /// Sets in use.
+    fn len(&self) -> usize {
+        self.index.len()
+    }
+
+    /// Counts the memories using each set (`tags` of every memory) after a
+    /// snapshot was read, and frees the sets none uses; `false` when a
+    /// memory refers to a free or missing set.
+    fn recount(&mut self, tags: impl Iterator<Item = u32>) -> bool {
+        for e in &mut self.sets {
+            e.1 = 0;
+        }
+        for i in tags.filter(|i| *i != 0) {
+            match self.sets.get_mut(i as usize - 1) {
+                Some(e) if !e.0.is_empty() => e.1 += 1,
+                _ => return false,
+            }
+        }
+        self.free.clear();
+        for (k, e) in self.sets.iter_mut().enumerate() {
+            if e.1 == 0 {
+                let set = std::mem::take(&mut e.0);
+                self.index.remove(&set);
+                self.free.push(k as u32 + 1);
+            }
+        }
+        true
     }
 }
 
@@ -729,8 +855,11 @@ impl SpaceState {
 
     /// Writes everything but the vector index to a snapshot.
     fn write_to(&self, w: &mut Writer) -> std::io::Result<()> {
+        // Every number, a free one as an empty set: memories keep their
+        // numbers, and a removed set's tags are never written. (Readers
+        // from before sets were removed refuse an empty set: they rebuild.)
         w.len(self.tagsets.sets.len())?;
-        for set in &self.tagsets.sets {
+        for (set, _) in &self.tagsets.sets {
             w.len(set.len())?;
             for t in set.iter() {
                 w.str(t)?;
@@ -769,11 +898,12 @@ impl SpaceState {
             let set = (0..n)
                 .map(|_| r.string())
                 .collect::<Result<Box<[String]>, _>>()?;
-            st.tagsets.sets.push(set.clone());
-            let i = st.tagsets.sets.len() as u32;
-            if set.is_empty() || st.tagsets.index.insert(set, i).is_some() {
+            let i = st.tagsets.sets.len() as u32 + 1;
+            // An empty set is a free number.
+            if !set.is_empty() && st.tagsets.index.insert(set.clone(), i).is_some() {
                 return Err(snapshot::invalid("tag sets"));
             }
+            st.tagsets.sets.push((set, 0));
         }
         st.episodes = Table::read_from(r, |r| {
             let m = EpisodeMeta {
@@ -801,6 +931,9 @@ impl SpaceState {
                 ..m
             })
         })?;
+        if !st.tagsets.recount(st.episodes.iter().map(|(_, m)| m.tags)) {
+            return Err(snapshot::invalid("tag set number"));
+        }
         let slots = st.episodes.slots();
         let live = |s: u32| st.episodes.is_live(s);
         st.lexical = LexicalIndex::read_from(r, slots, live)?;
@@ -826,24 +959,25 @@ impl SpaceState {
 #[derive(Debug, Default)]
 struct WriteGate {
     sealed: AtomicBool,
-    inflight: AtomicUsize,
+    inflight: Arc<AtomicUsize>,
 }
 
-/// One write in flight (see [`WriteGate`]).
-struct Writing<'a>(&'a AtomicUsize);
+/// One write in flight (see [`WriteGate`]); owned, so a write can span
+/// threads (see [`PendingRemember`]).
+struct Writing(Arc<AtomicUsize>);
 
-impl Drop for Writing<'_> {
+impl Drop for Writing {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
 impl WriteGate {
-    fn enter(&self) -> Result<Writing<'_>, GraphError> {
+    fn enter(&self) -> Result<Writing, GraphError> {
         // Count first, then look: with `seal` storing then counting (both
         // SeqCst), either this write sees the seal or the seal sees it.
         self.inflight.fetch_add(1, Ordering::SeqCst);
-        let w = Writing(&self.inflight);
+        let w = Writing(Arc::clone(&self.inflight));
         if self.sealed.load(Ordering::SeqCst) {
             return Err(GraphError::ShuttingDown);
         }
@@ -886,6 +1020,9 @@ struct Space {
     /// Orders forget against moves between the warm and cold families, so a
     /// move can never re-create a forgotten record.
     tiering: Mutex<()>,
+    /// Why its data could not be loaded, while requests to it are refused
+    /// (see the `spaces` module); `None` for a space that serves.
+    damaged: Mutex<Option<spaces::Damage>>,
 }
 
 impl Space {
@@ -909,6 +1046,7 @@ impl Space {
             alive: RwLock::new(true),
             hot: Mutex::new(crate::hot::HotCache::new(hot)),
             tiering: Mutex::new(()),
+            damaged: Mutex::new(None),
         }
     }
 }
@@ -969,6 +1107,12 @@ pub struct Graph {
     flushing: Mutex<()>,
     /// `engram_background_failures_total` (see [`crate::background`]).
     failures: Failures,
+    /// Serialises creating and deleting spaces (the `spaces` lock is never
+    /// held across their WAL fsync).
+    ddl: Mutex<()>,
+    /// Spaces whose record could not be decoded, name included (logged at
+    /// open; their data stays in the store).
+    unreadable: Vec<spaces::DamagedSpace>,
 }
 
 impl Graph {
@@ -989,14 +1133,18 @@ impl Graph {
         for (space, _) in store.applied_seqs()? {
             max_id = max_id.max(space);
         }
-        let mut spaces = HashMap::new();
+        let mut spaces: HashMap<String, Arc<Space>> = HashMap::new();
+        let mut unreadable = Vec::new();
         for (id, bytes) in store.spaces()? {
             max_id = max_id.max(id);
-            let record: SpaceRecord = record::decode(&bytes, "space record")?;
-            spaces.insert(
-                record.name.clone(),
-                Arc::new(Space::new(id, record, None, config.hot_capacity)),
-            );
+            // A damaged record makes that space unavailable, not the node.
+            let taken = |name: &str| spaces.contains_key(name);
+            match spaces::open_space(id, &bytes, config.hot_capacity, taken) {
+                Ok(space) => {
+                    spaces.insert(space.record.name.clone(), Arc::new(space));
+                }
+                Err(damaged) => unreadable.push(damaged),
+            }
         }
         let graph = Graph {
             engine,
@@ -1009,12 +1157,17 @@ impl Graph {
             access: crate::access::AccessBuffer::new(config.access_buffer),
             flushing: Mutex::new(()),
             failures,
+            ddl: Mutex::new(()),
+            unreadable,
             config,
         };
         let mut wanted = vec![DEFAULT_SPACE.to_owned()];
         wanted.extend(graph.config.bootstrap_spaces.iter().cloned());
         for name in wanted {
             if !read(&graph.spaces).contains_key(&name) {
+                if !graph.unreadable.is_empty() {
+                    tracing::warn!(space = %name, "creating a missing space while some space records are unreadable: if one of them was this space, its old data stays in the store under that id");
+                }
                 graph.create_space(&name, None)?;
             }
         }
@@ -1027,15 +1180,30 @@ impl Graph {
     }
 
     /// The space's in-memory state, loading it from the warm store first if
-    /// this is its first use since the graph was opened.
+    /// this is its first use since the graph was opened. A space whose load
+    /// failed is refused at once with
+    /// [`GraphError::SpaceUnavailable`] (see the `spaces` module).
     fn state<'a>(&self, space: &'a Space) -> Result<&'a RwLock<SpaceState>, GraphError> {
         if let Some(s) = space.state.get() {
             return Ok(s);
         }
+        // Neither waits behind the loading lock nor repeats a failed load.
+        spaces::refuse_damaged(space)?;
         let _guard = space.loading.lock().unwrap_or_else(PoisonError::into_inner);
         if let Some(s) = space.state.get() {
             return Ok(s);
         }
+        spaces::refuse_damaged(space)?; // the load this one waited for failed
+        let loaded = self
+            .load_state(space)
+            .map_err(|e| spaces::mark_damaged(space, e))?;
+        spaces::clear_damage(space);
+        Ok(space.state.get_or_init(|| RwLock::new(loaded)))
+    }
+
+    /// Builds the space's in-memory state from its index snapshot, or else
+    /// from the warm store (removing what a crash left of forgotten memories).
+    fn load_state(&self, space: &Space) -> Result<SpaceState, GraphError> {
         let started = Instant::now();
         let (loaded, source) = match self.load_snapshot(space)? {
             Some(st) => (st, "index snapshot"),
@@ -1060,7 +1228,7 @@ impl Graph {
             elapsed_ms = started.elapsed().as_millis() as u64,
             "space loaded into memory"
         );
-        Ok(space.state.get_or_init(|| RwLock::new(loaded)))
+        Ok(loaded)
     }
 
     /// The space's indexes from its snapshot, if one was written at the
@@ -1172,149 +1340,6 @@ impl Graph {
             }
         }
         report
-    }
-
-    /// Loads every space's indexes now instead of on first use (a server
-    /// calls this in the background after it is ready).
-    pub fn warm_up(&self) -> Result<(), GraphError> {
-        let all: Vec<Arc<Space>> = read(&self.spaces).values().cloned().collect();
-        for space in all {
-            self.state(&space)?;
-        }
-        Ok(())
-    }
-
-    /// Spaces whose indexes are in memory, and all spaces.
-    pub fn loaded_spaces(&self) -> (usize, usize) {
-        let spaces = read(&self.spaces);
-        let loaded = spaces.values().filter(|s| s.state.get().is_some()).count();
-        (loaded, spaces.len())
-    }
-
-    fn space(&self, name: &str) -> Result<Arc<Space>, GraphError> {
-        read(&self.spaces)
-            .get(name)
-            .cloned()
-            .ok_or_else(|| GraphError::SpaceNotFound(name.to_owned()))
-    }
-
-    /// Creates a space, durably.
-    pub fn create_space(&self, name: &str, embedding_dim: Option<u32>) -> Result<(), GraphError> {
-        self.create_space_with(
-            name,
-            SpaceOptions {
-                embedding_dim,
-                hot_capacity: None,
-            },
-        )
-    }
-
-    /// Creates a space with options, durably.
-    pub fn create_space_with(&self, name: &str, options: SpaceOptions) -> Result<(), GraphError> {
-        let _writing = self.gate.enter()?;
-        let embedding_dim = options.embedding_dim;
-        if !valid_space_name(name) {
-            return Err(GraphError::InvalidSpaceName(name.to_owned()));
-        }
-        if let Some(d) = embedding_dim {
-            if d == 0 || d as usize > self.config.limits.max_embedding_dim {
-                return Err(invalid(
-                    "embedding_dim",
-                    format!(
-                        "must be within 1..={}",
-                        self.config.limits.max_embedding_dim
-                    ),
-                ));
-            }
-        }
-        if let Some(h) = options.hot_capacity {
-            let max = self.config.limits.max_hot_capacity;
-            if h as usize > max {
-                return Err(invalid(
-                    "hot_capacity",
-                    format!("{h} exceeds the limit of {max} (limits.max_hot_capacity)"),
-                ));
-            }
-        }
-        let mut spaces = write(&self.spaces);
-        if spaces.contains_key(name) {
-            return Err(GraphError::SpaceExists(name.to_owned()));
-        }
-        if spaces.len() >= self.config.limits.max_spaces {
-            return Err(GraphError::TooManySpaces {
-                limit: self.config.limits.max_spaces,
-            });
-        }
-        let id = {
-            let mut next = self
-                .next_space_id
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner);
-            let id = *next;
-            if id > keys::MAX_SPACE_ID {
-                return Err(invalid("space", "space ids exhausted"));
-            }
-            *next += 1;
-            id
-        };
-        let record = SpaceRecord {
-            name: name.to_owned(),
-            embedding_dim,
-            created_at_ms: now_ms(),
-            hot_capacity: options.hot_capacity,
-        };
-        // A snapshot left under a reused id must never meet this space.
-        snapshot::remove(&self.index_dir, id).map_err(|source| {
-            GraphError::Storage(EngineError::DataDir {
-                path: snapshot::path(&self.index_dir, id),
-                source,
-            })
-        })?;
-        self.engine.submit(
-            id,
-            kind::CREATE_SPACE,
-            vec![Mutation::PutSpace {
-                record: record::encode(&record)?,
-            }],
-        )?;
-        let state = SpaceState::new(
-            embedding_dim,
-            self.config.ann,
-            self.config.exact_search_below,
-        );
-        spaces.insert(
-            name.to_owned(),
-            Arc::new(Space::new(
-                id,
-                record,
-                Some(state),
-                self.config.hot_capacity,
-            )),
-        );
-        Ok(())
-    }
-
-    /// Deletes a space and all its data, durably.
-    pub fn delete_space(&self, name: &str) -> Result<(), GraphError> {
-        if name == DEFAULT_SPACE {
-            return Err(GraphError::DefaultSpace);
-        }
-        let _writing = self.gate.enter()?;
-        let mut spaces = write(&self.spaces);
-        let space = spaces
-            .get(name)
-            .cloned()
-            .ok_or_else(|| GraphError::SpaceNotFound(name.to_owned()))?;
-        // Waits for writes in flight to this space; later ones see it gone.
-        let mut alive = write(&space.alive);
-        self.engine
-            .submit(space.id, kind::DROP_SPACE, vec![Mutation::DropSpace])?;
-        *alive = false;
-        spaces.remove(name);
-        if let Err(e) = snapshot::remove(&self.index_dir, space.id) {
-            tracing::warn!(space = name, error = %e, "removing the deleted space's index snapshot failed");
-        }
-        Ok(())
     }
 
     /// Submits a record for a space that still exists: deleting the space
@@ -1677,12 +1702,19 @@ impl Graph {
         names
     }
 
-    /// Every space with its statistics, by name.
+    /// Every space that serves with its statistics, by name: a damaged
+    /// space ([`Graph::damaged_spaces`]) is left out rather than failing
+    /// the whole list.
     pub fn spaces(&self) -> Result<Vec<SpaceStats>, GraphError> {
         let all: Vec<Arc<Space>> = read(&self.spaces).values().cloned().collect();
         let mut out = Vec::with_capacity(all.len());
         for s in all {
-            out.push(stats(&s, self.state(&s)?));
+            match self.state(&s) {
+                Ok(st) => out.push(stats(&s, st)),
+                // Damaged, or deleted since the list was taken.
+                Err(GraphError::SpaceUnavailable { .. } | GraphError::SpaceNotFound(_)) => {}
+                Err(e) => return Err(e),
+            }
         }
         out.sort_by(|a, b| a.name.cmp(&b.name));
         Ok(out)
@@ -1832,37 +1864,28 @@ impl Graph {
         ))
     }
 
-    /// Whether [`Graph::remember_async`] can serve `req` without blocking
-    /// its thread for long: the space's indexes are loaded, there is no
-    /// embedding (its semantic-neighbour scan is CPU work) and no dedupe
-    /// (it reads records). Otherwise use [`Graph::remember`] on a thread
-    /// that may block.
-    pub fn remember_is_quick(&self, space_name: &str, req: &RememberRequest) -> bool {
-        req.embedding.is_none()
-            && !req.dedupe
-            && self
-                .space(space_name)
-                .is_ok_and(|s| s.state.get().is_some())
-    }
-
-    /// [`Graph::remember`] that awaits the WAL's group commit instead of
-    /// parking a thread (no thread hand-off per write). The rest is short,
-    /// lock-protected in-memory work and one unsynced RocksDB write.
+    /// The first of the three steps of a remember for callers that must
+    /// not block an async runtime's threads (the API): validates, prepares
+    /// the episode under the space's locks and appends its record to the
+    /// WAL, all on a thread that may block. Await
+    /// [`PendingRemember::group_commit`] on any thread, then finish with
+    /// [`Graph::remember_finish`] on a thread that may block again (it
+    /// applies to RocksDB and updates the indexes).
     ///
-    /// Not cancel-safe: once the record is appended, dropping the future
-    /// leaves the memory durable and in the store but missing from the
-    /// in-memory indexes until the next restart. Run it to completion in
-    /// its own task (e.g. `tokio::spawn`), as the API does.
-    pub async fn remember_async(
+    /// A pending remember must be finished: dropping it leaves the memory
+    /// durable and in the store but missing from the in-memory indexes
+    /// until the next restart. The API runs all three steps in a task of
+    /// its own, which completes even if the client goes away.
+    pub fn remember_begin(
         &self,
         space_name: &str,
         req: RememberRequest,
-    ) -> Result<Remembered, GraphError> {
-        let _writing = self.gate.enter()?;
+    ) -> Result<Begun, GraphError> {
+        let writing = self.gate.enter()?;
         let space = self.space(space_name)?;
         let st = self.state(&space)?;
         let (draft, confidence, stored_at_ms) = match self.remember_draft(&space, st, req)? {
-            Draft::Existing(found) => return Ok(found),
+            Draft::Existing(found) => return Ok(Begun::Done(found)),
             Draft::New(d, c, t) => (d, c, t),
         };
         let (prepared, mutations) = self.prepare_episode(st, draft)?;
@@ -1880,9 +1903,42 @@ impl Graph {
                 Err(GraphError::SpaceNotFound(space.record.name.clone()))
             }
         };
-        let committed = match appended {
-            Ok(a) => self.engine.durable(a).await.map_err(GraphError::from),
-            Err(e) => Err(e),
+        match appended {
+            Ok(appended) => Ok(Begun::Pending(Box::new(PendingRemember {
+                space,
+                prepared,
+                appended: Some(appended),
+                committed: None,
+                confidence,
+                stored_at_ms,
+                _writing: writing,
+            }))),
+            Err(e) => {
+                self.abandon_episode(&space, st, &id);
+                Err(e)
+            }
+        }
+    }
+
+    /// The last step of a remember begun with [`Graph::remember_begin`]:
+    /// applies the record to the store and adds the memory to the indexes
+    /// (or, when its group commit failed, undoes the preparation). Blocks
+    /// on the space's locks and RocksDB: run it where blocking is allowed.
+    pub fn remember_finish(&self, p: Box<PendingRemember>) -> Result<Remembered, GraphError> {
+        let mut p = *p;
+        let space = Arc::clone(&p.space);
+        let st = self.state(&space)?;
+        let id = p.prepared.id;
+        let committed = match p.committed.take() {
+            Some(Ok(c)) => self
+                .engine
+                .apply_durable(c.lsn)
+                .map(|()| c)
+                .map_err(GraphError::from),
+            Some(Err(e)) => Err(e),
+            None => Err(GraphError::Storage(EngineError::Failed(
+                "remember_finish before the group commit was awaited".into(),
+            ))),
         };
         let committed = match committed {
             Ok(c) => c,
@@ -1891,6 +1947,12 @@ impl Graph {
                 return Err(e);
             }
         };
+        let PendingRemember {
+            prepared,
+            confidence,
+            stored_at_ms,
+            ..
+        } = p;
         self.finish_episode(&space, st, prepared);
         Ok(Remembered::new(
             &space,
@@ -2322,8 +2384,11 @@ impl Graph {
     }
 
     /// Forgets a memory everywhere: content, embedding, postings, edges in
-    /// both directions, archived copy, in-memory indexes. Durable. Works at
-    /// any number of edges (several WAL records when one cannot hold them).
+    /// both directions, archived copy, in-memory indexes, and what concepts
+    /// derived from it: each concept it belongs to is replaced by one of its
+    /// other members, or forgotten when too few remain
+    /// (`Graph::release_concepts`). Durable. Works at any number of edges
+    /// (several WAL records when one cannot hold them).
     pub fn forget(&self, space_name: &str, id: &str) -> Result<(), GraphError> {
         let _writing = self.gate.enter()?;
         let space = self.space(space_name)?;
@@ -2334,8 +2399,29 @@ impl Graph {
         if !state.episodes.contains_key(&eid) {
             return Err(GraphError::MemoryNotFound(id.to_owned()));
         }
-        let Some(rec) = self.read_record(&space, &eid)? else {
-            return Err(GraphError::MemoryNotFound(id.to_owned()));
+        // Its concepts first, each durably: a crash in between leaves the
+        // memory in place and its concepts already without it, never a
+        // concept holding the words of a memory that is gone.
+        self.release_concepts(&space, &mut state, &eid)?;
+        if self.forget_locked(&space, &mut state, &eid)? {
+            Ok(())
+        } else {
+            Err(GraphError::MemoryNotFound(id.to_owned()))
+        }
+    }
+
+    /// Forgets `eid` (see [`Graph::forget`]) under the space's write and
+    /// tiering locks, leaving its concepts to the caller; `false` (nothing
+    /// done) when its record is missing.
+    fn forget_locked(
+        &self,
+        space: &Space,
+        state: &mut SpaceState,
+        eid: &EpisodeId,
+    ) -> Result<bool, GraphError> {
+        let eid = *eid;
+        let Some(rec) = self.read_record(space, &eid)? else {
+            return Ok(false);
         };
         let (tf, _) = text::term_frequencies(&rec.content);
         let outs: Vec<EpisodeId> = state.outgoing(&eid).into_iter().map(|(t, _)| t).collect();
@@ -2371,7 +2457,7 @@ impl Graph {
             Mutation::DeleteEpisode { id: eid },
         ];
         for m in forget_records(self.config.engine.wal.max_payload, leading, last) {
-            self.submit(&space, kind::FORGET, m)?;
+            self.submit(space, kind::FORGET, m)?;
         }
 
         lock(&space.hot).remove(&eid);
@@ -2383,6 +2469,7 @@ impl Graph {
             if meta.cold {
                 state.cold -= 1;
             }
+            state.tagsets.release(meta.tags);
         }
         if let Some(ann) = state.ann.as_mut() {
             ann.remove(&eid);
@@ -2398,7 +2485,17 @@ impl Graph {
             }
         }
         state.sessions.retain(|_, last| *last != eid);
-        Ok(())
+        Ok(true)
+    }
+
+    /// Tag sets a space holds in memory (tests proving that sets no memory
+    /// uses are removed).
+    #[doc(hidden)]
+    pub fn tag_sets(&self, space_name: &str) -> Result<usize, GraphError> {
+        let space = self.space(space_name)?;
+        let st = self.state(&space)?;
+        let sets = read(st).tagsets.len();
+        Ok(sets)
     }
 
     /// Adds (or re-weights) an explicit edge between two memories of a
@@ -2487,6 +2584,12 @@ impl Graph {
         }
         if !(0.0..=1.0).contains(&spread.threshold) {
             return Err(invalid("spread.threshold", "must be within [0, 1]"));
+        }
+        if spread.fan_out > activation::MAX_FAN_OUT {
+            return Err(invalid(
+                "spread.fan_out",
+                format!("must be at most {}", activation::MAX_FAN_OUT),
+            ));
         }
         self.check_embedding(&space, cue.embedding.as_deref())?;
         if cue.text.as_deref().is_none_or(|t| t.trim().is_empty())

@@ -292,10 +292,13 @@ proptest! {
             Ok(())
         };
         check(&g)?;
+        // A concept left with fewer than two members is forgotten too.
+        let memories = g.space_stats("s").expect("stats").memories;
+        prop_assert!(memories + forgotten.len() >= n && memories + forgotten.len() <= n + concepts, "{} memories", memories);
         drop(g);
         let g = open(dir.path());
         check(&g)?;
-        prop_assert_eq!(g.space_stats("s").expect("stats").memories, n + concepts - forgotten.len());
+        prop_assert_eq!(g.space_stats("s").expect("stats").memories, memories);
     }
 
     /// Recall in one space never returns another space's memories, whatever
@@ -930,20 +933,33 @@ fn forgotten_vectors_are_reclaimed_and_never_returned() {
     }
 }
 
+/// A remember in the API's three steps: begin and finish on the blocking
+/// pool, the group commit awaited.
+async fn remember_in_steps(
+    g: std::sync::Arc<Graph>,
+    space: String,
+    req: RememberRequest,
+) -> Result<engram_graph::Remembered, GraphError> {
+    let g2 = std::sync::Arc::clone(&g);
+    let begun = tokio::task::spawn_blocking(move || g2.remember_begin(&space, req))
+        .await
+        .expect("task")?;
+    let mut pending = match begun {
+        engram_graph::Begun::Done(found) => return Ok(found),
+        engram_graph::Begun::Pending(p) => p,
+    };
+    pending.group_commit().await;
+    tokio::task::spawn_blocking(move || g.remember_finish(pending))
+        .await
+        .expect("task")
+}
+
 #[test]
-fn async_remember_is_durable_indexed_and_refused_for_a_deleted_space() {
+fn remember_in_steps_is_durable_indexed_and_refused_for_a_deleted_space() {
     let dir = tempfile::tempdir().expect("tempdir");
     let g = std::sync::Arc::new(open(dir.path()));
     g.create_space("notes", None).expect("create");
     g.create_space("gone", None).expect("create");
-    assert!(g.remember_is_quick("notes", &text("plain text")));
-    let mut embedded = text("with a vector");
-    embedded.embedding = Some(vec![0.1; 4]);
-    assert!(!g.remember_is_quick("notes", &embedded));
-    let mut dedupe = text("deduplicated");
-    dedupe.dedupe = true;
-    assert!(!g.remember_is_quick("notes", &dedupe));
-    assert!(!g.remember_is_quick("missing", &text("x")));
 
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -955,9 +971,9 @@ fn async_remember_is_durable_indexed_and_refused_for_a_deleted_space() {
             .map(|i| {
                 let g = std::sync::Arc::clone(&g);
                 tokio::spawn(async move {
-                    g.remember_async("notes", text(&format!("apple note number {i}")))
+                    remember_in_steps(g, "notes".into(), text(&format!("apple note number {i}")))
                         .await
-                        .expect("remember_async")
+                        .expect("remember in steps")
                 })
             })
             .collect();
@@ -986,7 +1002,24 @@ fn async_remember_is_durable_indexed_and_refused_for_a_deleted_space() {
     assert_eq!(found, expected, "every async write is indexed at once");
 
     g.delete_space("gone").expect("delete");
-    let refused = rt.block_on(g.remember_async("gone", text("too late")));
+    let mut dedupe = text("apple note number 7");
+    dedupe.dedupe = true;
+    let again = rt
+        .block_on(remember_in_steps(
+            std::sync::Arc::clone(&g),
+            "notes".into(),
+            dedupe,
+        ))
+        .expect("dedupe");
+    assert!(
+        again.deduplicated,
+        "dedupe finds the existing memory in the first step"
+    );
+    let refused = rt.block_on(remember_in_steps(
+        std::sync::Arc::clone(&g),
+        "gone".into(),
+        text("too late"),
+    ));
     assert!(
         matches!(refused, Err(GraphError::SpaceNotFound(_))),
         "{refused:?}"
@@ -1746,4 +1779,258 @@ fn snapshots_are_refused_after_an_engine_failure() {
     assert_eq!((report.spaces, report.failed), (0, 2), "{report:?}");
     let written = std::fs::read_dir(dir.path().join("indexes")).map_or(0, |d| d.count());
     assert_eq!(written, 0, "no index snapshot after an engine failure");
+}
+
+/// Every key and value of `space` in the store's data column families.
+fn stored_bytes(g: &Graph, space: &str) -> Vec<u8> {
+    let sid = g.space_id(space).expect("space id");
+    let mut all = Vec::new();
+    for cf in Cf::DATA {
+        for entry in g.engine().store().scan_space(cf, sid).expect("scan") {
+            let (k, v) = entry.expect("entry");
+            all.extend_from_slice(&k);
+            all.push(0);
+            all.extend_from_slice(&v);
+            all.push(0);
+        }
+    }
+    all
+}
+
+fn holds(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
+}
+
+/// The concepts of a small space (a filter-only cue returns every memory).
+fn concepts_of(g: &Graph, space: &str) -> Vec<engram_graph::Memory> {
+    let every = Cue {
+        from_ms: Some(0),
+        ..Cue::default()
+    };
+    let no_spread = Spread {
+        depth: 0,
+        ..Spread::default()
+    };
+    g.recall(space, &every, 1000, &no_spread)
+        .expect("recall")
+        .into_iter()
+        .map(|r| r.memory)
+        .filter(|m| m.concept)
+        .collect()
+}
+
+#[test]
+fn forgetting_every_member_leaves_no_word_of_them_in_concepts() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let g = open(dir.path());
+    let mut members = Vec::new();
+    for day in ["monday", "tuesday", "friday"] {
+        let t = format!("john doe hivpositive clinic result {day}");
+        members.push(g.remember(DEFAULT_SPACE, text(&t)).expect("remember").id);
+    }
+    for t in [
+        "quarterly tax forms are due in april",
+        "the red kite flies over the green hill",
+        "buy milk and bread",
+    ] {
+        g.remember(DEFAULT_SPACE, text(t)).expect("remember");
+    }
+    let r = g.consolidate(DEFAULT_SPACE, 0.5).expect("consolidate");
+    assert_eq!((r.concepts, r.members), (1, 3), "{r:?}");
+    let before = concepts_of(&g, DEFAULT_SPACE);
+    assert_eq!(before.len(), 1);
+    assert!(
+        before[0].content.contains("hivpositive"),
+        "{}",
+        before[0].content
+    );
+
+    for id in &members {
+        g.forget(DEFAULT_SPACE, id).expect("forget");
+    }
+    let check = |g: &Graph, when: &str| {
+        for word in ["hivpositive", "john", "doe", "clinic"] {
+            let hits = g
+                .recall(DEFAULT_SPACE, &cue(word), 100, &Spread::default())
+                .expect("recall");
+            let found: Vec<&str> = hits.iter().map(|h| h.memory.content.as_str()).collect();
+            assert!(
+                found.is_empty(),
+                "{when}: {word:?} still found in {found:?}"
+            );
+        }
+        for c in concepts_of(g, DEFAULT_SPACE) {
+            assert!(
+                !c.content.contains("hivpositive") && !c.content.contains("john"),
+                "{when}: {}",
+                c.content
+            );
+        }
+        assert!(
+            !holds(&stored_bytes(g, DEFAULT_SPACE), b"hivpositive"),
+            "{when}: the store still holds the word"
+        );
+        let stats = g.space_stats(DEFAULT_SPACE).expect("stats");
+        assert_eq!(
+            (stats.memories, stats.edges),
+            (3, 0),
+            "{when}: the unrelated memories only"
+        );
+    };
+    check(&g, "after forget");
+    drop(g);
+    let g = open(dir.path());
+    check(&g, "after a restart");
+}
+
+#[test]
+fn forgetting_one_member_rebuilds_its_concepts_without_it() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = GraphConfig {
+        semantic_k: 0,
+        ..GraphConfig::default()
+    };
+    let g = open_with(dir.path(), config.clone());
+    g.create_space("v", Some(4)).expect("create");
+    // Only the first says "orchid" with another member, and only its
+    // vector has a third component.
+    let first = g
+        .remember(
+            "v",
+            vector("quartz river lantern orchid alpha", [1.0, 0.0, 0.1, 0.0]),
+        )
+        .expect("remember")
+        .id;
+    let second = g
+        .remember(
+            "v",
+            vector("quartz river lantern orchid bravo", [1.0, 0.1, 0.0, 0.0]),
+        )
+        .expect("remember")
+        .id;
+    g.remember(
+        "v",
+        vector("quartz river lantern willow charlie", [1.0, 0.0, 0.0, 0.0]),
+    )
+    .expect("remember");
+    g.remember("v", text("quarterly tax forms are due in april"))
+        .expect("remember");
+    let r = g.consolidate("v", 0.9).expect("consolidate");
+    assert_eq!((r.concepts, r.members), (1, 3), "{r:?}");
+    let before = concepts_of(&g, "v");
+    assert_eq!(before.len(), 1);
+    assert!(
+        before[0].content.contains("orchid"),
+        "{}",
+        before[0].content
+    );
+    let centroid = g
+        .get("v", &before[0].id, true)
+        .expect("get")
+        .embedding
+        .expect("centroid");
+    assert!(centroid[2] > 0.0, "{centroid:?}");
+
+    g.forget("v", &first).expect("forget");
+    let check = |g: &Graph, when: &str| {
+        let now = concepts_of(g, "v");
+        assert_eq!(now.len(), 1, "{when}: {now:?}");
+        let c = &now[0];
+        assert_eq!(
+            c.content, "Concept (2 memories): lantern, quartz, river",
+            "{when}"
+        );
+        assert_eq!(c.metadata["members"], json!(2), "{when}");
+        let v = g
+            .get("v", &c.id, true)
+            .expect("get")
+            .embedding
+            .expect("centroid");
+        assert_eq!(v[2], 0.0, "{when}: centroid of the remaining members only");
+        let stats = g.space_stats("v").expect("stats");
+        assert_eq!((stats.memories, stats.edges), (4, 2), "{when}");
+        // "orchid" finds the one member still saying it, not the concept.
+        let no_spread = Spread {
+            depth: 0,
+            ..Spread::default()
+        };
+        let hits = g
+            .recall("v", &cue("orchid"), 10, &no_spread)
+            .expect("recall");
+        assert_eq!(ids(&hits), vec![second.clone()], "{when}");
+    };
+    check(&g, "after forget");
+    assert_eq!(
+        g.consolidate("v", 0.9).expect("consolidate").concepts,
+        0,
+        "the remaining members stay consolidated"
+    );
+    drop(g);
+    let g = open_with(dir.path(), config);
+    check(&g, "after a restart");
+}
+
+#[test]
+fn forgotten_tags_leave_the_tag_sets_and_snapshots() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let g = open(dir.path());
+    g.create_space("s", None).expect("create");
+    let mut keep = text("a note anyone may see");
+    keep.tags = vec!["shared".into()];
+    let kept = g.remember("s", keep).expect("remember").id;
+    let mut secret = text("a note with a secret tag");
+    secret.tags = vec!["shared".into(), "xyzzy-secret-tag".into()];
+    let secret = g.remember("s", secret).expect("remember").id;
+    assert_eq!(g.tag_sets("s").expect("tag sets"), 2);
+    g.forget("s", &secret).expect("forget");
+    assert_eq!(g.tag_sets("s").expect("tag sets"), 1);
+    // Unique tags under churn: the sets stay as few as the memories using them.
+    for i in 0..200 {
+        let mut r = text(&format!("churn note {i}"));
+        r.tags = vec![format!("churn-tag-{i}")];
+        let id = g.remember("s", r).expect("remember").id;
+        assert_eq!(g.tag_sets("s").expect("tag sets"), 2);
+        g.forget("s", &id).expect("forget");
+    }
+    assert_eq!(g.tag_sets("s").expect("tag sets"), 1);
+
+    assert!(g.seal_writes(std::time::Duration::from_secs(5)));
+    let report = g.save_index_snapshots();
+    assert_eq!(report.failed, 0, "{report:?}");
+    drop(g);
+    let files: Vec<_> = std::fs::read_dir(dir.path().join("indexes"))
+        .expect("indexes dir")
+        .map(|e| e.expect("entry").path())
+        .collect();
+    let bytes: Vec<Vec<u8>> = files
+        .iter()
+        .map(|f| std::fs::read(f).expect("read"))
+        .collect();
+    assert!(bytes.iter().any(|b| holds(b, b"shared")), "{files:?}");
+    for (f, b) in files.iter().zip(&bytes) {
+        assert!(
+            !holds(b, b"xyzzy-secret-tag"),
+            "{f:?} holds a forgotten tag"
+        );
+        assert!(!holds(b, b"churn-tag-"), "{f:?} holds a forgotten tag");
+    }
+
+    // The snapshot (with a free set number in it) is read back and works.
+    let g = open(dir.path());
+    let by_tag = |g: &Graph, tag: &str| {
+        let c = Cue {
+            tags: vec![tag.into()],
+            ..Cue::default()
+        };
+        ids(&g.recall("s", &c, 10, &Spread::default()).expect("recall"))
+    };
+    assert_eq!(by_tag(&g, "shared"), vec![kept.clone()]);
+    assert_eq!(g.snapshot_loads(), (1, 0), "the snapshot is used");
+    assert_eq!(g.tag_sets("s").expect("tag sets"), 1);
+    let mut again = text("a new note");
+    again.tags = vec!["fresh".into()];
+    let fresh = g.remember("s", again).expect("remember").id;
+    assert_eq!(g.tag_sets("s").expect("tag sets"), 2);
+    assert_eq!(by_tag(&g, "fresh"), vec![fresh]);
+    assert_eq!(by_tag(&g, "shared"), vec![kept]);
 }

@@ -16,6 +16,12 @@ pub struct StoreConfig {
     pub max_background_jobs: i32,
     /// zstd level for the bottommost level and the `cold` family (default 3).
     pub zstd_level: i32,
+    /// Compress data blocks (default true: lz4 on upper levels, zstd on the
+    /// bottommost level and in `cold`). Off, SST files hold keys and values
+    /// as written: for payloads that do not compress or CPU-starved nodes,
+    /// and for tests that scan the files' raw bytes for a value that must
+    /// be gone (a compressed copy would not show).
+    pub compression: bool,
     /// `fsync` RocksDB's own WAL on every apply (default false: Engram's WAL
     /// is the durable log and RocksDB's is synced before WAL segments are
     /// released). Benchmarks set it to measure RocksDB synchronous puts.
@@ -34,6 +40,7 @@ impl Default for StoreConfig {
             write_buffer_mb: 64,
             max_background_jobs: 2,
             zstd_level: 3,
+            compression: true,
             sync_writes: false,
             max_open_files: 2048,
         }

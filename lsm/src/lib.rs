@@ -20,9 +20,18 @@
 //!   engine calls [`Store::sync_wal`] so applied data no longer depends on them.
 //! - Dropping a space range-deletes its keys in every data family; its applied
 //!   sequence stays so old records are never re-applied.
+//! - Deletes are tombstones: the deleted bytes stay in SST files until a
+//!   compaction drops them. A record that erases content for good (a forget,
+//!   a space deletion: [`mutation::erases_content`]) marks its space in
+//!   `meta` in the same batch ([`Store::purge_due`]); [`Store::purge`]
+//!   flushes, compacts the marked spaces' key ranges to the bottommost level
+//!   and checks no file in them still holds a deletion; the caller then
+//!   clears the marks ([`Store::clear_purge_due`]). RocksDB writes a fresh
+//!   MANIFEST on every update, so the key bounds of deleted files (posting
+//!   keys hold terms) do not outlive them there either.
 //! - Compression: lz4 on upper levels, zstd on the bottommost level and on
-//!   every level of `cold`; bloom filters and a shared block cache come from
-//!   [`StoreConfig`].
+//!   every level of `cold` (or none: [`StoreConfig::compression`]); bloom
+//!   filters and a shared block cache come from [`StoreConfig`].
 
 mod config;
 mod error;

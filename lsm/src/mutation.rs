@@ -142,6 +142,44 @@ pub enum DecodeError {
 
 const VERSION: u8 = 1;
 
+/// `true` when `mutations` (one record's) remove stored content for good,
+/// as a forget or a space deletion does, rather than move it between tiers:
+/// a `DropSpace`, a `DeleteVector`, a `DeleteEpisode` without a `PutCold`
+/// of the same id (an archive move), or a `DeleteCold` without a
+/// `PutEpisode` of the same id (a promotion). [`crate::Store::apply`] marks
+/// the space of such a record for [`crate::Store::purge`], in the same
+/// batch.
+pub fn erases_content(mutations: &[Mutation]) -> bool {
+    let mut warm_deleted = Vec::new();
+    let mut cold_deleted = Vec::new();
+    for m in mutations {
+        match m {
+            Mutation::DropSpace | Mutation::DeleteVector { .. } => return true,
+            Mutation::DeleteEpisode { id } => warm_deleted.push(id),
+            Mutation::DeleteCold { id } => cold_deleted.push(id),
+            _ => {}
+        }
+    }
+    if warm_deleted.is_empty() && cold_deleted.is_empty() {
+        return false;
+    }
+    let mut to_cold = std::collections::HashSet::new();
+    let mut to_warm = std::collections::HashSet::new();
+    for m in mutations {
+        match m {
+            Mutation::PutCold { id, .. } => {
+                to_cold.insert(id);
+            }
+            Mutation::PutEpisode { id, .. } => {
+                to_warm.insert(id);
+            }
+            _ => {}
+        }
+    }
+    warm_deleted.iter().any(|id| !to_cold.contains(id))
+        || cold_deleted.iter().any(|id| !to_warm.contains(id))
+}
+
 fn put_bytes(out: &mut Vec<u8>, b: &[u8]) {
     out.extend_from_slice(&(b.len() as u32).to_be_bytes());
     out.extend_from_slice(b);
@@ -389,6 +427,53 @@ mod tests {
             let cut = cut.index(b.len());
             prop_assert!(decode(&b[..cut]).is_err());
         }
+    }
+
+    #[test]
+    fn forgets_and_drops_erase_content_tier_moves_do_not() {
+        let (a, b) = ([1; 16], [2; 16]);
+        let forget = [
+            Mutation::DeleteVector { id: a },
+            Mutation::DeleteAccess { id: a },
+            Mutation::DeleteCold { id: a },
+            Mutation::DeleteEpisode { id: a },
+        ];
+        assert!(erases_content(&forget));
+        assert!(erases_content(&[Mutation::DropSpace]));
+        let archive = [
+            Mutation::DeleteEpisode { id: a },
+            Mutation::PutCold {
+                id: a,
+                record: vec![1],
+            },
+        ];
+        assert!(!erases_content(&archive));
+        let promote = [
+            Mutation::PutEpisode {
+                id: b,
+                record: vec![1],
+            },
+            Mutation::DeleteCold { id: b },
+        ];
+        assert!(!erases_content(&promote));
+        let archive_one_delete_other = [
+            Mutation::DeleteEpisode { id: a },
+            Mutation::PutCold {
+                id: b,
+                record: vec![1],
+            },
+        ];
+        assert!(erases_content(&archive_one_delete_other));
+        let residue = [
+            Mutation::DeleteEdge { from: a, to: b },
+            Mutation::DeleteAccess { id: b },
+            Mutation::DeletePosting {
+                term: "kite".into(),
+                id: b,
+            },
+        ];
+        assert!(!erases_content(&residue), "no content in these rows");
+        assert!(!erases_content(&[]));
     }
 
     #[test]

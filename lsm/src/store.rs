@@ -1,13 +1,16 @@
 //! The RocksDB-backed store.
 
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use rocksdb::{
-    BlockBasedOptions, Cache, ColumnFamily, ColumnFamilyDescriptor, DB, DBCompressionType,
-    Direction, IteratorMode, Options, ReadOptions, WriteBatch, WriteOptions,
+    BlockBasedOptions, BottommostLevelCompaction, Cache, ColumnFamily, ColumnFamilyDescriptor,
+    CompactOptions, DB, DBCompressionType, Direction, IteratorMode, Options, ReadOptions,
+    WaitForCompactOptions, WriteBatch, WriteOptions,
 };
 
 use crate::keys;
+use crate::mutation;
 use crate::{EpisodeId, Mutation, Operation, SpaceId, StoreConfig, StoreError};
 
 /// Column families. Names are part of the on-disk format.
@@ -99,6 +102,14 @@ impl std::fmt::Debug for Store {
 /// A key/value pair read from a scan.
 pub type Entry = (Box<[u8]>, Box<[u8]>);
 
+/// DB options that make RocksDB write a fresh MANIFEST (the live files
+/// only) on every MANIFEST update and delete the previous one.
+const MANIFEST_ROLL_OPTIONS: &str = "max_manifest_file_size=0;max_manifest_space_amp_pct=0";
+
+/// How long [`Store::purge`] waits for RocksDB's background jobs (which
+/// delete the files its compactions made obsolete) before checking.
+const PURGE_WAIT: Duration = Duration::from_secs(30);
+
 fn cf_options(cf: Cf, config: &StoreConfig, cache: &Cache) -> Options {
     let mut table = BlockBasedOptions::default();
     table.set_block_cache(cache);
@@ -110,6 +121,11 @@ fn cf_options(cf: Cf, config: &StoreConfig, cache: &Cache) -> Options {
     let mut o = Options::default();
     o.set_block_based_table_factory(&table);
     o.set_write_buffer_size(config.write_buffer_mb * 1024 * 1024);
+    if !config.compression {
+        o.set_compression_type(DBCompressionType::None);
+        o.set_bottommost_compression_type(DBCompressionType::None);
+        return o;
+    }
     if cf == Cf::Cold {
         o.set_compression_type(DBCompressionType::Zstd);
         o.set_compression_options(-14, config.zstd_level, 0, 0);
@@ -143,6 +159,14 @@ impl Store {
         db_opts.set_max_open_files(config.max_open_files);
         db_opts.set_manual_wal_flush(false);
         db_opts.set_atomic_flush(false);
+        // Every MANIFEST write (flush, compaction) starts a new MANIFEST
+        // holding only the live files, and the old one is deleted: the
+        // smallest and largest keys of deleted SST files (posting keys hold
+        // terms of forgotten content) leave the MANIFEST with the files.
+        // See [`Store::purge`].
+        let db_opts = db_opts
+            .get_options_from_string(MANIFEST_ROLL_OPTIONS)
+            .map_err(err)?;
         let cfs = Cf::ALL
             .iter()
             .map(|cf| ColumnFamilyDescriptor::new(cf.name(), cf_options(*cf, config, &cache)));
@@ -194,6 +218,9 @@ impl Store {
                 self.add(&mut batch, op.space, m)?;
             }
             batch.put_cf(meta, keys::applied_seq(op.space), op.seq.to_be_bytes());
+            if mutation::erases_content(&op.mutations) {
+                batch.put_cf(meta, keys::purge_due(op.space), op.lsn.to_be_bytes());
+            }
         }
         batch.put_cf(meta, keys::APPLIED_LSN, last.lsn.to_be_bytes());
         self.db
@@ -536,6 +563,112 @@ impl Store {
         s
     }
 
+    /// Spaces whose content a record erased (a forget, a space deletion)
+    /// since their last [`Store::purge`], with the LSN of the latest such
+    /// record. [`Store::apply`] sets these marks in the batch that applies
+    /// the record, so they survive a crash.
+    pub fn purge_due(&self) -> Result<Vec<(SpaceId, u64)>, StoreError> {
+        self.scan_prefix(Cf::Meta, &keys::meta_prefix_purge_due())?
+            .map(|r| {
+                let (k, v) = r?;
+                let corrupt = || StoreError::Corrupt {
+                    cf: "meta",
+                    detail: "malformed purge mark".into(),
+                };
+                let space = keys::meta_space(&k).ok_or_else(corrupt)?;
+                let lsn: [u8; 8] = v.as_ref().try_into().map_err(|_| corrupt())?;
+                Ok((space, u64::from_be_bytes(lsn)))
+            })
+            .collect()
+    }
+
+    /// Physically removes what deletions left in the files of `spaces`:
+    /// flushes every memtable (RocksDB's own WAL files that held the deleted
+    /// values are then obsolete and deleted), compacts each space's key
+    /// range in every data family down to the bottommost level with a
+    /// forced bottommost pass (tombstones and the values they shadow, and
+    /// older versions of overwritten values, are dropped), then compacts
+    /// `meta` (so the last MANIFEST written describes only the new files),
+    /// and waits up to 30 s for RocksDB's background jobs, which delete the
+    /// obsolete files. Returns the spaces whose range still has a file
+    /// holding deletions (a compaction failed: RocksDB does not report
+    /// manual compaction errors through its C API; or new deletions were
+    /// flushed meanwhile): purge them again later.
+    ///
+    /// Cost: rewrites every SST file overlapping the spaces' key ranges
+    /// (about the spaces' size, twice for data that was not yet in the
+    /// bottommost level), plus `meta` (small). Runs alongside writes:
+    /// automatic compactions are not excluded.
+    ///
+    /// A checkpoint taken before (or while) this runs keeps hard links to
+    /// the old files, and with them the deleted values, until removed.
+    pub fn purge(&self, spaces: &[SpaceId]) -> Result<Vec<SpaceId>, StoreError> {
+        for space in spaces {
+            keys::check_space(*space)?;
+        }
+        self.flush()?;
+        let mut opts = CompactOptions::default();
+        opts.set_exclusive_manual_compaction(false);
+        opts.set_bottommost_level_compaction(BottommostLevelCompaction::ForceOptimized);
+        for space in spaces {
+            let (start, end) = (keys::space_start(*space), keys::space_end(*space));
+            for cf in Cf::DATA {
+                self.db
+                    .compact_range_cf_opt(self.handle(cf)?, Some(start), Some(end), &opts);
+            }
+        }
+        self.db
+            .compact_range_cf_opt(self.handle(Cf::Meta)?, None::<&[u8]>, None::<&[u8]>, &opts);
+        let mut wait = WaitForCompactOptions::default();
+        wait.set_timeout(u64::try_from(PURGE_WAIT.as_micros()).unwrap_or(u64::MAX));
+        if let Err(e) = self.db.wait_for_compact(&wait) {
+            tracing::debug!(error = %e, "waiting for RocksDB background jobs after a purge stopped");
+        }
+        let files = self.db.live_files().map_err(|e| self.err(e))?;
+        let meta = Cf::Meta.name();
+        Ok(spaces
+            .iter()
+            .copied()
+            .filter(|space| {
+                let (start, end) = (keys::space_start(*space), keys::space_end(*space));
+                files.iter().any(|f| {
+                    f.column_family_name != meta
+                        && f.num_deletions > 0
+                        && f.start_key.as_deref().is_none_or(|k| k < end.as_slice())
+                        && f.end_key.as_deref().is_none_or(|k| k >= start.as_slice())
+                })
+            })
+            .collect())
+    }
+
+    /// Removes purge marks: each `(space, lsn)` whose stored LSN is still at
+    /// most `lsn` (a newer erasure keeps its mark). The caller must not
+    /// apply records concurrently (the engine holds its apply lock).
+    pub fn clear_purge_due(&self, marks: &[(SpaceId, u64)]) -> Result<(), StoreError> {
+        let meta = self.handle(Cf::Meta)?;
+        let mut batch = WriteBatch::default();
+        for (space, lsn) in marks {
+            keys::check_space(*space)?;
+            let key = keys::purge_due(*space);
+            let Some(v) = self.get(Cf::Meta, &key)? else {
+                continue;
+            };
+            let stored: [u8; 8] = v.as_slice().try_into().map_err(|_| StoreError::Corrupt {
+                cf: "meta",
+                detail: format!("{}-byte purge mark of space {space}", v.len()),
+            })?;
+            if u64::from_be_bytes(stored) <= *lsn {
+                batch.delete_cf(meta, key);
+            }
+        }
+        if batch.is_empty() {
+            return Ok(());
+        }
+        self.db
+            .write_opt(batch, &self.write_opts)
+            .map_err(|e| self.err(e))
+    }
+
     /// Writes a consistent, openable copy of the store to `dir` (which must
     /// not exist) using RocksDB checkpoints (hard links where possible).
     pub fn checkpoint(&self, dir: &Path) -> Result<(), StoreError> {
@@ -544,5 +677,123 @@ impl Store {
         }
         let cp = rocksdb::checkpoint::Checkpoint::new(&self.db).map_err(|e| self.err(e))?;
         cp.create_checkpoint(dir).map_err(|e| self.err(e))
+    }
+}
+
+#[cfg(test)]
+mod purge_tests {
+    use super::*;
+
+    fn op(lsn: u64, space: SpaceId, seq: u64, mutations: Vec<Mutation>) -> Operation {
+        Operation {
+            lsn,
+            space,
+            seq,
+            mutations,
+        }
+    }
+
+    /// Files under `dir` (recursively) whose bytes contain `needle`.
+    fn files_holding(dir: &Path, needle: &[u8]) -> Vec<PathBuf> {
+        let mut found = Vec::new();
+        let mut dirs = vec![dir.to_path_buf()];
+        while let Some(d) = dirs.pop() {
+            for entry in std::fs::read_dir(&d).expect("read_dir") {
+                let path = entry.expect("entry").path();
+                if path.is_dir() {
+                    dirs.push(path);
+                } else if let Ok(bytes) = std::fs::read(&path) {
+                    if bytes.windows(needle.len()).any(|w| w == needle) {
+                        found.push(path);
+                    }
+                }
+            }
+        }
+        found
+    }
+
+    #[test]
+    fn purge_leaves_no_byte_of_a_deleted_value_or_key() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let config = StoreConfig {
+            compression: false,
+            ..StoreConfig::default()
+        };
+        let store = Store::open(dir.path(), &config).expect("open");
+        let (gone, kept) = ([7; 16], [8; 16]);
+        let marker = "qzxpurgemarker4711";
+        store
+            .apply(&[
+                op(
+                    1,
+                    1,
+                    1,
+                    vec![
+                        Mutation::PutEpisode {
+                            id: gone,
+                            record: format!("content {marker}").into_bytes(),
+                        },
+                        Mutation::PutPosting {
+                            term: marker.into(),
+                            id: gone,
+                            value: vec![0, 0, 0, 1],
+                        },
+                    ],
+                ),
+                op(
+                    2,
+                    2,
+                    1,
+                    vec![Mutation::PutEpisode {
+                        id: kept,
+                        record: b"another space".to_vec(),
+                    }],
+                ),
+            ])
+            .expect("apply");
+        store.flush().expect("flush");
+        assert!(!files_holding(dir.path(), marker.as_bytes()).is_empty());
+        assert!(
+            store.purge_due().expect("marks").is_empty(),
+            "puts erase nothing"
+        );
+        store
+            .apply(&[op(
+                3,
+                1,
+                2,
+                vec![
+                    Mutation::DeletePosting {
+                        term: marker.into(),
+                        id: gone,
+                    },
+                    Mutation::DeleteEpisode { id: gone },
+                ],
+            )])
+            .expect("forget");
+        let marks = store.purge_due().expect("marks");
+        assert_eq!(marks, vec![(1, 3)]);
+        assert_eq!(store.purge(&[1]).expect("purge"), Vec::<SpaceId>::new());
+        store.clear_purge_due(&marks).expect("clear");
+        assert!(store.purge_due().expect("marks").is_empty());
+        let left = files_holding(dir.path(), marker.as_bytes());
+        assert!(left.is_empty(), "deleted bytes left in {left:?}");
+        assert_eq!(
+            store.episode(2, &kept).expect("read"),
+            Some(b"another space".to_vec())
+        );
+        assert_eq!(store.episode(1, &gone).expect("read"), None);
+    }
+
+    #[test]
+    fn a_newer_erasure_keeps_its_mark() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(dir.path(), &StoreConfig::default()).expect("open");
+        let forget = |lsn| op(lsn, 1, lsn, vec![Mutation::DeleteEpisode { id: [1; 16] }]);
+        store.apply(&[forget(1)]).expect("apply");
+        let marks = store.purge_due().expect("marks");
+        store.apply(&[forget(2)]).expect("apply");
+        store.clear_purge_due(&marks).expect("clear");
+        assert_eq!(store.purge_due().expect("marks"), vec![(1, 2)]);
     }
 }

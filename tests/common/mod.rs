@@ -24,9 +24,13 @@ pub fn repo(rel: &str) -> PathBuf {
     manifest.join("..").join(rel)
 }
 
-/// Path of the binary under test.
+/// Path of the binary under test: the one cargo built, or
+/// `ENGRAM_TEST_BIN` (to check that a test fails on an older build).
 pub fn bin() -> &'static str {
-    env!("CARGO_BIN_EXE_engram")
+    static BIN: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    BIN.get_or_init(|| {
+        std::env::var("ENGRAM_TEST_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_engram").to_owned())
+    })
 }
 
 /// A running server.
@@ -67,6 +71,7 @@ impl Server {
             .arg(data_dir)
             .args(&opts.args)
             .env_remove("RUST_LOG")
+            .env_remove("ENGRAM_TEST_BIN")
             .env("ENGRAM_LOG_FORMAT", "json")
             .env("HOME", data_dir) // no user config file leaks in
             .env_remove("XDG_CONFIG_HOME")

@@ -37,6 +37,11 @@ pub struct WalConfig {
     /// `fdatasync` calls do not have to update the file size (much faster on
     /// most filesystems). Falls back to a growing file where unsupported.
     pub preallocate: bool,
+    /// Hours a file that repair moved to `corrupt/` is kept (default 168,
+    /// 7 days; 0 keeps them until removed by hand). Quarantined records can
+    /// hold content that was forgotten since: this bounds how long it stays
+    /// on disk. Enforced at open and by [`crate::Wal::prune_quarantine`].
+    pub corrupt_retention_hours: u64,
 }
 
 impl Default for WalConfig {
@@ -46,6 +51,7 @@ impl Default for WalConfig {
             max_payload: 8 * 1024 * 1024,
             durability: Durability::Always,
             preallocate: true,
+            corrupt_retention_hours: 168,
         }
     }
 }

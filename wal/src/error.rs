@@ -97,6 +97,13 @@ pub enum WalError {
         /// First LSN still on disk.
         oldest: u64,
     },
+    /// Starting a new segment on request ([`crate::Wal::rotate`]) failed;
+    /// the log goes on writing to the current one.
+    #[error("starting a new WAL segment failed: {reason}; the log goes on in the current segment")]
+    Rotate {
+        /// Why.
+        reason: String,
+    },
     /// The log was closed while the append was pending.
     #[error("WAL is closed")]
     Closed,

@@ -53,7 +53,13 @@
 //! ## Retention
 //! Segments are deleted by [`Wal::release_through`] once every record in them
 //! is at or below the LSN the caller has applied (and made durable elsewhere)
-//! and below every live [`Pin`]. The segment being written is never deleted.
+//! and below every live [`Pin`]. The segment being written is never deleted;
+//! [`Wal::rotate`] seals it and starts a new one, so that an owner who must
+//! not keep old records (forgotten content) can release everything written
+//! so far. A deleted segment's blocks go back to the filesystem unerased.
+//! Files that repair moved to `corrupt/` are deleted
+//! [`WalConfig::corrupt_retention_hours`] after the repair, at open and by
+//! [`Wal::prune_quarantine`].
 //!
 //! ## On-disk layout
 //! `<dir>/<first LSN, 20 decimal digits>.wal` segment files, each

@@ -3,11 +3,12 @@
 
 use std::collections::BTreeMap;
 use std::fs::{self, File};
+use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::thread::JoinHandle;
-use std::time::Instant;
+use std::time::{Duration, Instant, SystemTime};
 
 use prometheus::Registry;
 use tokio::sync::oneshot;
@@ -210,11 +211,16 @@ struct Waiter {
     tx: oneshot::Sender<Result<u64, WalError>>,
 }
 
+/// Answer to a [`Wal::rotate`] request: the last LSN in the sealed segments.
+type RotationReply = oneshot::Sender<Result<u64, WalError>>;
+
 #[derive(Default)]
 struct Queue {
     next_lsn: u64,
     buf: Vec<u8>,
     waiters: Vec<Waiter>,
+    /// Pending [`Wal::rotate`] requests.
+    rotations: Vec<RotationReply>,
     failed: Option<String>,
     closing: bool,
 }
@@ -265,6 +271,8 @@ struct Active {
     file: File,
     path: PathBuf,
     pos: u64,
+    /// LSN of the next record the writer will write.
+    next_lsn: u64,
 }
 
 impl Wal {
@@ -300,6 +308,7 @@ impl Wal {
             Durability::Always => {}
         }
         fs::create_dir_all(dir).at(dir)?;
+        prune_quarantine(dir, config.corrupt_retention_hours, SystemTime::now())?;
         let metrics = WalMetrics::new(options.registry.as_ref())?;
         let Scanned {
             mut segments,
@@ -349,7 +358,12 @@ impl Wal {
             pins: Mutex::new(BTreeMap::new()),
             metrics,
         });
-        let active = Active { file, path, pos: 0 };
+        let active = Active {
+            file,
+            path,
+            pos: 0,
+            next_lsn,
+        };
         let writer_shared = Arc::clone(&shared);
         let writer = std::thread::Builder::new()
             .name("engram-wal-writer".into())
@@ -465,6 +479,45 @@ impl Wal {
         Ok(removable)
     }
 
+    /// Seals the segment being written and starts a new one at the next
+    /// LSN, so that [`Wal::release_through`] can delete every record written
+    /// so far (it never deletes the segment being written). Blocks until the
+    /// writer has done it: records queued before the call are written (and,
+    /// unless durability is `None`, synced) into the sealed segment first.
+    /// Returns the last LSN in the sealed segments. Nothing happens when the
+    /// current segment is still empty.
+    ///
+    /// [`WalError::Rotate`] means the new segment could not be created; the
+    /// log goes on in the current one.
+    pub fn rotate(&self) -> Result<u64, WalError> {
+        let (tx, rx) = oneshot::channel();
+        {
+            let mut q = lock(&self.shared.queue);
+            if let Some(reason) = &q.failed {
+                return Err(WalError::Failed {
+                    reason: reason.clone(),
+                });
+            }
+            if q.closing {
+                return Err(WalError::Closed);
+            }
+            q.rotations.push(tx);
+        }
+        self.shared.wake.notify_one();
+        block_on(rx).unwrap_or_else(|_| Err(writer_gone()))
+    }
+
+    /// Deletes the files in `corrupt/` (records moved aside by repair) that
+    /// have been there longer than [`WalConfig::corrupt_retention_hours`]
+    /// (0: never). Open does this too. Returns how many were deleted.
+    pub fn prune_quarantine(&self) -> Result<usize, WalError> {
+        prune_quarantine(
+            &self.shared.dir,
+            self.shared.config.corrupt_retention_hours,
+            SystemTime::now(),
+        )
+    }
+
     /// First LSN still retained on disk (records before it were released).
     pub fn first_retained_lsn(&self) -> u64 {
         lock(&self.shared.segments)
@@ -570,6 +623,7 @@ fn fail_all(shared: &Shared, reason: String, in_flight: Vec<Waiter>) {
     let mut q = lock(&shared.queue);
     let reason = q.failed.get_or_insert(reason).clone();
     let queued = std::mem::take(&mut q.waiters);
+    let rotations = std::mem::take(&mut q.rotations);
     q.buf.clear();
     drop(q);
     for w in in_flight.into_iter().chain(queued) {
@@ -577,6 +631,123 @@ fn fail_all(shared: &Shared, reason: String, in_flight: Vec<Waiter>) {
             reason: reason.clone(),
         }));
     }
+    for tx in rotations {
+        let _ = tx.send(Err(WalError::Failed {
+            reason: reason.clone(),
+        }));
+    }
+}
+
+/// Answers `rotations` after sealing the active segment (synced unless
+/// durability is `None`) and starting the next one; an empty active
+/// segment is kept as it is. Returns `false` when a failed sync put the log
+/// in the failed state (the writer must stop).
+fn rotate_active(shared: &Shared, active: &mut Active, rotations: Vec<RotationReply>) -> bool {
+    let sealed = active.next_lsn.saturating_sub(1);
+    let outcome = if active.pos == 0 {
+        Ok(sealed)
+    } else {
+        if shared.config.durability != Durability::None {
+            if let Err(e) = sync(shared, active) {
+                let reason = e.to_string();
+                for tx in rotations {
+                    let _ = tx.send(Err(WalError::Failed {
+                        reason: reason.clone(),
+                    }));
+                }
+                fail_all(shared, reason, Vec::new());
+                return false;
+            }
+            shared.synced.fetch_max(sealed, Ordering::AcqRel);
+        }
+        start_segment(shared, active).map(|()| sealed)
+    };
+    match outcome {
+        Ok(sealed) => {
+            for tx in rotations {
+                let _ = tx.send(Ok(sealed));
+            }
+        }
+        Err(e) => {
+            let reason = e.to_string();
+            tracing::warn!(error = %reason, "starting a new WAL segment on request failed; writing on in the current one");
+            for tx in rotations {
+                let _ = tx.send(Err(WalError::Rotate {
+                    reason: reason.clone(),
+                }));
+            }
+        }
+    }
+    true
+}
+
+/// Creates the segment starting at `active.next_lsn` and makes it the one
+/// being written.
+fn start_segment(shared: &Shared, active: &mut Active) -> Result<(), WalError> {
+    let first = active.next_lsn;
+    let (file, path) = segment::create(
+        &shared.dir,
+        first,
+        shared.config.segment_size,
+        shared.config.preallocate,
+    )?;
+    let mut segments = lock(&shared.segments);
+    segments.push(SegmentFile {
+        first_lsn: first,
+        path: path.clone(),
+    });
+    shared.metrics.segments.set(segments.len() as i64);
+    drop(segments);
+    *active = Active {
+        file,
+        path,
+        pos: 0,
+        next_lsn: first,
+    };
+    Ok(())
+}
+
+/// Deletes the files in `<dir>/corrupt/` modified more than `hours` before
+/// `now` (repair stamps what it moves there with the time of the move).
+/// `hours == 0` keeps everything.
+pub(crate) fn prune_quarantine(dir: &Path, hours: u64, now: SystemTime) -> Result<usize, WalError> {
+    if hours == 0 {
+        return Ok(0);
+    }
+    let corrupt = dir.join(CORRUPT_DIR);
+    let entries = match fs::read_dir(&corrupt) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(0),
+        Err(source) => {
+            return Err(WalError::Io {
+                path: corrupt,
+                source,
+            });
+        }
+    };
+    let keep = Duration::from_secs(hours.saturating_mul(3600));
+    let mut removed = 0;
+    for entry in entries {
+        let entry = entry.at(&corrupt)?;
+        let path = entry.path();
+        let meta = entry.metadata().at(&path)?;
+        if !meta.is_file() {
+            continue;
+        }
+        // A modification time in the future (a clock set back) keeps the file.
+        let expired = now
+            .duration_since(meta.modified().at(&path)?)
+            .is_ok_and(|age| age >= keep);
+        if expired {
+            fs::remove_file(&path).at(&path)?;
+            tracing::info!(path = %path.display(), retention_hours = hours, "quarantined WAL bytes past their retention deleted");
+            removed += 1;
+        }
+    }
+    if removed > 0 {
+        segment::sync_dir(&corrupt)?;
+    }
+    Ok(removed)
 }
 
 /// The group-commit loop. `waiters` holds the group being written.
@@ -587,10 +758,11 @@ fn run_writer(shared: &Shared, mut active: Active, waiters: &mut Vec<Waiter>) {
     let durability = shared.config.durability;
     loop {
         let closing;
+        let rotations;
         {
             let mut q = lock(&shared.queue);
             loop {
-                if !q.waiters.is_empty() || q.closing {
+                if !q.waiters.is_empty() || !q.rotations.is_empty() || q.closing {
                     break;
                 }
                 match durability {
@@ -610,6 +782,7 @@ fn run_writer(shared: &Shared, mut active: Active, waiters: &mut Vec<Waiter>) {
             }
             std::mem::swap(&mut q.buf, &mut buf);
             std::mem::swap(&mut q.waiters, waiters);
+            rotations = std::mem::take(&mut q.rotations);
             closing = q.closing;
         }
 
@@ -656,12 +829,22 @@ fn run_writer(shared: &Shared, mut active: Active, waiters: &mut Vec<Waiter>) {
                     let _ = w.tx.send(Ok(w.lsn));
                 }
                 buf.clear();
-                if closing && lock(&shared.queue).waiters.is_empty() {
+                if !rotations.is_empty() && !rotate_active(shared, &mut active, rotations) {
+                    return;
+                }
+                let q = lock(&shared.queue);
+                if closing && q.waiters.is_empty() && q.rotations.is_empty() {
                     return;
                 }
             }
             Err(e) => {
-                fail_all(shared, e.to_string(), std::mem::take(waiters));
+                let reason = e.to_string();
+                for tx in rotations {
+                    let _ = tx.send(Err(WalError::Failed {
+                        reason: reason.clone(),
+                    }));
+                }
+                fail_all(shared, reason, std::mem::take(waiters));
                 return;
             }
         }
@@ -708,7 +891,12 @@ fn write_group(
             });
             shared.metrics.segments.set(segments.len() as i64);
             drop(segments);
-            *active = Active { file, path, pos: 0 };
+            *active = Active {
+                file,
+                path,
+                pos: 0,
+                next_lsn: w.lsn,
+            };
             start = rec_start;
         }
         rec_start = w.end;
@@ -716,6 +904,9 @@ fn write_group(
     if buf.len() > start {
         segment::write_all_at(&active.file, &buf[start..], active.pos).at(&active.path)?;
         active.pos += (buf.len() - start) as u64;
+    }
+    if let Some(last) = waiters.last() {
+        active.next_lsn = last.lsn + 1;
     }
     Ok(())
 }
@@ -847,5 +1038,118 @@ impl Iterator for Replay {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn open(dir: &Path) -> Wal {
+        let config = WalConfig {
+            segment_size: 64 * 1024,
+            max_payload: 1024,
+            ..WalConfig::default()
+        };
+        Wal::open(dir, config, WalOptions::default())
+            .expect("open")
+            .0
+    }
+
+    fn append(wal: &Wal, seq: u64, payload: &[u8]) -> u64 {
+        wal.append(
+            RecordHeader {
+                space: 1,
+                seq,
+                kind: 1,
+            },
+            payload,
+        )
+        .expect("append")
+        .wait()
+        .expect("durable")
+    }
+
+    fn files_containing(dir: &Path, needle: &[u8]) -> Vec<PathBuf> {
+        let mut found = Vec::new();
+        for entry in fs::read_dir(dir).expect("read_dir") {
+            let path = entry.expect("entry").path();
+            if path.is_file() {
+                let bytes = fs::read(&path).expect("read");
+                if bytes.windows(needle.len()).any(|w| w == needle) {
+                    found.push(path);
+                }
+            }
+        }
+        found
+    }
+
+    #[test]
+    fn rotate_then_release_leaves_no_written_record_on_disk() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let wal = open(dir.path());
+        let marker = b"forget-me-7d1f0c";
+        append(&wal, 1, b"first");
+        let lsn = append(&wal, 2, marker);
+        assert_eq!(files_containing(dir.path(), marker).len(), 1);
+        // Release alone never deletes the segment being written.
+        assert_eq!(wal.release_through(lsn).expect("release"), 0);
+        let sealed = wal.rotate().expect("rotate");
+        assert_eq!(sealed, lsn);
+        assert_eq!(
+            wal.rotate().expect("rotate an empty segment"),
+            lsn,
+            "an empty segment is not replaced"
+        );
+        assert_eq!(wal.release_through(sealed).expect("release"), 1);
+        assert_eq!(wal.first_retained_lsn(), lsn + 1);
+        assert!(files_containing(dir.path(), marker).is_empty());
+
+        let after = append(&wal, 3, b"after");
+        assert_eq!(after, lsn + 1, "LSNs go on across the new segment");
+        let replayed: Vec<u64> = wal
+            .replay(after)
+            .expect("replay")
+            .map(|r| r.expect("record").lsn)
+            .collect();
+        assert_eq!(replayed, vec![after]);
+        drop(wal);
+        let config = WalConfig {
+            segment_size: 64 * 1024,
+            max_payload: 1024,
+            ..WalConfig::default()
+        };
+        let (_wal, report) = Wal::open(dir.path(), config, WalOptions::default()).expect("reopen");
+        assert_eq!((report.first_lsn, report.records), (Some(after), 1));
+    }
+
+    #[test]
+    fn quarantine_is_deleted_after_its_retention_only() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let corrupt = dir.path().join(CORRUPT_DIR);
+        fs::create_dir_all(&corrupt).expect("mkdir");
+        fs::write(corrupt.join("00000000000000000007.wal"), b"damaged").expect("write");
+        let now = SystemTime::now();
+        assert_eq!(
+            prune_quarantine(dir.path(), 0, now + Duration::from_secs(1 << 30)).expect("prune"),
+            0,
+            "0 keeps forever"
+        );
+        assert_eq!(
+            prune_quarantine(dir.path(), 2, now).expect("prune"),
+            0,
+            "fresh"
+        );
+        assert_eq!(
+            prune_quarantine(dir.path(), 2, now + Duration::from_secs(2 * 3600 + 60))
+                .expect("prune"),
+            1
+        );
+        assert!(fs::read_dir(&corrupt).expect("read_dir").next().is_none());
+        let missing = tempfile::tempdir().expect("tempdir");
+        assert_eq!(
+            prune_quarantine(missing.path(), 2, now).expect("no corrupt/"),
+            0
+        );
     }
 }

@@ -462,7 +462,9 @@ pub(crate) fn scan(dir: &Path, repair: bool, applied_below: u64) -> Result<Scann
                 .file_name()
                 .map(|n| n.to_owned())
                 .unwrap_or_default();
-            fs::rename(&seg.path, corrupt.join(name)).at(&seg.path)?;
+            let moved = corrupt.join(name);
+            fs::rename(&seg.path, &moved).at(&seg.path)?;
+            stamp_now(&moved)?;
         }
         segment::sync_dir(&corrupt)?;
         tracing::error!(
@@ -513,6 +515,14 @@ pub(crate) fn scan(dir: &Path, repair: bool, applied_below: u64) -> Result<Scann
         named_floor: 0,
         skips,
     })
+}
+
+/// Sets a quarantined file's modification time to now: its retention
+/// (`corrupt_retention_hours`) counts from the repair, not from when the
+/// segment was last written.
+fn stamp_now(path: &Path) -> Result<(), WalError> {
+    let f = fs::OpenOptions::new().write(true).open(path).at(path)?;
+    f.set_modified(std::time::SystemTime::now()).at(path)
 }
 
 fn find_plausible(data: &[u8], mut from: usize, accept: impl Fn(&Frame<'_>) -> bool) -> bool {

@@ -23,10 +23,23 @@
 //! - a consolidation edge from each member to the concept, weighted by the
 //!   member's similarity.
 //!
-//! The concept and its edges are one WAL record. Members are then
-//! consolidated and never picked again, so runs are idempotent: a second run
-//! over the same episodes creates nothing. Forgetting a concept frees its
-//! members for a later run.
+//! The concept and its edges are one WAL record, written under the space's
+//! write lock after checking, under that lock, that every member still
+//! exists: a member forgotten while the run was clustering contributes
+//! nothing (the concept is made of the others, or not at all when fewer
+//! than two remain), and a forget that comes later finds the concept.
+//! Members are then consolidated and never picked again, so runs are
+//! idempotent: a second run over the same episodes creates nothing.
+//! Forgetting a concept frees its members for a later run.
+//!
+//! Forgetting a member leaves nothing of it in a concept (invariant 6):
+//! each concept it belongs to is forgotten and, when at least two other
+//! members remain, replaced by a new concept (new id) made of them exactly
+//! as above, with their edges' weights. Both happen in forget, under the
+//! space's write lock, before the member's own deletions: a crash in
+//! between leaves the member in place and its concept already without it
+//! (or its members free for a later run), never a concept holding a
+//! forgotten member's words.
 
 use std::collections::BTreeMap;
 
@@ -80,6 +93,42 @@ fn lap_order(
 const NEIGHBOURS: usize = 16;
 /// Terms in a concept's content.
 const CONCEPT_TERMS: usize = 12;
+/// Members a concept needs: fewer make none, and a concept left with fewer
+/// by forget is forgotten.
+const MIN_MEMBERS: usize = 2;
+
+/// A member of a concept: its id, its similarity to the cluster (the
+/// weight of its edge to the concept) and its record.
+type Member = (EpisodeId, f32, Arc<EpisodeRecord>);
+
+/// A concept ready to be written: its record and embedding, and each
+/// member with its edge to it.
+struct Concept {
+    record: EpisodeRecord,
+    embedding: Option<Vec<f32>>,
+    members: Vec<(EpisodeId, EdgeRecord)>,
+}
+
+impl SpaceState {
+    /// The members of a concept (sources of its consolidation edges) with
+    /// their edges' weights.
+    fn members(&self, concept: &EpisodeId) -> Vec<(EpisodeId, f32)> {
+        let Some(c) = self.episodes.slot(concept) else {
+            return Vec::new();
+        };
+        self.edges
+            .incoming(c)
+            .iter()
+            .filter_map(|(from, _)| {
+                self.edges
+                    .outgoing(*from)
+                    .iter()
+                    .find(|(to, e)| *to == c && e.kind == EdgeKind::Consolidation)
+                    .map(|(_, e)| (*self.episodes.id(*from), e.weight))
+            })
+            .collect()
+    }
+}
 
 impl Graph {
     /// Consolidates up to `consolidation.batch_size` episodes of a space,
@@ -230,21 +279,147 @@ impl Graph {
                 }
             }
         };
-        if cluster.len() < 2 || !cluster.iter().any(|(id, _)| *id == seed) {
+        if cluster.len() < MIN_MEMBERS || !cluster.iter().any(|(id, _)| *id == seed) {
             return Ok(true);
         }
-        let Some(draft) = self.concept_of(space, st, &cluster)? else {
-            return Ok(true);
-        };
-        match self.store_episode(space, st, draft, kind::CONSOLIDATE) {
-            Ok(_) => {}
-            Err(GraphError::SpaceNotFound(_)) => return Ok(false),
-            Err(e) => return Err(e),
+        let mut members: Vec<Member> = Vec::with_capacity(cluster.len());
+        for (id, sim) in &cluster {
+            if let Some(r) = self.read_record(space, id)? {
+                members.push((*id, *sim, r));
+            }
+        }
+        {
+            // Checked and written under the write lock that forget holds
+            // from start to end: a member forgotten since the cluster was
+            // found is dropped here, one forgotten later finds the concept.
+            let mut state = write(st);
+            members.retain(|(id, _, _)| state.episodes.get(id).is_some_and(free));
+            let Some(concept) = concept_of(&members, &state)? else {
+                return Ok(true);
+            };
+            match self.write_concept(space, &mut state, concept) {
+                Ok(_) => {}
+                Err(GraphError::SpaceNotFound(_)) => return Ok(false),
+                Err(e) => return Err(e),
+            }
         }
         report.concepts += 1;
-        report.members += cluster.len();
+        report.members += members.len();
         taken.extend(cluster.iter().map(|(id, _)| *id));
         Ok(true)
+    }
+
+    /// Writes a concept as one WAL record (the concept, its postings and
+    /// embedding, an edge from each member) and adds it to the indexes.
+    /// `state` is the space's, write-locked by the caller for the whole of
+    /// it, after checking that every member still exists.
+    fn write_concept(
+        &self,
+        space: &Space,
+        state: &mut SpaceState,
+        concept: Concept,
+    ) -> Result<EpisodeId, GraphError> {
+        let Concept {
+            mut record,
+            embedding,
+            members,
+        } = concept;
+        let id = ulid::Ulid::new().to_bytes();
+        let (tf, len) = text::term_frequencies(&record.content);
+        record.terms = len;
+        let mut m = Vec::with_capacity(2 + tf.len() + members.len());
+        m.push(Mutation::PutEpisode {
+            id,
+            record: record::encode(&record)?,
+        });
+        for (term, f) in &tf {
+            m.push(Mutation::PutPosting {
+                term: term.clone(),
+                id,
+                value: f.to_be_bytes().to_vec(),
+            });
+        }
+        if let Some(e) = &embedding {
+            m.push(Mutation::PutVector {
+                id,
+                vector: record::vector_bytes(e),
+            });
+        }
+        for (from, e) in &members {
+            m.push(Mutation::PutEdge {
+                from: *from,
+                to: id,
+                record: record::encode(e)?,
+            });
+        }
+        self.submit(space, kind::CONSOLIDATE, m)?;
+
+        if let (Some(e), Some(ann)) = (&embedding, state.ann.as_mut()) {
+            ann.insert(id, e);
+        }
+        let tags = state.tagsets.intern(&record.tags);
+        let slot = state.episodes.insert(
+            id,
+            EpisodeMeta {
+                occurred_at_ms: record.occurred_at_ms,
+                stored_at_ms: record.stored_at_ms,
+                confidence: record.confidence,
+                tags,
+                concept: true,
+                ..EpisodeMeta::default()
+            },
+        );
+        state.lexical.add_document(slot, len);
+        for (term, f) in tf {
+            state.lexical.add_posting(&term, slot, f);
+        }
+        for (from, e) in members {
+            state.add_edge(from, id, e);
+        }
+        lock(&space.hot).insert(id, Arc::new(record));
+        Ok(id)
+    }
+
+    /// Before `member` is forgotten: forgets every concept it belongs to
+    /// and, when at least [`MIN_MEMBERS`] other members remain, writes a
+    /// new concept of those (their edges' weights kept), so no concept's
+    /// content, postings, tags or embedding keep anything derived from
+    /// `member`. Under the space's write and tiering locks, as forget.
+    pub(super) fn release_concepts(
+        &self,
+        space: &Space,
+        state: &mut SpaceState,
+        member: &EpisodeId,
+    ) -> Result<(), GraphError> {
+        let concepts: Vec<EpisodeId> = state
+            .outgoing(member)
+            .into_iter()
+            .filter(|(_, e)| e.kind == EdgeKind::Consolidation)
+            .map(|(c, _)| c)
+            .collect();
+        for concept in concepts {
+            let mut rest: Vec<(EpisodeId, f32)> = state
+                .members(&concept)
+                .into_iter()
+                .filter(|(id, _)| id != member)
+                .collect();
+            rest.sort_unstable_by_key(|a| a.0);
+            let mut members: Vec<Member> = Vec::with_capacity(rest.len());
+            for (id, weight) in rest {
+                if let Some(r) = self.read_record(space, &id)? {
+                    members.push((id, weight, r));
+                }
+            }
+            // Durable before the replacement is written: a crash in
+            // between leaves the members free for a later run.
+            if !self.forget_locked(space, state, &concept)? {
+                continue; // no record: nothing of `member` to remove
+            }
+            if let Some(replacement) = concept_of(&members, state)? {
+                self.write_concept(space, state, replacement)?;
+            }
+        }
+        Ok(())
     }
 
     /// Keeps where the space's run stopped, so the next one (after a
@@ -257,100 +432,85 @@ impl Graph {
         }
         Ok(())
     }
+}
 
-    /// The concept summarising `cluster` (member, similarity), or `None`
-    /// when fewer than two members still exist.
-    fn concept_of(
-        &self,
-        space: &Space,
-        st: &RwLock<SpaceState>,
-        cluster: &[(EpisodeId, f32)],
-    ) -> Result<Option<NewEpisode>, GraphError> {
-        let mut records = Vec::with_capacity(cluster.len());
-        for (id, sim) in cluster {
-            if let Some(r) = self.read_record(space, id)? {
-                records.push((*id, *sim, r));
-            }
-        }
-        if records.len() < 2 {
-            return Ok(None);
-        }
-        let n = records.len();
-        // Terms by the number of members using them; ties alphabetical.
-        let mut shared: BTreeMap<String, usize> = BTreeMap::new();
-        for (_, _, r) in &records {
-            for t in text::term_frequencies(&r.content).0.into_keys() {
-                *shared.entry(t).or_default() += 1;
-            }
-        }
-        let mut terms: Vec<(String, usize)> = shared.into_iter().filter(|(_, c)| *c >= 2).collect();
-        terms.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
-        terms.truncate(CONCEPT_TERMS);
-        let summary: Vec<&str> = terms.iter().map(|(t, _)| t.as_str()).collect();
-        let content = format!("Concept ({n} memories): {}", summary.join(", "));
-        let tags: Vec<String> = records[0]
-            .2
-            .tags
-            .iter()
-            .filter(|t| records.iter().all(|(_, _, r)| r.tags.contains(t)))
-            .cloned()
-            .collect();
-        let confidence = records.iter().map(|(_, _, r)| r.confidence).sum::<f32>() / n as f32;
-        let occurred_at_ms = records
-            .iter()
-            .map(|(_, _, r)| r.occurred_at_ms)
-            .max()
-            .unwrap_or(0);
-        let embedding = {
-            let state = read(st);
-            state.ann.as_ref().and_then(|ann| {
-                let vs: Vec<&[f32]> = records
-                    .iter()
-                    .filter_map(|(id, _, _)| ann.get(id))
-                    .collect();
-                (vs.len() == n).then(|| {
-                    let mut c = vec![0.0f32; vs[0].len()];
-                    for v in &vs {
-                        for (a, x) in c.iter_mut().zip(v.iter()) {
-                            *a += x / n as f32;
-                        }
-                    }
-                    c
-                })
-            })
-        };
-        let mut metadata = Map::new();
-        metadata.insert("kind".into(), Value::from("concept"));
-        metadata.insert("members".into(), Value::from(n));
-        let record = EpisodeRecord {
-            content,
-            confidence,
-            tags,
-            metadata_json: serde_json::to_string(&metadata)
-                .map_err(|e| GraphError::Corrupt(format!("concept metadata: {e}")))?,
-            session: None,
-            occurred_at_ms,
-            stored_at_ms: now_ms(),
-            terms: 0,
-            concept: true,
-        };
-        let edges_from = records
-            .iter()
-            .map(|(id, sim, _)| {
-                let e = EdgeRecord {
-                    weight: sim.clamp(0.05, 1.0),
-                    kind: EdgeKind::Consolidation,
-                };
-                (*id, e)
-            })
-            .collect();
-        Ok(Some(NewEpisode {
-            record,
-            embedding,
-            edges_to: Vec::new(),
-            edges_from,
-        }))
+/// The concept summarising `members` (their vectors, when every one has
+/// one, from `state`), or `None` when there are fewer than [`MIN_MEMBERS`].
+fn concept_of(records: &[Member], state: &SpaceState) -> Result<Option<Concept>, GraphError> {
+    if records.len() < MIN_MEMBERS {
+        return Ok(None);
     }
+    let n = records.len();
+    // Terms by the number of members using them; ties alphabetical.
+    let mut shared: BTreeMap<String, usize> = BTreeMap::new();
+    for (_, _, r) in records {
+        for t in text::term_frequencies(&r.content).0.into_keys() {
+            *shared.entry(t).or_default() += 1;
+        }
+    }
+    let mut terms: Vec<(String, usize)> = shared.into_iter().filter(|(_, c)| *c >= 2).collect();
+    terms.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+    terms.truncate(CONCEPT_TERMS);
+    let summary: Vec<&str> = terms.iter().map(|(t, _)| t.as_str()).collect();
+    let content = format!("Concept ({n} memories): {}", summary.join(", "));
+    let tags: Vec<String> = records[0]
+        .2
+        .tags
+        .iter()
+        .filter(|t| records.iter().all(|(_, _, r)| r.tags.contains(t)))
+        .cloned()
+        .collect();
+    let confidence = records.iter().map(|(_, _, r)| r.confidence).sum::<f32>() / n as f32;
+    let occurred_at_ms = records
+        .iter()
+        .map(|(_, _, r)| r.occurred_at_ms)
+        .max()
+        .unwrap_or(0);
+    let embedding = state.ann.as_ref().and_then(|ann| {
+        let vs: Vec<&[f32]> = records
+            .iter()
+            .filter_map(|(id, _, _)| ann.get(id))
+            .collect();
+        (vs.len() == n).then(|| {
+            let mut c = vec![0.0f32; vs[0].len()];
+            for v in &vs {
+                for (a, x) in c.iter_mut().zip(v.iter()) {
+                    *a += x / n as f32;
+                }
+            }
+            c
+        })
+    });
+    let mut metadata = Map::new();
+    metadata.insert("kind".into(), Value::from("concept"));
+    metadata.insert("members".into(), Value::from(n));
+    let record = EpisodeRecord {
+        content,
+        confidence,
+        tags,
+        metadata_json: serde_json::to_string(&metadata)
+            .map_err(|e| GraphError::Corrupt(format!("concept metadata: {e}")))?,
+        session: None,
+        occurred_at_ms,
+        stored_at_ms: now_ms(),
+        terms: 0,
+        concept: true,
+    };
+    let edges_from = records
+        .iter()
+        .map(|(id, sim, _)| {
+            let e = EdgeRecord {
+                weight: sim.clamp(0.05, 1.0),
+                kind: EdgeKind::Consolidation,
+            };
+            (*id, e)
+        })
+        .collect();
+    Ok(Some(Concept {
+        record,
+        embedding,
+        members: edges_from,
+    }))
 }
 
 #[cfg(test)]

@@ -16,6 +16,7 @@ pub fn config(segment_size: u64, durability: Durability) -> WalConfig {
         max_payload: MAX_PAYLOAD,
         durability,
         preallocate: true,
+        ..WalConfig::default()
     }
 }
 
