@@ -10,6 +10,10 @@
 #
 #   bench/compare.sh                 # 10 s per measurement
 #   COMPARE_SECONDS=30 bench/compare.sh
+#   COMPARE_BIN=/path/to/engram        # measure this binary instead of building
+#   COMPARE_BEFORE_BIN=/path/to/older/engram bench/compare.sh
+#                                    # also: the writes against an older build,
+#                                    # alternating with this one (before/after rows)
 #
 # Needs: postgresql-15, wrk (installed when missing), python3. Only
 # 127.0.0.1 and a scratch directory are used; everything is stopped at exit.
@@ -31,8 +35,12 @@ if ((${#missing[@]})); then
     DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
 PGBIN=/usr/lib/postgresql/15/bin
-cargo build --release --workspace --all-targets --quiet
-bin="$CARGO_TARGET_DIR/release/engram"
+if [ -n "${COMPARE_BIN:-}" ]; then
+    bin="$COMPARE_BIN"    # a binary built earlier (e.g. a copy of a commit's build)
+else
+    cargo build --release --workspace --all-targets --quiet
+    bin="$CARGO_TARGET_DIR/release/engram"
+fi
 
 # Under /tmp (or COMPARE_DIR): the postgres user must be able to reach it.
 work=$(mktemp -d -p "${COMPARE_DIR:-/tmp}" engram-compare.XXXXXX)
@@ -83,6 +91,49 @@ say "Engram: $DOCS memories, then lexical top-10"
     --operations "$DOCS" --duration 3600s --output "$work/e-load.json" 2>/dev/null
 bench --workload recall-lexical --concurrent 1 --dataset-size 0 --space cmp-read --output "$work/e-r1.json"
 bench --workload recall-lexical --concurrent 8 --dataset-size 0 --space cmp-read --output "$work/e-r8.json"
+
+# ---- before / after (COMPARE_BEFORE_BIN) ----
+# The same write measurements against an older binary, interleaved with
+# this one (after, before, after, before) on fresh data directories, so
+# machine noise hits both alike.
+writes_of() {
+    local b="$1" tag="$2" h g u
+    h=$(free_port); g=$(free_port)
+    rm -rf "$work/ba-$tag"
+    "$b" start --http-port "$h" --grpc-port "$g" --data-dir "$work/ba-$tag" 2>"$work/ba-$tag.log" &
+    local pid=$!
+    for _ in $(seq 1 300); do curl -sf "http://127.0.0.1:$h/health/ready" >/dev/null 2>&1 && break; sleep 0.1; done
+    u="http://127.0.0.1:$h"
+    local w r1 r64
+    w=$(wrk -t2 -c64 -d"${SECS}s" -s "$work/remember.lua" "$u/api/v1/memories/remember?space=default" | awk '/Requests\/sec/ {print $2}')
+    "$bin" benchmark --url "$u" --duration "${SECS}s" --operations 100000000 --workload remember --concurrent 1 --dataset-size 0 --space ba1 --output "$work/ba-$tag-1.json" 2>/dev/null
+    "$bin" benchmark --url "$u" --duration "${SECS}s" --operations 100000000 --workload remember --concurrent 64 --dataset-size 0 --space ba64 --output "$work/ba-$tag-64.json" 2>/dev/null
+    r1=$(json "$work/ba-$tag-1.json" 'd["ops_per_sec"]')
+    r64=$(json "$work/ba-$tag-64.json" 'd["ops_per_sec"]')
+    kill -TERM "$pid"; wait "$pid" 2>/dev/null || true
+    rm -rf "$work/ba-$tag"
+    echo "$w $r1 $r64"
+}
+before_after=""
+if [ -n "${COMPARE_BEFORE_BIN:-}" ]; then
+    say "before/after: writes against $COMPARE_BEFORE_BIN and this build, alternating"
+    read -r a1w a1r1 a1r64 <<<"$(writes_of "$bin" a1)"
+    read -r b1w b1r1 b1r64 <<<"$(writes_of "$COMPARE_BEFORE_BIN" b1)"
+    read -r a2w a2r1 a2r64 <<<"$(writes_of "$bin" a2)"
+    read -r b2w b2r1 b2r64 <<<"$(writes_of "$COMPARE_BEFORE_BIN" b2)"
+    before_after=$(python3 - "$a1w" "$a1r1" "$a1r64" "$b1w" "$b1r1" "$b1r64" "$a2w" "$a2r1" "$a2r64" "$b2w" "$b2r1" "$b2r64" <<'PY'
+import sys
+v = [float(x) for x in sys.argv[1:]]
+a = [(v[0] + v[6]) / 2, (v[1] + v[7]) / 2, (v[2] + v[8]) / 2]
+b = [(v[3] + v[9]) / 2, (v[4] + v[10]) / 2, (v[5] + v[11]) / 2]
+names = ["remember by wrk, 64 connections (req/s)", "remember, 1 client (ops/s)", "remember, 64 clients (ops/s)"]
+print("\n| measurement (mean of two alternating runs) | this build | before | this / before |")
+print("|---|---|---|---|")
+for n, x, y in zip(names, a, b):
+    print(f"| {n} | {x:.0f} | {y:.0f} | {x / y:.2f} |")
+PY
+)
+fi
 
 # ---- PostgreSQL ----
 say "PostgreSQL 15: initdb, synchronous_commit=on"
@@ -158,3 +209,4 @@ print(f"| same, p99 µs | {e_r1[2]:.0f} | {f(pg_r1_p99):.0f} | {e_r1[2]/f(pg_r1_
 print(f"| lexical top-10, 8 clients (ops/s) | {e_r8[0]:.0f} | {f(pg_r8_tps):.0f} | {e_r8[0]/f(pg_r8_tps):.2f} |")
 print(f"| same, p99 µs | {e_r8[2]:.0f} | {f(pg_r8_p99):.0f} | {e_r8[2]/f(pg_r8_p99):.2f} |")
 PY
+[ -z "$before_after" ] || printf '%s\n' "$before_after"

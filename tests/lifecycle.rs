@@ -591,3 +591,20 @@ fn a_damaged_space_does_not_stop_the_server() {
         "{metrics}"
     );
 }
+
+/// A backup interrupted by a crash leaves a checkpoint of hard links (to
+/// SST files that may hold forgotten data): the next start removes it.
+#[test]
+fn an_interrupted_backups_checkpoint_is_removed_at_start() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("data");
+    let leftover = data.join("backup-tmp").join("db");
+    std::fs::create_dir_all(&leftover).expect("mkdir");
+    std::fs::write(leftover.join("000042.sst"), b"forgotten words").expect("write");
+    let s = Server::start(&data);
+    assert!(
+        !data.join("backup-tmp").exists(),
+        "backup-tmp survived the start:\n{}",
+        s.logs()
+    );
+}

@@ -53,7 +53,10 @@ fn post(s: &Server, path: &str, body: &Value) -> (u16, Value) {
 fn alive_answers_at_once_while_recalls_spread_over_a_dense_space() {
     let dir = tempfile::tempdir().expect("tempdir");
     let server = Arc::new(Server::start(dir.path()));
-    assert_eq!(post(&server, "/api/v1/spaces", &json!({"id": "dense"})).0, 201);
+    assert_eq!(
+        post(&server, "/api/v1/spaces", &json!({"id": "dense"})).0,
+        201
+    );
     // 12 000 memories, each linked to 80 earlier ones: ~950 000 edges.
     let (n, k) = (12_000usize, 80usize);
     let mut rng = Lcg(7);
@@ -158,7 +161,12 @@ fn alive_answers_at_once_while_recalls_spread_over_a_dense_space() {
         t.join().expect("load thread");
     }
     let errors = errors.lock().expect("errors");
-    assert!(errors.is_empty(), "{} errors, first: {:?}", errors.len(), errors.first());
+    assert!(
+        errors.is_empty(),
+        "{} errors, first: {:?}",
+        errors.len(),
+        errors.first()
+    );
     alive.sort();
     let p50 = alive[alive.len() / 2];
     let max = alive[alive.len() - 1];

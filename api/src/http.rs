@@ -297,7 +297,9 @@ pub(crate) fn cluster_health_out(s: &AppState) -> ClusterHealthOut {
 async fn health(State(s): Shared) -> Json<HealthOut> {
     let status = match s.graph_if_open() {
         Some(g) if g.engine().failure().is_some() => "unhealthy",
-        // Ready, but some space could not be loaded (the others serve).
+        // Ready, but the store refuses writes for a cause that passes
+        // (retried), or some space could not be loaded (the others serve).
+        Some(g) if s.is_ready() && g.engine().degraded().is_some() => "degraded",
         Some(g) if s.is_ready() && !g.damaged_spaces().is_empty() => "degraded",
         _ if s.is_ready() => "healthy",
         _ => "degraded",
@@ -346,11 +348,30 @@ async fn system_health(State(s): Shared) -> Result<Response, ApiError> {
                 .unwrap_or_else(|| format!("synced through LSN {}", w.synced_lsn)),
         });
         ok &= failure.is_none();
+        // Writes the store refuses for a cause that passes (descriptors,
+        // disk space) are retried: a warning, not unreadiness (reads serve;
+        // it heals, or turns into the failure above when it cannot).
+        let degraded = graph.engine().degraded();
+        checks.push(CheckOut {
+            name: "store",
+            status: if degraded.is_none() { "pass" } else { "warn" },
+            message: degraded
+                .unwrap_or_else(|| format!("applied through LSN {}", graph.engine().applied_lsn())),
+        });
+        // Cheap: nothing is loaded to answer (neither here nor below).
         let (loaded, total) = graph.loaded_spaces();
+        let mib = |b: u64| b.div_ceil(1024 * 1024);
+        let budget = match graph.index_budget_bytes() {
+            0 => "unlimited".to_owned(),
+            b => format!("{} MiB", mib(b)),
+        };
         checks.push(CheckOut {
             name: "indexes",
             status: "pass",
-            message: format!("{loaded} of {total} spaces loaded"),
+            message: format!(
+                "{loaded} of {total} spaces loaded, about {} MiB of indexes (budget {budget})",
+                mib(graph.index_bytes())
+            ),
         });
         // A space that cannot be loaded is a warning, not unreadiness: one
         // tenant's damaged data must not take the node out of service.

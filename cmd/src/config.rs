@@ -195,6 +195,9 @@ pub struct MemorySection {
     pub hot_capacity: usize,
     /// Seconds without access before a memory moves to the cold tier (0: never).
     pub cold_after_sec: u64,
+    /// MiB the loaded spaces' in-memory indexes may use (0: unlimited);
+    /// least recently used idle spaces are unloaded beyond it.
+    pub index_budget_mb: u64,
     /// Input limits.
     pub limits: LimitsSection,
     /// HNSW parameters.
@@ -295,6 +298,7 @@ impl Default for Config {
                 access_buffer: g.access_buffer,
                 hot_capacity: g.hot_capacity,
                 cold_after_sec: g.cold_after_sec,
+                index_budget_mb: g.index_budget_mb,
                 limits: LimitsSection {
                     max_content_bytes: g.limits.max_content_bytes,
                     max_metadata_bytes: g.limits.max_metadata_bytes,
@@ -740,6 +744,7 @@ impl Config {
             },
             hot_capacity: m.hot_capacity,
             cold_after_sec: m.cold_after_sec,
+            index_budget_mb: m.index_budget_mb,
         })
     }
 

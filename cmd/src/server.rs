@@ -90,6 +90,15 @@ async fn serve(config: Config, repair: bool) -> Result<DirLock> {
     let started = Instant::now();
     let open_files = raise_nofile_limit();
     let lock = DirLock::acquire(&config.data_dir)?;
+    // A backup interrupted by a crash leaves its checkpoint (hard links to
+    // SST files, forgotten data included) behind: remove it now, not at the
+    // next backup.
+    let scratch = config.data_dir.join("backup-tmp");
+    if scratch.exists() {
+        std::fs::remove_dir_all(&scratch)
+            .with_context(|| format!("removing an interrupted backup's {}", scratch.display()))?;
+        tracing::info!(path = %scratch.display(), "removed an interrupted backup's checkpoint");
+    }
     let bind_ip = config.server.bind;
     let http = bind(
         SocketAddr::new(bind_ip, config.server.http_port),

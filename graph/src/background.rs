@@ -1,7 +1,8 @@
 //! The graph's background tasks: writing access statistics,
 //! consolidating episodes into concepts, linking vectors, moving idle
-//! memories to the cold tier, and purging forgotten content from the
-//! storage files ([`crate::Engine::purge_if_due`]). Each runs on its own
+//! memories to the cold tier, unloading idle spaces beyond the index memory
+//! budget ([`Graph::unload_idle_spaces`]), and purging forgotten content
+//! from the storage files ([`crate::Engine::purge_if_due`]). Each runs on its own
 //! thread and holds only a weak reference, so dropping the graph ends it
 //! too.
 //!
@@ -35,6 +36,11 @@ const RECLAIM_BUDGET: usize = 128;
 
 /// How often idle memories are looked for (when `cold_after_sec` is set).
 const TIERING_EVERY: Duration = Duration::from_secs(60);
+
+/// How often the loaded spaces' indexes are measured against the index
+/// memory budget (and idle spaces unloaded beyond it): loads between two
+/// steps can exceed the budget for at most this long.
+const BUDGET_EVERY: Duration = Duration::from_secs(1);
 
 /// How often the purge task checks whether a purge is due: a quarter of
 /// `purge_after_ms`, between 10 ms and 1 s, so a purge starts at most that
@@ -222,7 +228,8 @@ pub struct Background {
 }
 
 impl Background {
-    /// Starts the access flusher, the vector-index linker, the purge of
+    /// Starts the access flusher, the vector-index linker, the index memory
+    /// budget (every second), the purge of
     /// forgotten content (`engine.purge_after_ms` after a forget) and, unless
     /// switched off (interval or age 0), periodic consolidation and the move
     /// of idle memories to the cold tier (every minute).
@@ -298,6 +305,20 @@ impl Background {
             )?);
         }
         threads.push(spawn(
+            "engram-budget",
+            &stop,
+            graph,
+            BUDGET_EVERY,
+            |g, stopping| {
+                // At shutdown the loaded spaces' snapshots are written by
+                // `save_index_snapshots`, not here.
+                if !stopping {
+                    // Logged by the step.
+                    g.unload_idle_spaces();
+                }
+            },
+        )?);
+        threads.push(spawn(
             "engram-purge",
             &stop,
             graph,
@@ -308,7 +329,10 @@ impl Background {
                 if stopping {
                     return;
                 }
-                // Failures are logged and counted by the engine.
+                // Failures are logged and counted by the engine. A degraded
+                // store retries its deferred apply here too, so a quiet
+                // server heals (at most once a second).
+                let _ = g.engine().retry_pending_apply();
                 let _ = g.engine().purge_if_due();
             },
         )?);

@@ -9,6 +9,7 @@ use engram_lsm::{Mutation, Operation, SpaceId, Store, StoreConfig, StoreError, m
 use engram_wal::{OpenReport, RecordHeader, Wal, WalConfig, WalError, WalOptions};
 use prometheus::{Histogram, HistogramOpts, IntCounter, Registry};
 
+mod degraded;
 mod purge;
 
 pub use purge::PurgeReport;
@@ -84,6 +85,35 @@ pub enum EngineError {
     /// An earlier apply failed; the engine must be reopened (replay repairs it).
     #[error("storage engine stopped after a failure ({0}); restart to recover")]
     Failed(String),
+    /// The record is durable in the WAL, but the store refused it for a
+    /// cause that can pass ([`StoreError::is_transient`]): it waits in
+    /// order and is applied by the next write or background retry.
+    #[error(
+        "the write is durable in the WAL but the store refused it for now ({0}); it is applied \
+         automatically once storage recovers, so it may still take effect: retry with dedupe"
+    )]
+    ApplyDeferred(#[source] StoreError),
+    /// RocksDB refused records for want of file descriptors and still does
+    /// although descriptors are available again: it stopped itself (a fatal
+    /// background error) and only reopening it clears that.
+    #[error(
+        "RocksDB stopped accepting writes after running out of file descriptors ({0}) and does \
+         not resume by itself although descriptors are available again; restart to recover \
+         (the WAL replays every durable record)"
+    )]
+    StoreStopped(#[source] StoreError),
+    /// Storage is degraded and too many durable records already wait to be
+    /// applied: the write was refused before it reached the WAL.
+    #[error(
+        "storage is degraded ({reason}); {pending} durable records wait to be applied, so new \
+         writes are refused until they are: retry later"
+    )]
+    Degraded {
+        /// What fails, since when.
+        reason: String,
+        /// Records waiting.
+        pending: usize,
+    },
     /// Creating the data directory failed.
     #[error("cannot create data directory {path}: {source}")]
     DataDir {
@@ -155,6 +185,8 @@ pub struct Engine {
     applied: Mutex<Applied>,
     /// Set when an apply fails; a leaf lock (never held while taking another).
     failed: Mutex<Option<String>>,
+    /// Failures that can pass, retried (see the `degraded` module).
+    degradation: degraded::Degradation,
     release_interval: u64,
     metrics: EngineMetrics,
     /// Erased content waiting to be purged from the files.
@@ -187,6 +219,12 @@ impl std::fmt::Debug for Engine {
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// `true` when this process can open a file now (it is not out of
+/// descriptors): opens the directory `dir` and closes it again.
+fn descriptors_available(dir: &Path) -> bool {
+    std::fs::File::open(dir).is_ok()
 }
 
 /// Records replayed per WriteBatch during recovery.
@@ -236,6 +274,7 @@ impl Engine {
             r.register(Box::new(metrics.replayed.clone()))?;
         }
         let purge = purge::Purge::new(config.purge_after_ms, options.registry.as_ref())?;
+        let degradation = degraded::Degradation::new(options.registry.as_ref())?;
 
         let mut seqs: HashMap<SpaceId, u64> = store.applied_seqs()?.into_iter().collect();
         let mut replayed = 0;
@@ -316,6 +355,7 @@ impl Engine {
                     released_at: applied,
                 }),
                 failed: Mutex::new(None),
+                degradation,
                 release_interval: config.wal_release_interval.max(1),
                 metrics,
                 purge,
@@ -330,7 +370,9 @@ impl Engine {
     ///
     /// An error means the write was not acknowledged. (After an apply
     /// failure the record may still be durable in the WAL and reappear after
-    /// a restart, like any commit whose acknowledgment was lost.)
+    /// a restart, like any commit whose acknowledgment was lost; after
+    /// [`EngineError::ApplyDeferred`] it is durable and applied as soon as
+    /// the store takes writes again.)
     pub fn submit(
         &self,
         space: SpaceId,
@@ -358,6 +400,14 @@ impl Engine {
         let payload = mutation::encode(&mutations);
         let mut order = lock(&self.order);
         self.check_failed()?;
+        if order.pending.len() >= degraded::MAX_PENDING {
+            if let Some(reason) = self.degradation.describe() {
+                return Err(EngineError::Degraded {
+                    reason,
+                    pending: order.pending.len(),
+                });
+            }
+        }
         let seq = order.next_seq.get(&space).copied().unwrap_or(1);
         let ticket = self
             .wal
@@ -399,6 +449,31 @@ impl Engine {
         if applied.lsn >= lsn {
             return Ok(());
         }
+        self.apply_pending(&mut applied)
+    }
+
+    /// Tries again what the store refused for a cause that can pass (see
+    /// [`Engine::degraded`]): the records waiting to be applied, or the
+    /// release of applied WAL segments. Does nothing unless degraded and the
+    /// last attempt is a second old or more, so it can be called often.
+    /// Writes retry on their own; this heals a server that receives none.
+    /// The background task calls it about once a second; it may ignore the
+    /// result (failures are logged and reported by [`Engine::degraded`] and
+    /// [`Engine::failure`]).
+    pub fn retry_pending_apply(&self) -> Result<(), EngineError> {
+        if !self.degradation.retry_due() {
+            return Ok(());
+        }
+        let mut applied = lock(&self.applied);
+        self.check_failed()?;
+        self.degradation.count_retry();
+        self.apply_pending(&mut applied)
+    }
+
+    /// Applies every durable pending record as one WriteBatch, then, when
+    /// due, syncs RocksDB's WAL and releases WAL segments. `applied` is the
+    /// held apply lock.
+    fn apply_pending(&self, applied: &mut Applied) -> Result<(), EngineError> {
         let committed = self.wal.committed_lsn();
         let batch: Vec<Operation> = {
             let mut order = lock(&self.order);
@@ -409,24 +484,77 @@ impl Engine {
                 .count();
             order.pending.drain(..n).collect()
         };
-        let Some(last) = batch.last().map(|op| op.lsn) else {
-            return Ok(());
-        };
-        let t = Instant::now();
-        self.store.apply(&batch).map_err(|e| self.fail(e.into()))?;
-        self.metrics
-            .apply_seconds
-            .observe(t.elapsed().as_secs_f64());
-        applied.lsn = last;
-        self.purge.note_applied(&batch);
-        if last - applied.released_at >= self.release_interval {
-            applied.released_at = last;
-            self.store.sync_wal().map_err(|e| self.fail(e.into()))?;
-            self.wal
-                .release_through(last)
-                .map_err(|e| self.fail(e.into()))?;
+        if let Some(last) = batch.last().map(|op| op.lsn) {
+            let t = Instant::now();
+            if let Err(e) = self.store.apply(&batch) {
+                return Err(self.apply_failed(e, batch));
+            }
+            self.metrics
+                .apply_seconds
+                .observe(t.elapsed().as_secs_f64());
+            applied.lsn = last;
+            self.purge.note_applied(&batch);
+        }
+        self.degradation.clear(degraded::Stage::Apply);
+        // A release that failed is retried (at most once a second) even
+        // when a purge pass has released since.
+        let due = applied.lsn - applied.released_at >= self.release_interval
+            || self.degradation.at(degraded::Stage::Release);
+        if due && self.degradation.release_due() {
+            self.release(applied)?;
         }
         Ok(())
+    }
+
+    /// Handles a refused WriteBatch: a cause that can pass puts `batch` back
+    /// in front of the pending records and degrades the engine; anything
+    /// else (or descriptors exhausted in a RocksDB that stopped itself)
+    /// fails it.
+    fn apply_failed(&self, e: StoreError, batch: Vec<Operation>) -> EngineError {
+        if !e.is_transient() {
+            return self.fail(e.into());
+        }
+        let retry = self.degradation.at(degraded::Stage::Apply);
+        if retry && e.is_fd_exhaustion() && descriptors_available(self.store.path()) {
+            return self.fail(EngineError::StoreStopped(e));
+        }
+        self.degradation.note_late(batch.iter().map(|op| op.space));
+        {
+            let mut order = lock(&self.order);
+            for op in batch.into_iter().rev() {
+                order.pending.push_front(op);
+            }
+        }
+        self.degradation
+            .enter(degraded::Stage::Apply, e.to_string());
+        EngineError::ApplyDeferred(e)
+    }
+
+    /// Syncs RocksDB's WAL and deletes the WAL segments holding only applied
+    /// records. A failure that can pass only degrades the engine (the
+    /// segments stay until the next attempt); any other fails it.
+    fn release(&self, applied: &mut Applied) -> Result<(), EngineError> {
+        let lsn = applied.lsn;
+        let outcome = match self.store.sync_wal() {
+            Ok(()) => match self.wal.release_through(lsn) {
+                Ok(_) => Ok(()),
+                Err(e) => Err((e.is_transient(), EngineError::from(e))),
+            },
+            Err(e) => Err((e.is_transient(), EngineError::from(e))),
+        };
+        match outcome {
+            Ok(()) => {
+                applied.released_at = lsn;
+                self.degradation.clear(degraded::Stage::Release);
+                Ok(())
+            }
+            Err((true, e)) => {
+                self.degradation
+                    .enter(degraded::Stage::Release, e.to_string());
+                Ok(())
+            }
+            Err((false, e)) => Err(self.fail(e)),
+        }
     }
 
     fn check_failed(&self) -> Result<(), EngineError> {
@@ -450,6 +578,25 @@ impl Engine {
     /// Highest LSN applied to the store.
     pub fn applied_lsn(&self) -> u64 {
         lock(&self.applied).lsn
+    }
+
+    /// What fails for a cause that can pass (file descriptors exhausted,
+    /// disk full) and is retried, if anything: records durable in the WAL
+    /// that the store refused (writes answer [`EngineError::ApplyDeferred`]
+    /// meanwhile), or the release of applied WAL segments. `None` again once
+    /// a retry succeeds. Unlike [`Engine::failure`], it does not last until
+    /// restart.
+    pub fn degraded(&self) -> Option<String> {
+        self.degradation.describe()
+    }
+
+    /// Spaces holding a record that the store applied (or will apply) after
+    /// its writer was told the write failed ([`EngineError::ApplyDeferred`]),
+    /// since open. Their in-memory indexes can lack that record until the
+    /// space is loaded again from the store: do not write their index
+    /// snapshots.
+    pub fn spaces_applied_after_error(&self) -> Vec<SpaceId> {
+        self.degradation.late()
     }
 
     /// Why the engine refuses writes, if it does: a WAL failure or a failed

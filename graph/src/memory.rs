@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, OnceLock, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::{Arc, Mutex, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use engram_lsm::{Cf, EpisodeId, Mutation, SpaceId, keys};
@@ -22,7 +22,10 @@ use crate::text::{self, LexicalIndex};
 use crate::{Engine, EngineConfig, EngineError, OpenOptions, RecoveryReport};
 
 mod consolidate;
+mod residency;
 mod spaces;
+
+use residency::{Figures, Loaded, Resident, Use};
 
 pub use consolidate::ConsolidationReport;
 pub use spaces::{DamagedSpace, WarmUpReport};
@@ -147,6 +150,14 @@ pub struct GraphConfig {
     /// Memories neither stored nor recalled for this many seconds move to
     /// the zstd-compressed cold column family (default 30 days; 0 = never).
     pub cold_after_sec: u64,
+    /// Estimated memory the loaded spaces' indexes (memory table, lexical
+    /// postings, adjacency, vectors, tag sets, hot records) may use, in MiB
+    /// (default 1024; 0 = unlimited). Beyond it the background task unloads
+    /// the least recently used idle spaces (their index snapshot written)
+    /// and they load again on their next use; the most recently used space
+    /// stays even when it alone is larger. Listing spaces, readiness and
+    /// metrics never load a space.
+    pub index_budget_mb: u64,
 }
 
 /// Options of a new space.
@@ -263,6 +274,7 @@ impl Default for GraphConfig {
             consolidation: ConsolidationConfig::default(),
             hot_capacity: 10_000,
             cold_after_sec: 30 * 86_400,
+            index_budget_mb: 1024,
         }
     }
 }
@@ -438,6 +450,9 @@ pub enum Begun {
 /// A remember appended to the WAL (see [`Graph::remember_begin`]).
 pub struct PendingRemember {
     space: Arc<Space>,
+    /// The space's state, held until finished: the space cannot be unloaded
+    /// between the record's append and its index update.
+    loaded: Loaded,
     prepared: PreparedEpisode,
     appended: Option<crate::engine::Appended>,
     committed: Option<Result<crate::Committed, GraphError>>,
@@ -572,7 +587,10 @@ pub struct Recalled {
     pub via: Via,
 }
 
-/// Space statistics.
+/// Space statistics. Reading them never loads a space: for one whose
+/// indexes are not in memory they come from its recorded figures (see
+/// [`GraphConfig::index_budget_mb`]), and what only memory knows (`hot`,
+/// `unlinked_vectors`, `vector_tombstones`) is 0.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SpaceStats {
     /// Name.
@@ -758,6 +776,8 @@ struct SpaceState {
     unfinished: IdMap<Vec<(EpisodeId, EpisodeId, EdgeRecord)>>,
     /// Memories in the cold tier.
     cold: usize,
+    /// Lexical postings (for the estimate of the indexes' size).
+    postings: usize,
 }
 
 impl SpaceState {
@@ -949,6 +969,12 @@ impl SpaceState {
             }
         }
         st.cold = st.episodes.iter().filter(|(_, m)| m.cold).count();
+        let postings = std::cell::Cell::new(0usize);
+        st.lexical.all_postings(|_| {
+            postings.set(postings.get() + 1);
+            true
+        });
+        st.postings = postings.get();
         Ok(st)
     }
 }
@@ -1006,10 +1032,11 @@ pub struct SnapshotReport {
 struct Space {
     id: SpaceId,
     record: SpaceRecord,
-    /// Indexes and adjacency, built from the warm store on first use (so a
-    /// restart is ready as soon as the engine has recovered).
-    state: OnceLock<RwLock<SpaceState>>,
-    /// Serialises the first load.
+    /// Indexes and adjacency while they are in memory: loaded on use (so a
+    /// restart is ready as soon as the engine has recovered), unloaded when
+    /// idle beyond the index memory budget (see the `residency` module).
+    state: RwLock<Option<Arc<Resident>>>,
+    /// Serialises loading and unloading.
     loading: Mutex<()>,
     /// One consolidation run per space at a time.
     consolidating: Mutex<()>,
@@ -1023,30 +1050,32 @@ struct Space {
     /// Why its data could not be loaded, while requests to it are refused
     /// (see the `spaces` module); `None` for a space that serves.
     damaged: Mutex<Option<spaces::Damage>>,
+    /// Its figures as last known while it is not in memory.
+    figures: Mutex<Option<Figures>>,
+    /// Logged once: its indexes alone exceed the budget.
+    oversized: AtomicBool,
 }
 
 impl Space {
     fn new(
         id: SpaceId,
         record: SpaceRecord,
-        state: Option<SpaceState>,
+        state: Option<Arc<Resident>>,
         default_hot: usize,
     ) -> Space {
         let hot = record.hot_capacity.map_or(default_hot, |c| c as usize);
-        let cell = OnceLock::new();
-        if let Some(s) = state {
-            let _ = cell.set(RwLock::new(s));
-        }
         Space {
             id,
             record,
-            state: cell,
+            state: RwLock::new(state),
             loading: Mutex::new(()),
             consolidating: Mutex::new(()),
             alive: RwLock::new(true),
             hot: Mutex::new(crate::hot::HotCache::new(hot)),
             tiering: Mutex::new(()),
             damaged: Mutex::new(None),
+            figures: Mutex::new(None),
+            oversized: AtomicBool::new(false),
         }
     }
 }
@@ -1113,6 +1142,10 @@ pub struct Graph {
     /// Spaces whose record could not be decoded, name included (logged at
     /// open; their data stays in the store).
     unreadable: Vec<spaces::DamagedSpace>,
+    /// Logical clock of the uses of spaces (least recently used first).
+    clock: Arc<AtomicU64>,
+    /// Index memory metrics (see the `residency` module).
+    residency: residency::Metrics,
 }
 
 impl Graph {
@@ -1128,6 +1161,9 @@ impl Graph {
         let registry = options.registry.clone();
         let (engine, report) = Engine::open(data_dir, &config.engine, options)?;
         let failures = Failures::new(registry.as_ref()).map_err(EngineError::Metrics)?;
+        let budget = config.index_budget_mb.saturating_mul(1024 * 1024);
+        let residency =
+            residency::Metrics::new(registry.as_ref(), budget).map_err(EngineError::Metrics)?;
         let store = engine.store();
         let mut max_id = 0;
         for (space, _) in store.applied_seqs()? {
@@ -1159,6 +1195,8 @@ impl Graph {
             failures,
             ddl: Mutex::new(()),
             unreadable,
+            clock: Arc::new(AtomicU64::new(0)),
+            residency,
             config,
         };
         let mut wanted = vec![DEFAULT_SPACE.to_owned()];
@@ -1177,28 +1215,6 @@ impl Graph {
     /// The storage engine underneath (status, checkpoints).
     pub fn engine(&self) -> &Engine {
         &self.engine
-    }
-
-    /// The space's in-memory state, loading it from the warm store first if
-    /// this is its first use since the graph was opened. A space whose load
-    /// failed is refused at once with
-    /// [`GraphError::SpaceUnavailable`] (see the `spaces` module).
-    fn state<'a>(&self, space: &'a Space) -> Result<&'a RwLock<SpaceState>, GraphError> {
-        if let Some(s) = space.state.get() {
-            return Ok(s);
-        }
-        // Neither waits behind the loading lock nor repeats a failed load.
-        spaces::refuse_damaged(space)?;
-        let _guard = space.loading.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some(s) = space.state.get() {
-            return Ok(s);
-        }
-        spaces::refuse_damaged(space)?; // the load this one waited for failed
-        let loaded = self
-            .load_state(space)
-            .map_err(|e| spaces::mark_damaged(space, e))?;
-        spaces::clear_damage(space);
-        Ok(space.state.get_or_init(|| RwLock::new(loaded)))
     }
 
     /// Builds the space's in-memory state from its index snapshot, or else
@@ -1232,7 +1248,8 @@ impl Graph {
     }
 
     /// The space's indexes from its snapshot, if one was written at the
-    /// last clean shutdown and reflects exactly what the store holds now
+    /// last clean shutdown or when the space was last unloaded, and it
+    /// reflects exactly what the store holds now
     /// (the file is removed either way). Vectors come from the store.
     fn load_snapshot(&self, space: &Space) -> Result<Option<SpaceState>, GraphError> {
         let store = self.engine.store();
@@ -1303,14 +1320,24 @@ impl Graph {
         // saw an error, so it never reached the indexes): only a rebuild
         // from the store is exact then.
         let failure = self.engine.failure();
+        // Likewise for a space holding a record applied after its writer
+        // was told the write failed: its indexes may lack it.
+        let late = self.engine.spaces_applied_after_error();
         let all: Vec<Arc<Space>> = read(&self.spaces).values().cloned().collect();
         for space in all {
-            let Some(st) = space.state.get() else {
+            let Some(resident) = space.resident() else {
                 continue; // not loaded: its snapshot, if any, is still exact
             };
+            let st = &resident.state;
             if let Some(reason) = &failure {
                 report.failed += 1;
                 tracing::warn!(space = %space.record.name, failure = %reason, "the storage engine failed: index snapshot not written; the next start rebuilds this space's indexes");
+                let _ = snapshot::remove(&self.index_dir, space.id);
+                continue;
+            }
+            if late.contains(&space.id) {
+                report.failed += 1;
+                tracing::warn!(space = %space.record.name, "a record of this space was applied after its write was reported failed: index snapshot not written; the next start rebuilds this space's indexes");
                 let _ = snapshot::remove(&self.index_dir, space.id);
                 continue;
             }
@@ -1331,6 +1358,10 @@ impl Graph {
                     report.spaces += 1;
                     report.memories += state.episodes.len();
                     report.bytes += bytes;
+                    // Listed without loading it after the restart.
+                    if let Ok(seq) = self.engine.store().applied_seq(space.id) {
+                        self.record_figures_at_shutdown(&space, &state, seq);
+                    }
                 }
                 Err(e) => {
                     report.failed += 1;
@@ -1370,7 +1401,7 @@ impl Graph {
         idle: std::time::Duration,
     ) -> Result<usize, GraphError> {
         let space = self.space(space_name)?;
-        self.archive_space(&space, idle)
+        self.archive_space(&space, idle, Use::Request)
     }
 
     /// One background run of [`Graph::archive`] over every loaded space with
@@ -1385,12 +1416,12 @@ impl Graph {
         let idle = std::time::Duration::from_secs(self.config.cold_after_sec);
         let all: Vec<Arc<Space>> = read(&self.spaces)
             .values()
-            .filter(|s| s.state.get().is_some())
+            .filter(|s| s.is_loaded())
             .cloned()
             .collect();
         let mut moved = 0;
         for space in all {
-            match self.archive_space(&space, idle) {
+            match self.archive_space(&space, idle, Use::Background) {
                 Ok(n) => moved += n,
                 Err(GraphError::SpaceNotFound(_)) => {}
                 Err(GraphError::ShuttingDown) => return Err(GraphError::ShuttingDown),
@@ -1412,11 +1443,21 @@ impl Graph {
         self.failures.count(task);
     }
 
-    fn archive_space(&self, space: &Space, idle: std::time::Duration) -> Result<usize, GraphError> {
+    /// Archives one space's idle memories; a background pass (`by`) skips a
+    /// space that was unloaded meanwhile.
+    fn archive_space(
+        &self,
+        space: &Space,
+        idle: std::time::Duration,
+        by: Use,
+    ) -> Result<usize, GraphError> {
         /// Memories moved by one ARCHIVE record at most.
         const ARCHIVE_BATCH: usize = 1024;
         let _writing = self.gate.enter()?;
-        let st = self.state(space)?;
+        let Some(held) = self.state_as(space, by)? else {
+            return Ok(0);
+        };
+        let st: &RwLock<SpaceState> = &held;
         let cutoff = now_ms().saturating_sub(i64::try_from(idle.as_millis()).unwrap_or(i64::MAX));
         let _tiering = lock(&space.tiering);
         let ids: Vec<EpisodeId> = read(st)
@@ -1503,9 +1544,10 @@ impl Graph {
         let all: Vec<Arc<Space>> = read(&self.spaces).values().cloned().collect();
         let mut done = 0;
         for space in all {
-            let Some(st) = space.state.get() else {
+            let Some(resident) = space.resident() else {
                 continue;
             };
+            let st = &resident.state;
             if read(st)
                 .ann
                 .as_ref()
@@ -1554,9 +1596,12 @@ impl Graph {
             let Some(space) = by_id.get(&sid) else {
                 continue; // deleted since
             };
-            let Some(st) = space.state.get() else {
+            // An unloaded space has nothing pending: the unload flushed it
+            // (see the `residency` module).
+            let Some(resident) = space.resident() else {
                 continue;
             };
+            let st = &resident.state;
             let _tiering = lock(&space.tiering);
             let records: Vec<(EpisodeId, AccessRecord, bool)> = {
                 let state = read(st);
@@ -1702,28 +1747,33 @@ impl Graph {
         names
     }
 
-    /// Every space that serves with its statistics, by name: a damaged
-    /// space ([`Graph::damaged_spaces`]) is left out rather than failing
-    /// the whole list.
+    /// Every space that serves with its statistics, by name, without
+    /// loading any (see [`SpaceStats`]): a damaged space
+    /// ([`Graph::damaged_spaces`]) is left out rather than failing the whole
+    /// list, and so is one whose figures cannot be read (logged).
     pub fn spaces(&self) -> Result<Vec<SpaceStats>, GraphError> {
         let all: Vec<Arc<Space>> = read(&self.spaces).values().cloned().collect();
         let mut out = Vec::with_capacity(all.len());
         for s in all {
-            match self.state(&s) {
-                Ok(st) => out.push(stats(&s, st)),
+            match self.stats_of(&s) {
+                Ok(st) => out.push(st),
                 // Damaged, or deleted since the list was taken.
                 Err(GraphError::SpaceUnavailable { .. } | GraphError::SpaceNotFound(_)) => {}
-                Err(e) => return Err(e),
+                Err(e) => tracing::warn!(
+                    space = %s.record.name,
+                    error = %e,
+                    "the space's figures could not be read; it is left out of the list"
+                ),
             }
         }
         out.sort_by(|a, b| a.name.cmp(&b.name));
         Ok(out)
     }
 
-    /// Statistics of one space.
+    /// Statistics of one space, without loading it (see [`SpaceStats`]).
     pub fn space_stats(&self, name: &str) -> Result<SpaceStats, GraphError> {
         let space = self.space(name)?;
-        Ok(stats(&space, self.state(&space)?))
+        self.stats_of(&space)
     }
 
     /// Checks every limit; returns the metadata as JSON text (serialised once).
@@ -1849,7 +1899,8 @@ impl Graph {
     ) -> Result<Remembered, GraphError> {
         let _writing = self.gate.enter()?;
         let space = self.space(space_name)?;
-        let st = self.state(&space)?;
+        let held = self.state(&space)?;
+        let st: &RwLock<SpaceState> = &held;
         let (draft, confidence, stored_at_ms) = match self.remember_draft(&space, st, req)? {
             Draft::Existing(found) => return Ok(found),
             Draft::New(d, c, t) => (d, c, t),
@@ -1883,7 +1934,8 @@ impl Graph {
     ) -> Result<Begun, GraphError> {
         let writing = self.gate.enter()?;
         let space = self.space(space_name)?;
-        let st = self.state(&space)?;
+        let held = self.state(&space)?;
+        let st: &RwLock<SpaceState> = &held;
         let (draft, confidence, stored_at_ms) = match self.remember_draft(&space, st, req)? {
             Draft::Existing(found) => return Ok(Begun::Done(found)),
             Draft::New(d, c, t) => (d, c, t),
@@ -1906,6 +1958,7 @@ impl Graph {
         match appended {
             Ok(appended) => Ok(Begun::Pending(Box::new(PendingRemember {
                 space,
+                loaded: held,
                 prepared,
                 appended: Some(appended),
                 committed: None,
@@ -1925,11 +1978,20 @@ impl Graph {
     /// (or, when its group commit failed, undoes the preparation). Blocks
     /// on the space's locks and RocksDB: run it where blocking is allowed.
     pub fn remember_finish(&self, p: Box<PendingRemember>) -> Result<Remembered, GraphError> {
-        let mut p = *p;
-        let space = Arc::clone(&p.space);
-        let st = self.state(&space)?;
-        let id = p.prepared.id;
-        let committed = match p.committed.take() {
+        let PendingRemember {
+            space,
+            loaded,
+            prepared,
+            appended: _,
+            committed,
+            confidence,
+            stored_at_ms,
+            _writing,
+        } = *p;
+        // The state taken by `remember_begin`: the space stayed loaded.
+        let st: &RwLock<SpaceState> = &loaded;
+        let id = prepared.id;
+        let committed = match committed {
             Some(Ok(c)) => self
                 .engine
                 .apply_durable(c.lsn)
@@ -1947,12 +2009,6 @@ impl Graph {
                 return Err(e);
             }
         };
-        let PendingRemember {
-            prepared,
-            confidence,
-            stored_at_ms,
-            ..
-        } = p;
         self.finish_episode(&space, st, prepared);
         Ok(Remembered::new(
             &space,
@@ -1973,7 +2029,7 @@ impl Graph {
     ) -> Result<Draft, GraphError> {
         let metadata_json = self.validate(space, &req)?;
         if req.dedupe {
-            if let Some(found) = self.find_duplicate(space, &req.content)? {
+            if let Some(found) = self.find_duplicate(space, st, &req.content)? {
                 return Ok(Draft::Existing(found));
             }
         }
@@ -2223,6 +2279,7 @@ impl Graph {
             },
         );
         state.lexical.add_document(slot, len);
+        state.postings += tf.len();
         for (term, f) in tf {
             state.lexical.add_posting(&term, slot, f);
         }
@@ -2260,10 +2317,11 @@ impl Graph {
     fn find_duplicate(
         &self,
         space: &Space,
+        st: &RwLock<SpaceState>,
         content: &str,
     ) -> Result<Option<Remembered>, GraphError> {
         let candidates: Vec<(EpisodeId, EpisodeMeta)> = {
-            let state = read(self.state(space)?);
+            let state = read(st);
             let (tf, len) = text::term_frequencies(content);
             state
                 .lexical
@@ -2298,12 +2356,13 @@ impl Graph {
         with_embedding: bool,
     ) -> Result<Memory, GraphError> {
         let space = self.space(space_name)?;
-        let st = self.state(&space)?;
+        let held = self.state(&space)?;
+        let st: &RwLock<SpaceState> = &held;
         let eid = parse_id(id)?;
         let Some(access) = read(st).episodes.get(&eid).map(EpisodeMeta::access) else {
             return Err(GraphError::MemoryNotFound(id.to_owned()));
         };
-        self.load_memory(&space, &eid, with_embedding, access)?
+        self.load_memory(&space, st, &eid, with_embedding, access)?
             .ok_or_else(|| GraphError::MemoryNotFound(id.to_owned()))
     }
 
@@ -2329,6 +2388,7 @@ impl Graph {
     fn load_memory(
         &self,
         space: &Space,
+        st: &RwLock<SpaceState>,
         id: &EpisodeId,
         with_embedding: bool,
         access: AccessRecord,
@@ -2341,9 +2401,6 @@ impl Graph {
             // under the space's write lock: checked under its read lock, a
             // record read just before a forget is neither cached after it
             // nor returned.
-            let Some(st) = space.state.get() else {
-                return Ok(None);
-            };
             let state = read(st);
             if !state.episodes.contains_key(id) {
                 return Ok(None);
@@ -2392,7 +2449,8 @@ impl Graph {
     pub fn forget(&self, space_name: &str, id: &str) -> Result<(), GraphError> {
         let _writing = self.gate.enter()?;
         let space = self.space(space_name)?;
-        let st = self.state(&space)?;
+        let held = self.state(&space)?;
+        let st: &RwLock<SpaceState> = &held;
         let eid = parse_id(id)?;
         let _tiering = lock(&space.tiering);
         let mut state = write(st);
@@ -2462,6 +2520,7 @@ impl Graph {
 
         lock(&space.hot).remove(&eid);
         if let Some(slot) = state.episodes.slot(&eid) {
+            state.postings = state.postings.saturating_sub(tf.len());
             state.lexical.remove(slot, tf.into_keys());
             state.edges.remove_node(slot);
         }
@@ -2493,7 +2552,8 @@ impl Graph {
     #[doc(hidden)]
     pub fn tag_sets(&self, space_name: &str) -> Result<usize, GraphError> {
         let space = self.space(space_name)?;
-        let st = self.state(&space)?;
+        let held = self.state(&space)?;
+        let st: &RwLock<SpaceState> = &held;
         let sets = read(st).tagsets.len();
         Ok(sets)
     }
@@ -2510,7 +2570,8 @@ impl Graph {
     ) -> Result<(), GraphError> {
         let _writing = self.gate.enter()?;
         let space = self.space(space_name)?;
-        let st = self.state(&space)?;
+        let held = self.state(&space)?;
+        let st: &RwLock<SpaceState> = &held;
         let (f, t) = (parse_id(from)?, parse_id(to)?);
         let weight = weight.unwrap_or(DEFAULT_LINK_WEIGHT);
         if !(weight > 0.0 && weight <= 1.0) {
@@ -2565,7 +2626,8 @@ impl Graph {
         spread: &Spread,
     ) -> Result<Vec<Recalled>, GraphError> {
         let space = self.space(space_name)?;
-        let st = self.state(&space)?;
+        let held = self.state(&space)?;
+        let st: &RwLock<SpaceState> = &held;
         let l = &self.config.limits;
         if limit == 0 || limit > l.max_recall_limit {
             return Err(invalid(
@@ -2712,7 +2774,7 @@ impl Graph {
         self.access.record(space.id, &returned, now);
         let mut out = Vec::with_capacity(ranked.len());
         for ((id, score, act, conf, via), access) in ranked.into_iter().zip(access) {
-            if let Some(memory) = self.load_memory(&space, &id, false, access)? {
+            if let Some(memory) = self.load_memory(&space, st, &id, false, access)? {
                 out.push(Recalled {
                     memory,
                     score,
@@ -2729,7 +2791,8 @@ impl Graph {
     /// (used by tests proving that forget leaves no trace).
     pub fn mentions(&self, space_name: &str, id: &str) -> Result<bool, GraphError> {
         let space = self.space(space_name)?;
-        let st = self.state(&space)?;
+        let held = self.state(&space)?;
+        let st: &RwLock<SpaceState> = &held;
         let eid = parse_id(id)?;
         let s = read(st);
         Ok(s.episodes.contains_key(&eid)
@@ -2861,7 +2924,10 @@ fn load_space(
             .try_into()
             .map_err(|_| GraphError::Corrupt("posting value".into()))?;
         match st.episodes.slot(&id) {
-            Some(slot) => st.lexical.add_posting(&term, slot, u32::from_be_bytes(tf)),
+            Some(slot) => {
+                st.lexical.add_posting(&term, slot, u32::from_be_bytes(tf));
+                st.postings += 1;
+            }
             None => orphans.push(Mutation::DeletePosting { term, id }),
         }
     }

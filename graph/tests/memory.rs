@@ -853,6 +853,8 @@ fn vector_links_deferred_at_load_are_built_in_the_background() {
     assert_eq!(g.space_stats("v").expect("stats").unlinked_vectors, 0);
     drop(g);
     let g = std::sync::Arc::new(open_with(dir.path(), config));
+    // Statistics never load a space: load it first.
+    g.warm_up().expect("warm up");
     assert_eq!(
         g.space_stats("v").expect("stats").unlinked_vectors,
         40,

@@ -9,6 +9,7 @@
 //! | `meta` | `0x02` space(4) | space record (opaque, owned by the graph) |
 //! | `meta` | `0x03` space(4) | episode id(16): where the space's last consolidation run stopped |
 //! | `meta` | `0x04` space(4) | u64 BE: LSN of the last record that erased content of the space and is not purged yet ([`crate::Store::purge`]) |
+//! | `meta` | `0x05` space(4) | the space's figures (counts) while its indexes are not in memory (opaque, owned by the graph; written directly, not through the WAL) |
 //! | `episodes` | space(4) id(16) | episode record |
 //! | `edges` | space(4) from(16) to(16) | edge record |
 //! | `terms` | space(4) term length(2, BE) term(UTF-8) id(16) | posting value |
@@ -29,6 +30,7 @@ const APPLIED_SEQ: u8 = 0x01;
 const SPACE_RECORD: u8 = 0x02;
 const CONSOLIDATION_CURSOR: u8 = 0x03;
 const PURGE_DUE: u8 = 0x04;
+const SPACE_FIGURES: u8 = 0x05;
 
 /// Space ids must stay below this so that `space + 1` bounds a range delete.
 pub const MAX_SPACE_ID: SpaceId = u32::MAX - 1;
@@ -64,6 +66,12 @@ pub(crate) fn purge_due(space: SpaceId) -> [u8; 5] {
     k
 }
 
+pub(crate) fn space_figures(space: SpaceId) -> [u8; 5] {
+    let mut k = [SPACE_FIGURES, 0, 0, 0, 0];
+    k[1..].copy_from_slice(&space.to_be_bytes());
+    k
+}
+
 pub(crate) fn meta_prefix_purge_due() -> [u8; 1] {
     [PURGE_DUE]
 }
@@ -76,7 +84,7 @@ pub(crate) fn meta_prefix_spaces() -> [u8; 1] {
     [SPACE_RECORD]
 }
 
-/// Space id of a `0x01`/`0x02`/`0x03`/`0x04` meta key.
+/// Space id of a `0x01`/`0x02`/`0x03`/`0x04`/`0x05` meta key.
 pub(crate) fn meta_space(key: &[u8]) -> Option<SpaceId> {
     let b: [u8; 4] = key.get(1..5)?.try_into().ok()?;
     Some(SpaceId::from_be_bytes(b))
@@ -217,6 +225,7 @@ mod tests {
             space_record(space),
             consolidation_cursor(space),
             purge_due(space),
+            space_figures(space),
         ];
         for (i, k) in keys.iter().enumerate() {
             assert_eq!(meta_space(k), Some(space));
@@ -226,5 +235,8 @@ mod tests {
         assert!(!consolidation_cursor(space).starts_with(&meta_prefix_applied()));
         assert!(purge_due(space).starts_with(&meta_prefix_purge_due()));
         assert!(!space_record(space).starts_with(&meta_prefix_purge_due()));
+        assert!(!space_figures(space).starts_with(&meta_prefix_spaces()));
+        assert!(!space_figures(space).starts_with(&meta_prefix_applied()));
+        assert!(!space_figures(space).starts_with(&meta_prefix_purge_due()));
     }
 }

@@ -206,10 +206,21 @@ impl Store {
     /// touched space's sequence number and the last op's LSN. The caller
     /// (the engine) passes each record once, in LSN order, skipping records
     /// whose sequence is not above [`Store::applied_seq`].
+    ///
+    /// Fault point `lsm::apply` (compiled in with the `failpoints` feature,
+    /// for tests): fails with [`StoreError::Rocks`] whose message is the
+    /// point's argument, as RocksDB words it (`IO error: ...: Too many open
+    /// files`), without writing anything.
     pub fn apply(&self, ops: &[Operation]) -> Result<(), StoreError> {
         let Some(last) = ops.last() else {
             return Ok(());
         };
+        fail::fail_point!("lsm::apply", |message: Option<String>| {
+            Err(StoreError::Rocks {
+                path: self.path.clone(),
+                message: message.unwrap_or_else(|| "IO error: injected fault".into()),
+            })
+        });
         let mut batch = WriteBatch::default();
         let meta = self.handle(Cf::Meta)?;
         for op in ops {
@@ -243,6 +254,7 @@ impl Store {
                 }
                 b.delete_cf(self.handle(Cf::Meta)?, keys::space_record(space));
                 b.delete_cf(self.handle(Cf::Meta)?, keys::consolidation_cursor(space));
+                b.delete_cf(self.handle(Cf::Meta)?, keys::space_figures(space));
             }
             Mutation::PutEpisode { id, record } => {
                 b.put_cf(self.handle(Cf::Episodes)?, keys::episode(space, id), record)
@@ -374,6 +386,29 @@ impl Store {
                 self.handle(Cf::Meta)?,
                 keys::consolidation_cursor(space),
                 id,
+                &self.write_opts,
+            )
+            .map_err(|e| self.err(e))
+    }
+
+    /// The figures of `space` last written by [`Store::set_space_figures`]
+    /// (opaque bytes owned by the graph), if any.
+    pub fn space_figures(&self, space: SpaceId) -> Result<Option<Vec<u8>>, StoreError> {
+        self.get(Cf::Meta, &keys::space_figures(space))
+    }
+
+    /// Records the figures (counts) of `space` for listing it while its
+    /// indexes are not in memory. Written directly, not through a WAL
+    /// record: they are a cache local to this node, stamped by the graph
+    /// with the space's applied sequence so that stale ones are recognised
+    /// and recounted. Dropping the space removes them.
+    pub fn set_space_figures(&self, space: SpaceId, figures: &[u8]) -> Result<(), StoreError> {
+        keys::check_space(space)?;
+        self.db
+            .put_cf_opt(
+                self.handle(Cf::Meta)?,
+                keys::space_figures(space),
+                figures,
                 &self.write_opts,
             )
             .map_err(|e| self.err(e))

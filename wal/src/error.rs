@@ -115,6 +115,25 @@ pub enum WalError {
     Metrics(#[from] prometheus::Error),
 }
 
+impl WalError {
+    /// `true` for an operating-system call that failed for a cause that can
+    /// pass: file descriptors exhausted (EMFILE, ENFILE), disk full (ENOSPC),
+    /// quota exceeded (EDQUOT). Nothing else is, and [`WalError::Failed`]
+    /// never is: the log fails itself for good on any write or fsync error,
+    /// whatever its cause. The owner may retry an operation that failed
+    /// transiently and left nothing half done, such as
+    /// [`crate::Wal::release_through`] (deleting segments already applied).
+    pub fn is_transient(&self) -> bool {
+        match self {
+            WalError::Io { source, .. } => matches!(
+                source.raw_os_error(),
+                Some(libc::EMFILE | libc::ENFILE | libc::ENOSPC | libc::EDQUOT)
+            ),
+            _ => false,
+        }
+    }
+}
+
 pub(crate) trait IoContext<T> {
     fn at(self, path: impl Into<PathBuf>) -> Result<T, WalError>;
 }

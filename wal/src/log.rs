@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::fs::{self, File};
 use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime};
@@ -237,6 +237,9 @@ struct Shared {
     /// Applied damage found at open, for replay to step over.
     skips: Mutex<Vec<Skip>>,
     pins: Mutex<BTreeMap<u64, usize>>,
+    /// A new segment could not be made (see [`never_created`]) and none has
+    /// been since: further refusals are logged at debug level only.
+    roll_refused: AtomicBool,
     metrics: WalMetrics,
 }
 
@@ -356,6 +359,7 @@ impl Wal {
             segments: Mutex::new(segments),
             skips: Mutex::new(skips),
             pins: Mutex::new(BTreeMap::new()),
+            roll_refused: AtomicBool::new(false),
             metrics,
         });
         let active = Active {
@@ -872,8 +876,11 @@ fn write_group(
     let size = shared.config.segment_size;
     let mut start = 0usize;
     let mut rec_start = 0usize;
+    // The next segment could not be made (no descriptor or no space, and no
+    // file left behind): the rest of the group goes on in the current one.
+    let mut roll_refused = false;
     for w in waiters {
-        if active.pos + (w.end - start) as u64 > size {
+        if !roll_refused && active.pos + (w.end - start) as u64 > size {
             if rec_start > start {
                 segment::write_all_at(&active.file, &buf[start..rec_start], active.pos)
                     .at(&active.path)?;
@@ -882,22 +889,37 @@ fn write_group(
             if shared.config.durability != Durability::None {
                 sync(shared, active)?;
             }
-            let (file, path) =
-                segment::create(&shared.dir, w.lsn, size, shared.config.preallocate)?;
-            let mut segments = lock(&shared.segments);
-            segments.push(SegmentFile {
-                first_lsn: w.lsn,
-                path: path.clone(),
-            });
-            shared.metrics.segments.set(segments.len() as i64);
-            drop(segments);
-            *active = Active {
-                file,
-                path,
-                pos: 0,
-                next_lsn: w.lsn,
-            };
             start = rec_start;
+            let path = shared.dir.join(segment::segment_name(w.lsn));
+            match create_segment(shared, w.lsn, &path) {
+                Ok(file) => {
+                    if shared.roll_refused.swap(false, Ordering::Relaxed) {
+                        tracing::info!(segment = %path.display(), "new WAL segment started again");
+                    }
+                    let mut segments = lock(&shared.segments);
+                    segments.push(SegmentFile {
+                        first_lsn: w.lsn,
+                        path: path.clone(),
+                    });
+                    shared.metrics.segments.set(segments.len() as i64);
+                    drop(segments);
+                    *active = Active {
+                        file,
+                        path,
+                        pos: 0,
+                        next_lsn: w.lsn,
+                    };
+                }
+                Err(e) if never_created(&e, &path) => {
+                    if shared.roll_refused.swap(true, Ordering::Relaxed) {
+                        tracing::debug!(error = %e, "a new WAL segment still cannot be made");
+                    } else {
+                        tracing::warn!(error = %e, segment = %active.path.display(), "starting a new WAL segment failed before any file was made; writing on in the current one (tried again with each group)");
+                    }
+                    roll_refused = true;
+                }
+                Err(e) => return Err(e),
+            }
         }
         rec_start = w.end;
     }
@@ -909,6 +931,38 @@ fn write_group(
         active.next_lsn = last.lsn + 1;
     }
     Ok(())
+}
+
+/// Creates the segment at `path` (the one starting at `first_lsn`) for
+/// [`write_group`]. Fault point `wal::roll_open` fails it as an `open(2)`
+/// refused with EMFILE would, before any file exists.
+fn create_segment(shared: &Shared, first_lsn: u64, path: &Path) -> Result<File, WalError> {
+    fail::fail_point!("wal::roll_open", |_| Err(WalError::Io {
+        path: path.to_path_buf(),
+        source: io::Error::from_raw_os_error(libc::EMFILE),
+    }));
+    let (file, _) = segment::create(
+        &shared.dir,
+        first_lsn,
+        shared.config.segment_size,
+        shared.config.preallocate,
+    )?;
+    Ok(file)
+}
+
+/// `true` when `e` is the new segment's own `open(2)` refused for a cause
+/// that passes (no descriptor, no space) and no file by that name exists:
+/// nothing was written or synced, so the log can go on in the current
+/// segment (which only grows past `segment_size`; readers take segments of
+/// any length). A failure after the file was made (its fsync, the
+/// directory's) stays fatal: the directory entry may or may not be durable.
+fn never_created(e: &WalError, path: &Path) -> bool {
+    let WalError::Io { path: failed, .. } = e else {
+        return false;
+    };
+    failed == path
+        && e.is_transient()
+        && fs::symlink_metadata(path).is_err_and(|m| m.kind() == io::ErrorKind::NotFound)
 }
 
 /// Iterator over records returned by [`Wal::replay`].

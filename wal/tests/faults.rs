@@ -229,3 +229,28 @@ fn writer_panic_fails_waiters_instead_of_hanging() {
     );
     scenario.teardown();
 }
+
+#[test]
+fn a_segment_open_refused_for_want_of_descriptors_keeps_the_log_writing() {
+    let scenario = fail::FailScenario::setup();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cfg = config(4096, Durability::Always);
+    let (wal, _) = open(dir.path(), &cfg).expect("open");
+    // Every new segment's open(2) fails with EMFILE: about three segments'
+    // worth of records go on in the first one, all acknowledged.
+    fail::cfg("wal::roll_open", "return").expect("cfg");
+    let mut written: Vec<_> = (1..=20).map(|i| input(i, 500)).collect();
+    assert_eq!(append_all(&wal, &written), (1..=20).collect::<Vec<u64>>());
+    assert!(wal.failure().is_none(), "{:?}", wal.failure());
+    assert_eq!(segments(dir.path()).len(), 1, "no file was left behind");
+    // Descriptors back: the next group starts a new segment.
+    fail::remove("wal::roll_open");
+    let more = input(21, 500);
+    assert_eq!(append_all(&wal, std::slice::from_ref(&more)), vec![21]);
+    written.push(more);
+    assert_eq!(segments(dir.path()).len(), 2);
+    drop(wal);
+    let (wal, _) = open(dir.path(), &cfg).expect("reopen");
+    assert!(same(&replay_all(&wal, 1), &written));
+    scenario.teardown();
+}

@@ -146,7 +146,12 @@ impl Graph {
             ));
         }
         let space = self.space(space_name)?;
-        self.consolidate_space(&space, threshold, self.config.consolidation.batch_size)
+        self.consolidate_space(
+            &space,
+            threshold,
+            self.config.consolidation.batch_size,
+            Use::Request,
+        )
     }
 
     /// One background run: every space whose indexes are loaded, with the
@@ -157,13 +162,13 @@ impl Graph {
     pub fn consolidate_loaded(&self) -> Result<ConsolidationReport, GraphError> {
         let all: Vec<Arc<Space>> = read(&self.spaces)
             .values()
-            .filter(|s| s.state.get().is_some())
+            .filter(|s| s.is_loaded())
             .cloned()
             .collect();
         let mut total = ConsolidationReport::default();
         let c = &self.config.consolidation;
         for space in all {
-            match self.consolidate_space(&space, c.threshold, c.batch_size) {
+            match self.consolidate_space(&space, c.threshold, c.batch_size, Use::Background) {
                 Ok(r) => total += r,
                 Err(GraphError::SpaceNotFound(_)) => {}
                 Err(GraphError::ShuttingDown) => return Err(GraphError::ShuttingDown),
@@ -173,18 +178,24 @@ impl Graph {
         Ok(total)
     }
 
+    /// One run over one space; a background pass (`by`) skips a space that
+    /// was unloaded meanwhile.
     fn consolidate_space(
         &self,
         space: &Space,
         threshold: f32,
         batch: usize,
+        by: Use,
     ) -> Result<ConsolidationReport, GraphError> {
         let _writing = self.gate.enter()?;
         let _one = space
             .consolidating
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
-        let st = self.state(space)?;
+        let Some(held) = self.state_as(space, by)? else {
+            return Ok(ConsolidationReport::default());
+        };
+        let st: &RwLock<SpaceState> = &held;
         let free = |m: &EpisodeMeta| !m.concept && !m.consolidated;
         let mut candidates: Vec<EpisodeId> = read(st)
             .episodes
@@ -370,6 +381,7 @@ impl Graph {
             },
         );
         state.lexical.add_document(slot, len);
+        state.postings += tf.len();
         for (term, f) in tf {
             state.lexical.add_posting(&term, slot, f);
         }

@@ -113,25 +113,64 @@ impl std::fmt::Display for DamagedSpace {
 pub struct WarmUpReport {
     /// Spaces whose indexes are in memory.
     pub loaded: usize,
+    /// Spaces left unloaded because the index memory budget was reached
+    /// (they load on first use).
+    pub left_unloaded: usize,
     /// Spaces that could not be loaded: requests to them fail with
     /// [`GraphError::SpaceUnavailable`] while the others serve.
     pub damaged: Vec<DamagedSpace>,
 }
 
 impl Graph {
-    /// Loads every space's indexes now instead of on first use (a server
-    /// calls this before it reports ready). A space that cannot be loaded
-    /// does not stop the others: it is marked damaged (logged, refused with
-    /// [`GraphError::SpaceUnavailable`]) and listed in the report. It does
-    /// not fail today; the `Result` stays for callers.
+    /// Loads spaces' indexes now instead of on first use (a server calls
+    /// this before it reports ready), the most recently created first,
+    /// while the estimated total stays below the index memory budget
+    /// ([`GraphConfig::index_budget_mb`]); the others are left to load on
+    /// first use (counted in the report, logged). A space that cannot be
+    /// loaded does not stop the others: it is marked damaged (logged,
+    /// refused with [`GraphError::SpaceUnavailable`]) and listed in the
+    /// report. It does not fail today; the `Result` stays for callers.
     pub fn warm_up(&self) -> Result<WarmUpReport, GraphError> {
-        let all: Vec<Arc<Space>> = read(&self.spaces).values().cloned().collect();
+        let mut all: Vec<Arc<Space>> = read(&self.spaces).values().cloned().collect();
+        all.sort_by(|a, b| {
+            b.record
+                .created_at_ms
+                .cmp(&a.record.created_at_ms)
+                .then_with(|| a.record.name.cmp(&b.record.name))
+        });
+        let budget = self.index_budget_bytes();
+        let mut total = self.index_bytes();
         let mut report = WarmUpReport::default();
         for space in all {
-            if self.state(&space).is_ok() {
+            if space.is_loaded() {
                 report.loaded += 1;
+                continue;
+            }
+            if budget > 0 && total >= budget {
+                report.left_unloaded += 1;
+                // Its figures now (counted from the store once if a crash
+                // left them stale), so listing it later reads them at once.
+                if let Err(e) = self.stats_of(&space) {
+                    tracing::debug!(space = %space.record.name, error = %e, "figures of a space left unloaded not read");
+                }
+                continue;
+            }
+            // Not a request (see `Use`): only the load itself is stamped.
+            if let Ok(held) = self.acquire(&space, Use::Background) {
+                report.loaded += 1;
+                total = total.saturating_add(held.bytes());
             }
             // Otherwise damaged (listed below) or deleted meanwhile.
+        }
+        self.set_index_bytes_gauge(total);
+        if report.left_unloaded > 0 {
+            tracing::info!(
+                loaded = report.loaded,
+                left_unloaded = report.left_unloaded,
+                index_bytes = total,
+                budget_bytes = budget,
+                "warm-up stopped at memory.index_budget_mb: the other spaces load on first use"
+            );
         }
         report.damaged = self.damaged_spaces();
         Ok(report)
@@ -141,7 +180,7 @@ impl Graph {
     /// included, except those whose record is unreadable).
     pub fn loaded_spaces(&self) -> (usize, usize) {
         let spaces = read(&self.spaces);
-        let loaded = spaces.values().filter(|s| s.state.get().is_some()).count();
+        let loaded = spaces.values().filter(|s| s.is_loaded()).count();
         (loaded, spaces.len())
     }
 
@@ -252,7 +291,8 @@ impl Graph {
             self.config.ann,
             self.config.exact_search_below,
         );
-        let space = Space::new(id, record, Some(state), self.config.hot_capacity);
+        let resident = Arc::new(Resident::new(state, &self.clock, 0));
+        let space = Space::new(id, record, Some(resident), self.config.hot_capacity);
         write(&self.spaces).insert(name.to_owned(), Arc::new(space));
         Ok(())
     }
