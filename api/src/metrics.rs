@@ -222,15 +222,21 @@ pub(crate) async fn render(
         }
         None => None,
     };
+    // One scrape at a time from here (no await below): the per-space
+    // families are reset, set and encoded without another scrape between.
+    static SCRAPE: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _one = SCRAPE
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     if let Some(mut spaces) = spaces {
-        // Deleted spaces must disappear from the exposition.
-        s.http.memories.reset();
-        s.http.tiers.reset();
-        s.http.vectors.reset();
         spaces.sort_by(|a, b| b.memories.cmp(&a.memories).then(a.name.cmp(&b.name)));
-        let add = |g: &IntGaugeVec, labels: &[&str], v: usize| {
-            let g = g.with_label_values(labels);
-            g.set(g.get().saturating_add(i64::try_from(v).unwrap_or(i64::MAX)));
+        // Sums are built here and only then set (one lock for the reset and
+        // the sets), so concurrent scrapes never add to each other.
+        type Key = (&'static str, String, &'static str);
+        let mut sums: std::collections::BTreeMap<Key, i64> = std::collections::BTreeMap::new();
+        let mut add = |family: &'static str, name: &str, label: &'static str, v: usize| {
+            let e = sums.entry((family, name.to_owned(), label)).or_insert(0);
+            *e = e.saturating_add(i64::try_from(v).unwrap_or(i64::MAX));
         };
         for (i, sp) in spaces.iter().enumerate() {
             let name = if i < max_space_series {
@@ -238,19 +244,22 @@ pub(crate) async fn render(
             } else {
                 OTHER_SPACES
             };
-            add(&s.http.memories, &[name], sp.memories);
-            for (tier, v) in [
-                ("hot", sp.hot),
-                ("warm", sp.memories - sp.cold),
-                ("cold", sp.cold),
-            ] {
-                add(&s.http.tiers, &[name, tier], v);
-            }
-            for (state, v) in [
-                ("unlinked", sp.unlinked_vectors),
-                ("tombstones", sp.vector_tombstones),
-            ] {
-                add(&s.http.vectors, &[name, state], v);
+            add("memories", name, "", sp.memories);
+            add("tiers", name, "hot", sp.hot);
+            add("tiers", name, "warm", sp.memories - sp.cold);
+            add("tiers", name, "cold", sp.cold);
+            add("vectors", name, "unlinked", sp.unlinked_vectors);
+            add("vectors", name, "tombstones", sp.vector_tombstones);
+        }
+        // Deleted spaces must disappear from the exposition.
+        s.http.memories.reset();
+        s.http.tiers.reset();
+        s.http.vectors.reset();
+        for ((family, name, label), v) in sums {
+            match family {
+                "memories" => s.http.memories.with_label_values(&[&name]).set(v),
+                "tiers" => s.http.tiers.with_label_values(&[&name, label]).set(v),
+                _ => s.http.vectors.with_label_values(&[&name, label]).set(v),
             }
         }
     }

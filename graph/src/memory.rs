@@ -453,13 +453,26 @@ pub struct PendingRemember {
     /// The space's state, held until finished: the space cannot be unloaded
     /// between the record's append and its index update.
     loaded: Loaded,
-    prepared: PreparedEpisode,
+    /// Taken by [`Graph::remember_finish`].
+    prepared: Option<PreparedEpisode>,
     appended: Option<crate::engine::Appended>,
     committed: Option<Result<crate::Committed, GraphError>>,
     confidence: f32,
     stored_at_ms: i64,
     /// Counts as a write in flight until finished (shutdown waits for it).
     _writing: Writing,
+    /// Set by [`Graph::remember_finish`]; a pending remember dropped before
+    /// it leaves a record the next apply stores but the indexes never got.
+    finished: bool,
+}
+
+impl Drop for PendingRemember {
+    fn drop(&mut self) {
+        if !self.finished {
+            self.space.inexact.store(true, Ordering::SeqCst);
+            tracing::warn!(space = %self.space.record.name, "a remember was abandoned between its WAL append and its index update: the space's indexes may lack it until they are rebuilt from the store (no index snapshot is written for it)");
+        }
+    }
 }
 
 impl std::fmt::Debug for PendingRemember {
@@ -1054,6 +1067,10 @@ struct Space {
     figures: Mutex<Option<Figures>>,
     /// Logged once: its indexes alone exceed the budget.
     oversized: AtomicBool,
+    /// Its in-memory indexes may lack a record that is in the store (a
+    /// remember dropped between its append and its finish): they are never
+    /// written to a snapshot; the next load from the store clears it.
+    inexact: AtomicBool,
 }
 
 impl Space {
@@ -1076,6 +1093,7 @@ impl Space {
             damaged: Mutex::new(None),
             figures: Mutex::new(None),
             oversized: AtomicBool::new(false),
+            inexact: AtomicBool::new(false),
         }
     }
 }
@@ -1234,6 +1252,8 @@ impl Graph {
                     tracing::info!(space = %space.record.name, count = orphans.len(), "removing entries of forgotten memories left by a crash");
                     self.submit(space, kind::FORGET, orphans)?;
                 }
+                // Rebuilt from the store: exact again.
+                space.inexact.store(false, Ordering::SeqCst);
                 (loaded, "warm store")
             }
         };
@@ -1335,7 +1355,7 @@ impl Graph {
                 let _ = snapshot::remove(&self.index_dir, space.id);
                 continue;
             }
-            if late.contains(&space.id) {
+            if late.contains(&space.id) || space.inexact.load(Ordering::SeqCst) {
                 report.failed += 1;
                 tracing::warn!(space = %space.record.name, "a record of this space was applied after its write was reported failed: index snapshot not written; the next start rebuilds this space's indexes");
                 let _ = snapshot::remove(&self.index_dir, space.id);
@@ -1959,12 +1979,13 @@ impl Graph {
             Ok(appended) => Ok(Begun::Pending(Box::new(PendingRemember {
                 space,
                 loaded: held,
-                prepared,
+                prepared: Some(prepared),
                 appended: Some(appended),
                 committed: None,
                 confidence,
                 stored_at_ms,
                 _writing: writing,
+                finished: false,
             }))),
             Err(e) => {
                 self.abandon_episode(&space, st, &id);
@@ -1977,19 +1998,18 @@ impl Graph {
     /// applies the record to the store and adds the memory to the indexes
     /// (or, when its group commit failed, undoes the preparation). Blocks
     /// on the space's locks and RocksDB: run it where blocking is allowed.
-    pub fn remember_finish(&self, p: Box<PendingRemember>) -> Result<Remembered, GraphError> {
-        let PendingRemember {
-            space,
-            loaded,
-            prepared,
-            appended: _,
-            committed,
-            confidence,
-            stored_at_ms,
-            _writing,
-        } = *p;
+    pub fn remember_finish(&self, mut p: Box<PendingRemember>) -> Result<Remembered, GraphError> {
+        let prepared = p.prepared.take().ok_or_else(|| {
+            GraphError::Storage(EngineError::Failed(
+                "remember_finish called twice for one remember".into(),
+            ))
+        })?;
+        let committed = p.committed.take();
+        // From here the preparation is either finished or undone.
+        p.finished = true;
+        let space = Arc::clone(&p.space);
         // The state taken by `remember_begin`: the space stayed loaded.
-        let st: &RwLock<SpaceState> = &loaded;
+        let st: &RwLock<SpaceState> = &p.loaded;
         let id = prepared.id;
         let committed = match committed {
             Some(Ok(c)) => self
@@ -2014,8 +2034,8 @@ impl Graph {
             &space,
             &id,
             committed.seq,
-            confidence,
-            stored_at_ms,
+            p.confidence,
+            p.stored_at_ms,
         ))
     }
 

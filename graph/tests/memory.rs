@@ -2036,3 +2036,34 @@ fn forgotten_tags_leave_the_tag_sets_and_snapshots() {
     assert_eq!(by_tag(&g, "fresh"), vec![fresh]);
     assert_eq!(by_tag(&g, "shared"), vec![kept]);
 }
+
+/// A remember dropped between its WAL append and its finish (a cancelled
+/// task) leaves a record the next write applies to the store but the
+/// indexes never got: no index snapshot may then hide it after a restart.
+#[test]
+fn a_remember_dropped_before_its_finish_never_hides_a_stored_memory() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let g = open(dir.path());
+    g.create_space("notes", None).expect("create");
+    let begun = g
+        .remember_begin("notes", text("abandoned walrus memory"))
+        .expect("begin");
+    let engram_graph::Begun::Pending(pending) = begun else {
+        panic!("a new memory is pending");
+    };
+    drop(pending);
+    // The next write applies the abandoned record too.
+    g.remember("notes", text("a later write"))
+        .expect("remember");
+    assert!(g.seal_writes(std::time::Duration::from_secs(5)));
+    let report = g.save_index_snapshots();
+    assert_eq!(report.failed, 1, "{report:?}");
+    drop(g);
+    let g = open(dir.path());
+    let hits = g
+        .recall("notes", &cue("walrus"), 10, &Spread::default())
+        .expect("recall");
+    assert_eq!(hits.len(), 1, "the stored memory is found after a restart");
+    g.forget("notes", &hits[0].memory.id)
+        .expect("and it can be forgotten");
+}

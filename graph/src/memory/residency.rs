@@ -525,7 +525,8 @@ impl Graph {
         // A record applied after its writer was told it failed may be
         // missing from these indexes: no snapshot, and no figures from them;
         // the next load rebuilds the space from the store (which repairs it).
-        let late = self.engine.spaces_applied_after_error().contains(&space.id);
+        let late = self.engine.spaces_applied_after_error().contains(&space.id)
+            || space.inexact.load(Ordering::SeqCst);
         let figures = if late {
             let _ = snapshot::remove(&self.index_dir, space.id);
             None
