@@ -453,7 +453,9 @@ async fn system_health(State(s): Shared) -> Result<Response, ApiError> {
         (status = 200, description = "`dedupe` found identical content", body = RememberOut),
         (status = 400, description = "Invalid input", body = ErrorBody),
         (status = 404, description = "Unknown space or link target", body = ErrorBody),
+        (status = 409, description = "A link target has the most edges allowed (too_many_edges)", body = ErrorBody),
         (status = 413, description = "Body too large", body = ErrorBody),
+        (status = 415, description = "Body not sent as Content-Type: application/json", body = ErrorBody),
         (status = 503, description = "Starting or storage unavailable", body = ErrorBody)))]
 async fn remember(
     State(s): Shared,
@@ -527,6 +529,7 @@ async fn search(
         (status = 400, description = "Invalid input", body = ErrorBody),
         (status = 404, description = "Unknown space", body = ErrorBody),
         (status = 413, description = "Body too large", body = ErrorBody),
+        (status = 415, description = "Body not sent as Content-Type: application/json", body = ErrorBody),
         (status = 503, description = "Starting", body = ErrorBody)))]
 async fn recall(
     State(s): Shared,
@@ -618,7 +621,9 @@ async fn forget(
         (status = 201, description = "Association stored", body = LinkOut),
         (status = 400, description = "Invalid input", body = ErrorBody),
         (status = 404, description = "No such memory or space", body = ErrorBody),
+        (status = 409, description = "Either memory has the most edges allowed (too_many_edges)", body = ErrorBody),
         (status = 413, description = "Body too large", body = ErrorBody),
+        (status = 415, description = "Body not sent as Content-Type: application/json", body = ErrorBody),
         (status = 503, description = "Starting", body = ErrorBody)))]
 async fn link(
     State(s): Shared,
@@ -651,6 +656,7 @@ async fn link(
         (status = 400, description = "Invalid input", body = ErrorBody),
         (status = 404, description = "Unknown space", body = ErrorBody),
         (status = 413, description = "Body too large", body = ErrorBody),
+        (status = 415, description = "Body not sent as Content-Type: application/json", body = ErrorBody),
         (status = 503, description = "Starting", body = ErrorBody)))]
 async fn consolidate(
     State(s): Shared,
@@ -688,8 +694,9 @@ async fn list_spaces(State(s): Shared) -> Result<Json<SpacesOut>, ApiError> {
     responses(
         (status = 201, description = "Created", body = SpaceOut),
         (status = 400, description = "Invalid input", body = ErrorBody),
-        (status = 409, description = "Exists", body = ErrorBody),
+        (status = 409, description = "Exists, or the node holds limits.max_spaces spaces (too_many_spaces)", body = ErrorBody),
         (status = 413, description = "Body too large", body = ErrorBody),
+        (status = 415, description = "Body not sent as Content-Type: application/json", body = ErrorBody),
         (status = 503, description = "Starting", body = ErrorBody)))]
 async fn create_space(
     State(s): Shared,
