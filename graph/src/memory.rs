@@ -2205,23 +2205,7 @@ impl Graph {
         let mut edges: Vec<(EpisodeId, EpisodeId, EdgeRecord)> = Vec::new();
         edges.extend(edges_to.into_iter().map(|(to, e)| (id, to, e)));
         edges.extend(edges_from.into_iter().map(|(from, e)| (from, id, e)));
-        let mut m = vec![Mutation::PutEpisode {
-            id,
-            record: record::encode(&record)?,
-        }];
-        for (term, f) in &tf {
-            m.push(Mutation::PutPosting {
-                term: term.clone(),
-                id,
-                value: f.to_be_bytes().to_vec(),
-            });
-        }
-        if let Some(e) = &embedding {
-            m.push(Mutation::PutVector {
-                id,
-                vector: record::vector_bytes(e),
-            });
-        }
+        let mut m = episode_mutations(id, &record, &tf, embedding.as_deref(), edges.len() + 1)?;
         for (from, to, e) in &edges {
             m.push(Mutation::PutEdge {
                 from: *from,
@@ -2834,6 +2818,36 @@ impl Graph {
 /// final record. (A single deletion larger than the limit, possible only
 /// with an absurdly small `max_payload`, gets a record of its own, which the
 /// WAL refuses with its limit in the error.)
+/// The mutations that store a new episode: its record, its postings and
+/// its vector (edges are the caller's), with room for `extra` more.
+fn episode_mutations(
+    id: EpisodeId,
+    record: &EpisodeRecord,
+    tf: &std::collections::HashMap<String, u32>,
+    embedding: Option<&[f32]>,
+    extra: usize,
+) -> Result<Vec<Mutation>, GraphError> {
+    let mut m = Vec::with_capacity(2 + tf.len() + extra);
+    m.push(Mutation::PutEpisode {
+        id,
+        record: record::encode(record)?,
+    });
+    for (term, f) in tf {
+        m.push(Mutation::PutPosting {
+            term: term.clone(),
+            id,
+            value: f.to_be_bytes().to_vec(),
+        });
+    }
+    if let Some(e) = embedding {
+        m.push(Mutation::PutVector {
+            id,
+            vector: record::vector_bytes(e),
+        });
+    }
+    Ok(m)
+}
+
 fn forget_records(
     max_payload: u32,
     leading: Vec<Mutation>,

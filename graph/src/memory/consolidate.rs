@@ -338,24 +338,8 @@ impl Graph {
         let id = ulid::Ulid::new().to_bytes();
         let (tf, len) = text::term_frequencies(&record.content);
         record.terms = len;
-        let mut m = Vec::with_capacity(2 + tf.len() + members.len());
-        m.push(Mutation::PutEpisode {
-            id,
-            record: record::encode(&record)?,
-        });
-        for (term, f) in &tf {
-            m.push(Mutation::PutPosting {
-                term: term.clone(),
-                id,
-                value: f.to_be_bytes().to_vec(),
-            });
-        }
-        if let Some(e) = &embedding {
-            m.push(Mutation::PutVector {
-                id,
-                vector: record::vector_bytes(e),
-            });
-        }
+        let mut m =
+            super::episode_mutations(id, &record, &tf, embedding.as_deref(), members.len())?;
         for (from, e) in &members {
             m.push(Mutation::PutEdge {
                 from: *from,
