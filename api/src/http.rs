@@ -160,24 +160,40 @@ pub(crate) async fn blocking<T: Send + 'static>(
 }
 
 /// Remembers `req` in `space` and returns once it is durable. Nothing here
-/// blocks a runtime thread: the locked in-memory work and the WAL append
-/// run on the blocking pool, the group commit is awaited, and the RocksDB
-/// apply and index update run on the blocking pool again. The whole write
-/// runs in a task of its own, so it completes even if the client goes away.
+/// blocks a runtime thread: the prepare-and-append and the index update
+/// run right here only when they cannot wait for anything (every lock free
+/// at once, the space in memory, no search; the WAL writer thread applies
+/// the group to RocksDB before answering it), else on the blocking pool;
+/// the group commit (fsync) is awaited.
 pub(crate) async fn remember_durably(
     graph: Arc<engram_graph::Graph>,
     space: String,
     req: engram_graph::RememberRequest,
 ) -> Result<engram_graph::Remembered, ApiError> {
+    // In a task of its own: once appended, the remember completes even if
+    // the client goes away (a dropped pending remember leaves the space's
+    // indexes inexact until rebuilt).
     tokio::spawn(async move {
-        let g = Arc::clone(&graph);
-        let begun = blocking(move || Ok(g.remember_begin(&space, req)?)).await?;
+        // Without blocking when nothing would wait (the common case: no
+        // thread hand-off but the WAL writer's); else on the blocking pool.
+        let begun = match graph.remember_quick(&space, req)? {
+            engram_graph::QuickBegin::Begun(b) => b,
+            engram_graph::QuickBegin::Blocked(req) => {
+                let g = Arc::clone(&graph);
+                blocking(move || Ok(g.remember_begin(&space, req)?)).await?
+            }
+        };
         let mut pending = match begun {
             engram_graph::Begun::Done(found) => return Ok(found),
             engram_graph::Begun::Pending(p) => p,
         };
         pending.group_commit().await;
-        blocking(move || Ok(graph.remember_finish(pending)?)).await
+        match graph.remember_finish_quick(pending) {
+            engram_graph::QuickFinish::Done(r) => Ok(r?),
+            engram_graph::QuickFinish::Blocked(p) => {
+                blocking(move || Ok(graph.remember_finish(p)?)).await
+            }
+        }
     })
     .await
     .map_err(|e| ApiError::internal(format!("worker failed: {e}")))?

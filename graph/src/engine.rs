@@ -2,7 +2,8 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::path::{Path, PathBuf};
-use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use engram_lsm::{Mutation, Operation, SpaceId, Store, StoreConfig, StoreError, mutation};
@@ -172,6 +173,29 @@ struct Applied {
     released_at: u64,
 }
 
+/// RocksDB refused the WAL writer's apply of the records through `through`.
+struct Refused {
+    through: u64,
+    path: PathBuf,
+    message: String,
+    transient: bool,
+}
+
+impl Refused {
+    /// The error the writer of a record in the refused batch gets.
+    fn error(&self) -> EngineError {
+        let e = StoreError::Rocks {
+            path: self.path.clone(),
+            message: self.message.clone(),
+        };
+        if self.transient {
+            EngineError::ApplyDeferred(e)
+        } else {
+            EngineError::Store(e)
+        }
+    }
+}
+
 struct EngineMetrics {
     apply_seconds: Histogram,
     replayed: IntCounter,
@@ -179,12 +203,29 @@ struct EngineMetrics {
 
 /// The storage engine. See the crate documentation for the write path.
 pub struct Engine {
+    /// Declared before `core`: dropping the log joins its writer thread,
+    /// which holds the commit hook and with it a reference to `core`.
     wal: Wal,
+    core: Arc<Core>,
+}
+
+/// The engine's state that the WAL writer thread's commit hook shares
+/// ([`Core::on_commit`]): everything but the log itself.
+struct Core {
     store: Store,
     order: Mutex<Order>,
     applied: Mutex<Applied>,
+    /// `applied.lsn`, readable without the lock ([`Engine::settled`]).
+    applied_lsn: AtomicU64,
+    /// Applied records since the last release reached `release_interval`
+    /// (or a release failed): a writer that can block should release.
+    release_wanted: AtomicBool,
     /// Set when an apply fails; a leaf lock (never held while taking another).
     failed: Mutex<Option<String>>,
+    /// The last refusal of the store to the WAL writer's apply: the writers
+    /// of those records get it instead of trying again at once (each write
+    /// makes one attempt). A leaf lock.
+    refused: Mutex<Option<Refused>>,
     /// Failures that can pass, retried (see the `degraded` module).
     degradation: degraded::Degradation,
     release_interval: u64,
@@ -199,7 +240,7 @@ impl Drop for Engine {
     /// never depends on it: the WAL holds every acknowledged write.
     fn drop(&mut self) {
         let started = Instant::now();
-        match self.store.flush() {
+        match self.core.store.flush() {
             Ok(()) => tracing::info!(
                 elapsed_ms = started.elapsed().as_millis() as u64,
                 "store flushed at shutdown"
@@ -209,10 +250,133 @@ impl Drop for Engine {
     }
 }
 
+impl Core {
+    /// The WAL's commit hook, on its writer thread: applies the group just
+    /// committed (through `committed`) before its writers are answered, so
+    /// that they find it [settled](Engine::settled). Skipped while applies
+    /// are refused (degraded: writers and the background task retry, at
+    /// their own pace) or the engine failed; errors are handled as for any
+    /// apply (logged, the engine degraded or failed) and reach the writers
+    /// through their own [`Engine::apply_durable`].
+    fn on_commit(&self, committed: u64) {
+        if self.degradation.at(degraded::Stage::Apply) {
+            return;
+        }
+        let mut applied = lock(&self.applied);
+        if applied.lsn >= committed || self.check_failed().is_err() {
+            return;
+        }
+        if let Err(EngineError::ApplyDeferred(e) | EngineError::Store(e)) =
+            self.apply_committed(&mut applied, committed)
+        {
+            if let StoreError::Rocks { path, message } = e {
+                *lock(&self.refused) = Some(Refused {
+                    through: committed,
+                    path,
+                    message,
+                    transient: self.degradation.at(degraded::Stage::Apply),
+                });
+            }
+        }
+    }
+
+    /// The error of the WAL writer's refused apply if it covered `lsn` and
+    /// nothing applied it since (the caller holds the apply lock and saw
+    /// `lsn` unapplied).
+    fn refusal_of(&self, lsn: u64) -> Option<EngineError> {
+        let mut refused = lock(&self.refused);
+        match refused.as_ref() {
+            Some(r) if r.through >= lsn => Some(r.error()),
+            Some(_) => {
+                // A later write is past the refused batch: it retries.
+                *refused = None;
+                None
+            }
+            None => None,
+        }
+    }
+
+    /// Applies every pending record through `committed` (acknowledged by
+    /// the WAL) as one WriteBatch, in LSN order. `applied` is the held
+    /// apply lock.
+    fn apply_committed(&self, applied: &mut Applied, committed: u64) -> Result<(), EngineError> {
+        let batch: Vec<Operation> = {
+            let mut order = lock(&self.order);
+            let n = order
+                .pending
+                .iter()
+                .take_while(|op| op.lsn <= committed)
+                .count();
+            order.pending.drain(..n).collect()
+        };
+        if let Some(last) = batch.last().map(|op| op.lsn) {
+            let t = Instant::now();
+            if let Err(e) = self.store.apply(&batch) {
+                return Err(self.apply_failed(e, batch));
+            }
+            self.metrics
+                .apply_seconds
+                .observe(t.elapsed().as_secs_f64());
+            applied.lsn = last;
+            self.applied_lsn.store(last, Ordering::Release);
+            self.purge.note_applied(&batch);
+        }
+        self.degradation.clear(degraded::Stage::Apply);
+        if self.release_is_due(applied) {
+            self.release_wanted.store(true, Ordering::Release);
+        }
+        Ok(())
+    }
+
+    /// `true` when WAL segments should be released: `release_interval`
+    /// records applied since the last release, or a release failed.
+    fn release_is_due(&self, applied: &Applied) -> bool {
+        applied.lsn - applied.released_at >= self.release_interval
+            || self.degradation.at(degraded::Stage::Release)
+    }
+
+    /// Handles a refused WriteBatch: a cause that can pass puts `batch` back
+    /// in front of the pending records and degrades the engine; anything
+    /// else (or descriptors exhausted in a RocksDB that stopped itself)
+    /// fails it.
+    fn apply_failed(&self, e: StoreError, batch: Vec<Operation>) -> EngineError {
+        if !e.is_transient() {
+            return self.fail(e.into());
+        }
+        let retry = self.degradation.at(degraded::Stage::Apply);
+        if retry && e.is_fd_exhaustion() && descriptors_available(self.store.path()) {
+            return self.fail(EngineError::StoreStopped(e));
+        }
+        self.degradation.note_late(batch.iter().map(|op| op.space));
+        {
+            let mut order = lock(&self.order);
+            for op in batch.into_iter().rev() {
+                order.pending.push_front(op);
+            }
+        }
+        self.degradation
+            .enter(degraded::Stage::Apply, e.to_string());
+        EngineError::ApplyDeferred(e)
+    }
+
+    fn check_failed(&self) -> Result<(), EngineError> {
+        match &*lock(&self.failed) {
+            Some(reason) => Err(EngineError::Failed(reason.clone())),
+            None => Ok(()),
+        }
+    }
+
+    fn fail(&self, e: EngineError) -> EngineError {
+        tracing::error!(error = %e, "storage engine apply failed; refusing writes until restart");
+        lock(&self.failed).get_or_insert_with(|| e.to_string());
+        e
+    }
+}
+
 impl std::fmt::Debug for Engine {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Engine")
-            .field("store", &self.store)
+            .field("store", &self.core.store)
             .finish()
     }
 }
@@ -342,26 +506,28 @@ impl Engine {
             "storage recovery complete"
         );
         let next_seq = seqs.into_iter().map(|(s, q)| (s, q + 1)).collect();
-        Ok((
-            Engine {
-                wal,
-                store,
-                order: Mutex::new(Order {
-                    next_seq,
-                    pending: VecDeque::new(),
-                }),
-                applied: Mutex::new(Applied {
-                    lsn: applied,
-                    released_at: applied,
-                }),
-                failed: Mutex::new(None),
-                degradation,
-                release_interval: config.wal_release_interval.max(1),
-                metrics,
-                purge,
-            },
-            report,
-        ))
+        let core = Arc::new(Core {
+            store,
+            order: Mutex::new(Order {
+                next_seq,
+                pending: VecDeque::new(),
+            }),
+            applied: Mutex::new(Applied {
+                lsn: applied,
+                released_at: applied,
+            }),
+            applied_lsn: AtomicU64::new(applied),
+            release_wanted: AtomicBool::new(false),
+            failed: Mutex::new(None),
+            refused: Mutex::new(None),
+            degradation,
+            release_interval: config.wal_release_interval.max(1),
+            metrics,
+            purge,
+        });
+        let hook = Arc::clone(&core);
+        wal.on_commit(Box::new(move |committed| hook.on_commit(committed)));
+        Ok((Engine { wal, core }, report))
     }
 
     /// Appends `mutations` for `space` to the WAL as one record of `kind`,
@@ -398,10 +564,10 @@ impl Engine {
         mutations: Vec<Mutation>,
     ) -> Result<Appended, EngineError> {
         let payload = mutation::encode(&mutations);
-        let mut order = lock(&self.order);
-        self.check_failed()?;
+        let mut order = lock(&self.core.order);
+        self.core.check_failed()?;
         if order.pending.len() >= degraded::MAX_PENDING {
-            if let Some(reason) = self.degradation.describe() {
+            if let Some(reason) = self.core.degradation.describe() {
                 return Err(EngineError::Degraded {
                     reason,
                     pending: order.pending.len(),
@@ -436,18 +602,37 @@ impl Engine {
 
     /// Applies every durable record through `lsn` to the store (a RocksDB
     /// write, now and then a sync of RocksDB's WAL and a segment release):
-    /// blocking work.
+    /// blocking work. Usually the WAL writer thread has applied it already
+    /// ([`Engine::settled`]) and only the release can be left to do.
     pub fn apply_durable(&self, lsn: u64) -> Result<(), EngineError> {
         self.apply_through(lsn)
     }
 
+    /// `true` when the record at `lsn` is applied to the store and no
+    /// upkeep waits for a writer (a WAL release is not due): a write whose
+    /// group commit returned can then be acknowledged without calling
+    /// [`Engine::apply_durable`], so without blocking. The WAL writer thread
+    /// applies each group it commits before answering it, so this is the
+    /// common case; after a refused apply or once every `release_interval`
+    /// records it is `false` and the writer calls `apply_durable`.
+    pub fn settled(&self, lsn: u64) -> bool {
+        self.core.applied_lsn.load(Ordering::Acquire) >= lsn
+            && !self.core.release_wanted.load(Ordering::Acquire)
+    }
+
     /// Applies every acknowledged pending record up to at least `lsn`, in
-    /// LSN order, as one WriteBatch (whoever gets here first applies for all).
+    /// LSN order, as one WriteBatch (whoever gets here first applies for
+    /// all), then releases WAL segments when due.
     fn apply_through(&self, lsn: u64) -> Result<(), EngineError> {
-        let mut applied = lock(&self.applied);
-        self.check_failed()?;
+        let mut applied = lock(&self.core.applied);
+        if applied.lsn < lsn {
+            if let Some(e) = self.core.refusal_of(lsn) {
+                return Err(e);
+            }
+        }
+        self.core.check_failed()?;
         if applied.lsn >= lsn {
-            return Ok(());
+            return self.release_if_due(&mut applied);
         }
         self.apply_pending(&mut applied)
     }
@@ -461,12 +646,12 @@ impl Engine {
     /// result (failures are logged and reported by [`Engine::degraded`] and
     /// [`Engine::failure`]).
     pub fn retry_pending_apply(&self) -> Result<(), EngineError> {
-        if !self.degradation.retry_due() {
+        if !self.core.degradation.retry_due() {
             return Ok(());
         }
-        let mut applied = lock(&self.applied);
-        self.check_failed()?;
-        self.degradation.count_retry();
+        let mut applied = lock(&self.core.applied);
+        self.core.check_failed()?;
+        self.core.degradation.count_retry();
         self.apply_pending(&mut applied)
     }
 
@@ -474,60 +659,25 @@ impl Engine {
     /// due, syncs RocksDB's WAL and releases WAL segments. `applied` is the
     /// held apply lock.
     fn apply_pending(&self, applied: &mut Applied) -> Result<(), EngineError> {
-        let committed = self.wal.committed_lsn();
-        let batch: Vec<Operation> = {
-            let mut order = lock(&self.order);
-            let n = order
-                .pending
-                .iter()
-                .take_while(|op| op.lsn <= committed)
-                .count();
-            order.pending.drain(..n).collect()
-        };
-        if let Some(last) = batch.last().map(|op| op.lsn) {
-            let t = Instant::now();
-            if let Err(e) = self.store.apply(&batch) {
-                return Err(self.apply_failed(e, batch));
-            }
-            self.metrics
-                .apply_seconds
-                .observe(t.elapsed().as_secs_f64());
-            applied.lsn = last;
-            self.purge.note_applied(&batch);
-        }
-        self.degradation.clear(degraded::Stage::Apply);
-        // A release that failed is retried (at most once a second) even
-        // when a purge pass has released since.
-        let due = applied.lsn - applied.released_at >= self.release_interval
-            || self.degradation.at(degraded::Stage::Release);
-        if due && self.degradation.release_due() {
-            self.release(applied)?;
-        }
-        Ok(())
+        self.core
+            .apply_committed(applied, self.wal.committed_lsn())?;
+        self.release_if_due(applied)
     }
 
-    /// Handles a refused WriteBatch: a cause that can pass puts `batch` back
-    /// in front of the pending records and degrades the engine; anything
-    /// else (or descriptors exhausted in a RocksDB that stopped itself)
-    /// fails it.
-    fn apply_failed(&self, e: StoreError, batch: Vec<Operation>) -> EngineError {
-        if !e.is_transient() {
-            return self.fail(e.into());
+    /// Syncs RocksDB's WAL and releases WAL segments when
+    /// `release_interval` records were applied since the last release, or
+    /// a release failed (retried at most once a second). `applied` is the
+    /// held apply lock.
+    fn release_if_due(&self, applied: &mut Applied) -> Result<(), EngineError> {
+        // A release that failed is retried even when a purge pass has
+        // released since.
+        let due = self.core.release_is_due(applied);
+        if due && self.core.degradation.release_due() {
+            self.release(applied)?;
         }
-        let retry = self.degradation.at(degraded::Stage::Apply);
-        if retry && e.is_fd_exhaustion() && descriptors_available(self.store.path()) {
-            return self.fail(EngineError::StoreStopped(e));
-        }
-        self.degradation.note_late(batch.iter().map(|op| op.space));
-        {
-            let mut order = lock(&self.order);
-            for op in batch.into_iter().rev() {
-                order.pending.push_front(op);
-            }
-        }
-        self.degradation
-            .enter(degraded::Stage::Apply, e.to_string());
-        EngineError::ApplyDeferred(e)
+        let wanted = self.core.release_is_due(applied);
+        self.core.release_wanted.store(wanted, Ordering::Release);
+        Ok(())
     }
 
     /// Syncs RocksDB's WAL and deletes the WAL segments holding only applied
@@ -535,7 +685,7 @@ impl Engine {
     /// segments stay until the next attempt); any other fails it.
     fn release(&self, applied: &mut Applied) -> Result<(), EngineError> {
         let lsn = applied.lsn;
-        let outcome = match self.store.sync_wal() {
+        let outcome = match self.core.store.sync_wal() {
             Ok(()) => match self.wal.release_through(lsn) {
                 Ok(_) => Ok(()),
                 Err(e) => Err((e.is_transient(), EngineError::from(e))),
@@ -545,39 +695,31 @@ impl Engine {
         match outcome {
             Ok(()) => {
                 applied.released_at = lsn;
-                self.degradation.clear(degraded::Stage::Release);
+                self.core.degradation.clear(degraded::Stage::Release);
                 Ok(())
             }
             Err((true, e)) => {
-                self.degradation
+                self.core
+                    .degradation
                     .enter(degraded::Stage::Release, e.to_string());
                 Ok(())
             }
-            Err((false, e)) => Err(self.fail(e)),
+            Err((false, e)) => Err(self.core.fail(e)),
         }
-    }
-
-    fn check_failed(&self) -> Result<(), EngineError> {
-        match &*lock(&self.failed) {
-            Some(reason) => Err(EngineError::Failed(reason.clone())),
-            None => Ok(()),
-        }
-    }
-
-    fn fail(&self, e: EngineError) -> EngineError {
-        tracing::error!(error = %e, "storage engine apply failed; refusing writes until restart");
-        lock(&self.failed).get_or_insert_with(|| e.to_string());
-        e
     }
 
     /// Next sequence number `space` will get.
     pub fn next_seq(&self, space: SpaceId) -> u64 {
-        lock(&self.order).next_seq.get(&space).copied().unwrap_or(1)
+        lock(&self.core.order)
+            .next_seq
+            .get(&space)
+            .copied()
+            .unwrap_or(1)
     }
 
     /// Highest LSN applied to the store.
     pub fn applied_lsn(&self) -> u64 {
-        lock(&self.applied).lsn
+        lock(&self.core.applied).lsn
     }
 
     /// What fails for a cause that can pass (file descriptors exhausted,
@@ -587,7 +729,7 @@ impl Engine {
     /// a retry succeeds. Unlike [`Engine::failure`], it does not last until
     /// restart.
     pub fn degraded(&self) -> Option<String> {
-        self.degradation.describe()
+        self.core.degradation.describe()
     }
 
     /// Spaces holding a record that the store applied (or will apply) after
@@ -596,7 +738,7 @@ impl Engine {
     /// space is loaded again from the store: do not write their index
     /// snapshots.
     pub fn spaces_applied_after_error(&self) -> Vec<SpaceId> {
-        self.degradation.late()
+        self.core.degradation.late()
     }
 
     /// Why the engine refuses writes, if it does: a WAL failure or a failed
@@ -605,14 +747,14 @@ impl Engine {
         if let Some(w) = self.wal.failure() {
             return Some(format!("WAL: {w}"));
         }
-        lock(&self.failed)
+        lock(&self.core.failed)
             .as_ref()
             .map(|s| format!("store apply: {s}"))
     }
 
     /// The warm store, for reads.
     pub fn store(&self) -> &Store {
-        &self.store
+        &self.core.store
     }
 
     /// The write-ahead log (status, pins, replay for replication).
@@ -623,8 +765,8 @@ impl Engine {
     /// Writes a consistent, openable copy of the store to `dir` (which must not
     /// exist). Its applied LSN tells a restore where the WAL continues.
     pub fn checkpoint(&self, dir: &Path) -> Result<u64, EngineError> {
-        let applied = lock(&self.applied);
-        self.store.checkpoint(dir)?;
+        let applied = lock(&self.core.applied);
+        self.core.store.checkpoint(dir)?;
         Ok(applied.lsn)
     }
 }

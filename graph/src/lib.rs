@@ -82,8 +82,8 @@ pub use engine::{
 };
 pub use memory::{
     Begun, ConsolidationConfig, ConsolidationReport, Cue, DEFAULT_LINK_WEIGHT, DEFAULT_SPACE,
-    Graph, GraphConfig, GraphError, Limits, LinkSpec, Memory, PendingRemember, Recalled,
-    RememberRequest, Remembered, SnapshotReport, SpaceOptions, SpaceStats, Via, kind,
-    valid_space_name,
+    Graph, GraphConfig, GraphError, Limits, LinkSpec, Memory, PendingRemember, QuickBegin,
+    QuickFinish, Recalled, RememberRequest, Remembered, SnapshotReport, SpaceOptions, SpaceStats,
+    Via, kind, valid_space_name,
 };
 pub use memory::{DamagedSpace, WarmUpReport};

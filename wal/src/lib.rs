@@ -104,6 +104,6 @@ pub use config::{Durability, MIN_SEGMENT_SIZE, WalConfig};
 pub use error::WalError;
 pub use frame::RecordHeader;
 pub use log::{
-    AppendTicket, AppliedDamage, CORRUPT_DIR, OpenReport, Pin, Record, Replay, Truncation, Wal,
-    WalOptions, WalStats,
+    AppendTicket, AppliedDamage, CORRUPT_DIR, CommitHook, OpenReport, Pin, Record, Replay,
+    Truncation, Wal, WalOptions, WalStats,
 };

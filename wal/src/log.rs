@@ -240,7 +240,21 @@ struct Shared {
     /// A new segment could not be made (see [`never_created`]) and none has
     /// been since: further refusals are logged at debug level only.
     roll_refused: AtomicBool,
+    /// Called on the writer thread after each group is acknowledged and
+    /// before its appenders are told (see [`Wal::on_commit`]).
+    on_commit: std::sync::OnceLock<Hook>,
     metrics: WalMetrics,
+}
+
+/// See [`Wal::on_commit`].
+pub type CommitHook = Box<dyn Fn(u64) + Send + Sync>;
+
+struct Hook(CommitHook);
+
+impl std::fmt::Debug for Hook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("CommitHook")
+    }
 }
 
 impl std::fmt::Debug for Queue {
@@ -360,6 +374,7 @@ impl Wal {
             skips: Mutex::new(skips),
             pins: Mutex::new(BTreeMap::new()),
             roll_refused: AtomicBool::new(false),
+            on_commit: std::sync::OnceLock::new(),
             metrics,
         });
         let active = Active {
@@ -410,6 +425,20 @@ impl Wal {
         drop(q);
         self.shared.wake.notify_one();
         Ok(AppendTicket { lsn, rx })
+    }
+
+    /// Installs `hook`, which the writer thread calls with the last LSN of
+    /// every group it has just acknowledged (after the covering `fdatasync`
+    /// under [`Durability::Always`]), before it answers that group's
+    /// tickets: whatever the hook does with the records (the engine applies
+    /// them to its store) is done when a ticket resolves. The hook runs on
+    /// the writer thread, so the next group waits for it: it must be short
+    /// and must never wait for the log itself (no [`AppendTicket::wait`],
+    /// no [`Wal::rotate`]). It must not own the [`Wal`] either (the writer
+    /// thread holds it until the log is dropped). Only the first hook
+    /// installed is kept: returns `false` when one was already there.
+    pub fn on_commit(&self, hook: CommitHook) -> bool {
+        self.shared.on_commit.set(Hook(hook)).is_ok()
     }
 
     /// Highest acknowledged LSN (0 when none).
@@ -828,6 +857,9 @@ fn run_writer(shared: &Shared, mut active: Active, waiters: &mut Vec<Waiter>) {
                     shared.metrics.records.inc_by(waiters.len() as u64);
                     shared.metrics.bytes.inc_by(buf.len() as u64);
                     shared.metrics.group_records.observe(waiters.len() as f64);
+                    if let Some(Hook(hook)) = shared.on_commit.get() {
+                        hook(last.lsn);
+                    }
                 }
                 for w in waiters.drain(..) {
                     let _ = w.tx.send(Ok(w.lsn));

@@ -168,8 +168,10 @@ impl Engine {
     /// `engram_purge_failures_total`.
     pub fn purge_if_due(&self) -> Result<Option<PurgeReport>, EngineError> {
         let (due, check_quarantine) = {
-            let mut s = lock(&self.purge.state);
-            let due = s.due_since.is_some_and(|t| t.elapsed() >= self.purge.after);
+            let mut s = lock(&self.core.purge.state);
+            let due = s
+                .due_since
+                .is_some_and(|t| t.elapsed() >= self.core.purge.after);
             let check = !due && s.quarantine_checked.elapsed() >= QUARANTINE_EVERY;
             if check {
                 s.quarantine_checked = Instant::now();
@@ -183,7 +185,7 @@ impl Engine {
             return Ok(None);
         }
         if let Err(e) = self.wal.prune_quarantine() {
-            self.purge.failures.inc();
+            self.core.purge.failures.inc();
             tracing::warn!(error = %e, "deleting quarantined WAL files past their retention failed");
             return Err(e.into());
         }
@@ -196,24 +198,27 @@ impl Engine {
     /// a checkpoint taken afterwards holds none either. An incomplete pass
     /// or an error re-arms the timer.
     pub fn purge_now(&self) -> Result<PurgeReport, EngineError> {
-        let _one = lock(&self.purge.running);
+        let _one = lock(&self.core.purge.running);
         let started = Instant::now();
         let target = {
-            let mut s = lock(&self.purge.state);
+            let mut s = lock(&self.core.purge.state);
             s.due_since = None;
             s.erased_lsn
         };
         let result = self.purge_pass(target, started);
         let retry = !matches!(&result, Ok(r) if r.complete());
         {
-            let mut s = lock(&self.purge.state);
+            let mut s = lock(&self.core.purge.state);
             s.passes += 1;
             if retry {
                 s.due_since.get_or_insert_with(Instant::now);
             }
         }
-        self.purge.passes.inc();
-        self.purge.seconds.observe(started.elapsed().as_secs_f64());
+        self.core.purge.passes.inc();
+        self.core
+            .purge
+            .seconds
+            .observe(started.elapsed().as_secs_f64());
         match &result {
             Ok(r) if r.complete() => tracing::info!(
                 spaces = r.spaces,
@@ -228,7 +233,7 @@ impl Engine {
                  trying again after purge_after_ms"
             ),
             Err(e) => {
-                self.purge.failures.inc();
+                self.core.purge.failures.inc();
                 tracing::warn!(error = %e, "purge failed; trying again after purge_after_ms");
             }
         }
@@ -236,21 +241,21 @@ impl Engine {
     }
 
     fn purge_pass(&self, target: u64, started: Instant) -> Result<PurgeReport, EngineError> {
-        let marks = self.store.purge_due()?;
+        let marks = self.core.store.purge_due()?;
         let sealed = self.wal.rotate()?;
         self.apply_through(sealed)?;
         let spaces: Vec<SpaceId> = marks.iter().map(|(space, _)| *space).collect();
-        let spaces_left = self.store.purge(&spaces)?;
+        let spaces_left = self.core.store.purge(&spaces)?;
         let clean: Vec<(SpaceId, u64)> = marks
             .iter()
             .filter(|(space, _)| !spaces_left.contains(space))
             .copied()
             .collect();
         let (wal_segments_deleted, first_retained) = {
-            let mut applied = lock(&self.applied);
-            self.check_failed()?;
-            self.store.clear_purge_due(&clean)?;
-            self.store.sync_wal()?;
+            let mut applied = lock(&self.core.applied);
+            self.core.check_failed()?;
+            self.core.store.clear_purge_due(&clean)?;
+            self.core.store.sync_wal()?;
             let deleted = self.wal.release_through(applied.lsn)?;
             applied.released_at = applied.lsn;
             (deleted, self.wal.first_retained_lsn())
@@ -268,11 +273,11 @@ impl Engine {
 
     /// `true` while erased content waits for a purge pass (or its retry).
     pub fn purge_pending(&self) -> bool {
-        lock(&self.purge.state).due_since.is_some()
+        lock(&self.core.purge.state).due_since.is_some()
     }
 
     /// Purge passes finished since open (complete or not).
     pub fn purges(&self) -> u64 {
-        lock(&self.purge.state).passes
+        lock(&self.core.purge.state).passes
     }
 }

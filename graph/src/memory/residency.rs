@@ -296,6 +296,12 @@ impl Graph {
         self.acquire(space, Use::Request)
     }
 
+    /// The space's state for a request when it is in memory (`None`: it
+    /// would have to be loaded, which blocks).
+    pub(super) fn state_if_loaded(&self, space: &Space) -> Option<Loaded> {
+        space.resident().map(|r| Loaded::new(r, Use::Request))
+    }
+
     /// The space's state for a request (loaded when needed), or for a
     /// background pass only when it is in memory (`None` otherwise: passes
     /// never load a space).
