@@ -115,6 +115,33 @@ fn idle_connections_are_capped_then_closed_and_the_node_keeps_serving() {
     assert_eq!(health["status"], json!("healthy"));
 }
 
+#[test]
+fn a_trickle_of_bytes_does_not_keep_a_connection_open() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = Server::start_with(
+        dir.path(),
+        Options {
+            env: env(&[("ENGRAM_SERVER__HEADER_READ_TIMEOUT_MS", "1500")]),
+            ..Options::default()
+        },
+    );
+    // HTTP: part of a request line; gRPC: part of the HTTP/2 preface.
+    for (name, addr, opening) in [
+        ("http", server.http, &b"GET /heal"[..]),
+        ("grpc", server.grpc, &b"PRI * HTTP/2.0"[..]),
+    ] {
+        let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).expect("connect");
+        std::io::Write::write_all(&mut s, opening).expect("send");
+        assert!(
+            closed_within(&s, Duration::from_secs(6)),
+            "{name}: a connection that sent {} bytes and stopped is kept open",
+            opening.len()
+        );
+    }
+    // A complete opening is served as usual.
+    assert_eq!(server.get("/health/alive").status, 200);
+}
+
 /// With a low open-files limit, a flood of idle connections far beyond it
 /// is shed by admission: storage never hits EMFILE, and the engine is
 /// healthy and writable afterwards.

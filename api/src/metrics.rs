@@ -80,7 +80,7 @@ impl HttpMetrics {
         let storage = IntGaugeVec::new(
             Opts::new(
                 "engram_rocksdb_bytes",
-                "RocksDB sizes: block_cache_usage, block_cache_capacity, pending_compaction, sst, memtable",
+                "RocksDB sizes: block_cache_usage, block_cache_capacity, pending_compaction, sst, memtable, table_readers",
             ),
             &["kind"],
         )?;
@@ -210,6 +210,7 @@ pub(crate) async fn render(
             ("pending_compaction", st.pending_compaction_bytes),
             ("sst", st.sst_bytes),
             ("memtable", st.memtable_bytes),
+            ("table_readers", st.table_readers_bytes),
         ] {
             let v = i64::try_from(v).unwrap_or(i64::MAX);
             s.http.storage.with_label_values(&[kind]).set(v);

@@ -233,6 +233,7 @@ impl tokio_stream::Stream for GrpcIncoming {
                         stream,
                         _slot: slot,
                         first_bytes: Some(Box::pin(tokio::time::sleep(this.first_bytes_timeout))),
+                        awaited: OPENING_BYTES,
                     })));
                 }
             }
@@ -240,12 +241,20 @@ impl tokio_stream::Stream for GrpcIncoming {
     }
 }
 
+/// Bytes a gRPC client sends first: the HTTP/2 connection preface (24)
+/// and the header of its SETTINGS frame (9).
+const OPENING_BYTES: usize = 33;
+
 /// An admitted gRPC connection: holds its slot, and fails its reads if the
-/// client sends nothing before the first-bytes deadline.
+/// client has not sent the opening of an HTTP/2 connection (preface and
+/// SETTINGS frame header, [`OPENING_BYTES`]) by the first-bytes deadline:
+/// a byte now and then does not keep a connection open.
 pub struct Admitted {
     stream: TcpStream,
     _slot: Slot,
     first_bytes: Option<Pin<Box<Sleep>>>,
+    /// Opening bytes still to come before the deadline is disarmed.
+    awaited: usize,
 }
 
 impl AsyncRead for Admitted {
@@ -257,8 +266,12 @@ impl AsyncRead for Admitted {
         let before = buf.filled().len();
         match Pin::new(&mut self.stream).poll_read(cx, buf) {
             Poll::Ready(r) => {
-                if buf.filled().len() > before {
-                    self.first_bytes = None;
+                let got = buf.filled().len() - before;
+                if self.first_bytes.is_some() && got > 0 {
+                    self.awaited = self.awaited.saturating_sub(got);
+                    if self.awaited == 0 {
+                        self.first_bytes = None;
+                    }
                 }
                 Poll::Ready(r)
             }
@@ -270,7 +283,7 @@ impl AsyncRead for Admitted {
                 if expired {
                     Poll::Ready(Err(io::Error::new(
                         io::ErrorKind::TimedOut,
-                        "no bytes from the client before the first-bytes deadline",
+                        "the client did not open an HTTP/2 connection before the first-bytes deadline",
                     )))
                 } else {
                     Poll::Pending

@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::{Arc, Mutex, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard, TryLockError};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use engram_lsm::{Cf, EpisodeId, Mutation, SpaceId, keys};
@@ -1022,6 +1022,25 @@ fn read<T>(l: &RwLock<T>) -> RwLockReadGuard<'_, T> {
 
 fn write<T>(l: &RwLock<T>) -> RwLockWriteGuard<'_, T> {
     l.write().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// The guard if `l` can be read-locked at once (a poisoned lock is taken
+/// as it is, as [`read`] does).
+fn try_read<T>(l: &RwLock<T>) -> Option<RwLockReadGuard<'_, T>> {
+    match l.try_read() {
+        Ok(g) => Some(g),
+        Err(TryLockError::Poisoned(p)) => Some(PoisonError::into_inner(p)),
+        Err(TryLockError::WouldBlock) => None,
+    }
+}
+
+/// The guard if `l` can be write-locked at once.
+fn try_write<T>(l: &RwLock<T>) -> Option<RwLockWriteGuard<'_, T>> {
+    match l.try_write() {
+        Ok(g) => Some(g),
+        Err(TryLockError::Poisoned(p)) => Some(PoisonError::into_inner(p)),
+        Err(TryLockError::WouldBlock) => None,
+    }
 }
 
 fn now_ms() -> i64 {

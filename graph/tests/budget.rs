@@ -15,6 +15,11 @@ use engram_graph::{
 };
 use engram_wal::{Durability, WalConfig};
 
+// The server's allocator: RSS after unloading depends on whether freed
+// index memory goes back to the system, which glibc's malloc often keeps.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// No fsync (these tests are about memory, not durability against power
 /// loss) and no background consolidation.
 fn config(index_budget_mb: u64) -> GraphConfig {
@@ -127,8 +132,8 @@ fn idle_spaces_are_unloaded_under_the_index_budget_and_reloaded_on_use() {
     assert!(unloaded > 0, "20 spaces of 200 memories exceed 1 MiB");
     assert_eq!(loaded_count(&g), SPACES + 1 - unloaded);
     assert!(
-        g.index_bytes() <= budget,
-        "{} estimated bytes left in memory, budget {budget}",
+        g.index_bytes() <= budget / 10 * 9,
+        "{} estimated bytes left in memory, budget {budget} (unloaded to 90 %)",
         g.index_bytes()
     );
     // Least recently used first: once a space is still loaded, so is
@@ -465,13 +470,18 @@ fn measure_thousand_spaces_under_budget() {
         rss.saturating_sub(baseline) / 1024,
         peak / 1024
     );
-    // RocksDB's own bounded memory (memtables, block cache) is in RSS too.
+    // RocksDB's own memory (memtables, block cache, open SST files' index
+    // and filter blocks) is in RSS too, bounded by the storage settings.
     let st = g.engine().store().stats();
-    let rocks_kib = (st.memtable_bytes + st.block_cache_usage_bytes) / 1024;
+    let rocks_kib =
+        (st.memtable_bytes + st.block_cache_usage_bytes + st.table_readers_bytes) / 1024;
+    let mib = |b: u64| b / (1024 * 1024);
     println!(
-        "RocksDB memtables {} MiB + block cache {} MiB; RSS without them {} MiB",
-        st.memtable_bytes / (1024 * 1024),
-        st.block_cache_usage_bytes / (1024 * 1024),
+        "RocksDB memtables {} MiB + block cache {} MiB + table readers {} MiB; \
+         RSS without them {} MiB",
+        mib(st.memtable_bytes),
+        mib(st.block_cache_usage_bytes),
+        mib(st.table_readers_bytes),
         rss.saturating_sub(rocks_kib) / 1024
     );
 
@@ -489,6 +499,10 @@ fn measure_thousand_spaces_under_budget() {
         .filter(|n| !g.space_loaded(n).expect("space"))
         .take(20)
         .collect();
+    if budget_mb == 0 {
+        assert!(unloaded.is_empty(), "unloaded without a budget");
+        return;
+    }
     assert!(!unloaded.is_empty(), "nothing was unloaded");
     let mut first = Vec::new();
     let mut second = Vec::new();

@@ -53,6 +53,40 @@ fn sequences_are_per_space_and_continue_after_restart() {
     assert_eq!(engine.submit(2, 1, put(5)).expect("submit").lsn, 5);
 }
 
+#[tokio::test]
+async fn a_committed_group_is_applied_before_its_writers_hear_of_it() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cfg = EngineConfig {
+        wal_release_interval: 3,
+        ..EngineConfig::default()
+    };
+    let (engine, _) = open(dir.path(), &cfg);
+    let id = |n: u8| {
+        let mut id = [0; 16];
+        id[15] = n;
+        id
+    };
+    for n in 1..=2u8 {
+        let appended = engine.append(1, 1, put(n)).expect("append");
+        let c = Engine::group_commit(appended).await.expect("durable");
+        // No `apply_durable`: the WAL writer applied it on commit.
+        assert!(engine.settled(c.lsn), "record {n} not settled");
+        assert_eq!(engine.applied_lsn(), c.lsn);
+        assert_eq!(
+            engine.store().episode(1, &id(n)).expect("get"),
+            Some(vec![n])
+        );
+    }
+    // Every `wal_release_interval` records a writer must do the release
+    // (it blocks): not settled until `apply_durable` did it.
+    let appended = engine.append(1, 1, put(3)).expect("append");
+    let c = Engine::group_commit(appended).await.expect("durable");
+    assert_eq!(engine.applied_lsn(), 3);
+    assert!(!engine.settled(c.lsn), "a due release was left undone");
+    engine.apply_durable(c.lsn).expect("release");
+    assert!(engine.settled(c.lsn));
+}
+
 #[test]
 fn replay_onto_an_older_store_is_idempotent() {
     let dir = tempfile::tempdir().expect("tempdir");

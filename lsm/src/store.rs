@@ -89,6 +89,9 @@ pub struct StoreStats {
     pub sst_bytes: u64,
     /// Bytes in memtables (active and immutable).
     pub memtable_bytes: u64,
+    /// Bytes RocksDB holds for open SST files outside the block cache
+    /// (their index and filter blocks; `rocksdb.estimate-table-readers-mem`).
+    pub table_readers_bytes: u64,
     /// Compactions running now.
     pub running_compactions: u64,
 }
@@ -594,6 +597,7 @@ impl Store {
             s.pending_compaction_bytes += prop("rocksdb.estimate-pending-compaction-bytes");
             s.sst_bytes += prop("rocksdb.total-sst-files-size");
             s.memtable_bytes += prop("rocksdb.cur-size-all-mem-tables");
+            s.table_readers_bytes += prop("rocksdb.estimate-table-readers-mem");
         }
         s
     }

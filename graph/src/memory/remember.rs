@@ -19,14 +19,14 @@
 //!   runtime worker with no thread hand-off but the WAL writer's.
 
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard, TryLockError};
+use std::sync::{Arc, RwLock};
 
 use engram_lsm::{EpisodeId, Mutation};
 
 use super::residency::Loaded;
 use super::{
     EpisodeMeta, Graph, GraphError, RememberRequest, Remembered, Space, SpaceState, Writing,
-    episode_mutations, id_string, kind, lock, now_ms, parse_id, read, write,
+    episode_mutations, id_string, kind, lock, now_ms, parse_id, read, try_read, try_write, write,
 };
 use crate::engine::EngineError;
 use crate::record::{self, EdgeKind, EdgeRecord, EpisodeRecord};
@@ -173,25 +173,6 @@ impl Access<'_> {
             Access::Lock(l) => f(&mut write(l)),
             Access::Held(s) => f(s),
         }
-    }
-}
-
-/// The guard if `l` can be read-locked at once (a poisoned lock is taken
-/// as it is, as [`read`] does).
-fn try_read<T>(l: &RwLock<T>) -> Option<RwLockReadGuard<'_, T>> {
-    match l.try_read() {
-        Ok(g) => Some(g),
-        Err(TryLockError::Poisoned(p)) => Some(PoisonError::into_inner(p)),
-        Err(TryLockError::WouldBlock) => None,
-    }
-}
-
-/// The guard if `l` can be write-locked at once.
-fn try_write<T>(l: &RwLock<T>) -> Option<RwLockWriteGuard<'_, T>> {
-    match l.try_write() {
-        Ok(g) => Some(g),
-        Err(TryLockError::Poisoned(p)) => Some(PoisonError::into_inner(p)),
-        Err(TryLockError::WouldBlock) => None,
     }
 }
 

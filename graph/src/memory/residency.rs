@@ -296,10 +296,12 @@ impl Graph {
         self.acquire(space, Use::Request)
     }
 
-    /// The space's state for a request when it is in memory (`None`: it
-    /// would have to be loaded, which blocks).
+    /// The space's state for a request when it is in memory and its slot
+    /// is free at once (`None`: it would have to be loaded, or an unload
+    /// holds the slot; either blocks).
     pub(super) fn state_if_loaded(&self, space: &Space) -> Option<Loaded> {
-        space.resident().map(|r| Loaded::new(r, Use::Request))
+        let resident = super::try_read(&space.state)?.clone()?;
+        Some(Loaded::new(resident, Use::Request))
     }
 
     /// The space's state for a request (loaded when needed), or for a
@@ -337,6 +339,8 @@ impl Graph {
     }
 
     /// The index memory budget in bytes (`index_budget_mb`; 0: unlimited).
+    /// A pass that finds the loaded spaces over it unloads idle ones until
+    /// they are at most 90 % of it.
     pub fn index_budget_bytes(&self) -> u64 {
         self.config.index_budget_mb.saturating_mul(1024 * 1024)
     }
@@ -371,9 +375,10 @@ impl Graph {
     }
 
     /// One step of the index memory budget (the background task runs it
-    /// every second): estimates every loaded space and, while the total
+    /// every second): estimates every loaded space and, when the total
     /// exceeds `index_budget_mb`, unloads the least recently used idle
-    /// spaces (their snapshot written, see the `residency` module); the
+    /// spaces (their snapshot written, see the `residency` module) until
+    /// it is at most 90 % of the budget; the
     /// most recently used space always stays. Returns how many were
     /// unloaded. Failures are logged; the spaces concerned stay loaded.
     pub fn unload_idle_spaces(&self) -> usize {
@@ -409,10 +414,13 @@ impl Graph {
         };
         loaded.sort_by_key(|(used, _, _)| *used);
         let mut unloaded = 0;
+        // Down to the low watermark: the spaces loaded before the next pass
+        // and the estimate's error (a few per cent) stay within the budget.
+        let target = low_watermark(budget);
         // The most recently used one (last) stays.
         let candidates = loaded.len() - 1;
         for (_, bytes, space) in &loaded[..candidates] {
-            if total <= budget {
+            if total <= target {
                 break;
             }
             match self.unload(space, since) {
@@ -674,6 +682,12 @@ impl Graph {
     pub(super) fn set_index_bytes_gauge(&self, total: u64) {
         self.residency.bytes.set(gauge(total));
     }
+}
+
+/// What [`Graph::unload_idle_spaces`] unloads down to once over `budget`:
+/// 90 % of it.
+fn low_watermark(budget: u64) -> u64 {
+    budget / 10 * 9
 }
 
 #[cfg(test)]
