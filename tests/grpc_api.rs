@@ -301,6 +301,70 @@ async fn health_and_reflection_services_answer() {
     );
 }
 
+/// Python's grpcio-reflection and older grpcurl speak
+/// `grpc.reflection.v1alpha`: it lists the same services as v1 and resolves
+/// a symbol of the Engram API to its file.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reflection_v1alpha_answers() {
+    use tonic_reflection::pb::v1alpha::server_reflection_client::ServerReflectionClient;
+    use tonic_reflection::pb::v1alpha::server_reflection_request::MessageRequest;
+    use tonic_reflection::pb::v1alpha::server_reflection_response::MessageResponse;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let s = Server::start(dir.path());
+    let channel = Channel::from_shared(format!("http://{}", s.grpc))
+        .expect("uri")
+        .connect()
+        .await
+        .expect("connect");
+    let mut r = ServerReflectionClient::new(channel);
+    let requests = vec![
+        tonic_reflection::pb::v1alpha::ServerReflectionRequest {
+            host: String::new(),
+            message_request: Some(MessageRequest::ListServices(String::new())),
+        },
+        tonic_reflection::pb::v1alpha::ServerReflectionRequest {
+            host: String::new(),
+            message_request: Some(MessageRequest::FileContainingSymbol(
+                "engram.v1.MemoryService".into(),
+            )),
+        },
+    ];
+    let mut stream = r
+        .server_reflection_info(tokio_stream::iter(requests))
+        .await
+        .expect("v1alpha reflection")
+        .into_inner();
+
+    let resp = stream
+        .message()
+        .await
+        .expect("message")
+        .expect("list answer");
+    let list = match resp.message_response {
+        Some(MessageResponse::ListServicesResponse(list)) => list,
+        other => panic!("unexpected v1alpha reflection answer: {other:?}"),
+    };
+    let names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
+    for expected in [
+        "engram.v1.MemoryService",
+        "grpc.health.v1.Health",
+        "grpc.reflection.v1alpha.ServerReflection",
+    ] {
+        assert!(names.iter().any(|n| n == expected), "{expected}: {names:?}");
+    }
+
+    let resp = stream
+        .message()
+        .await
+        .expect("message")
+        .expect("symbol answer");
+    let files = match resp.message_response {
+        Some(MessageResponse::FileDescriptorResponse(files)) => files,
+        other => panic!("unexpected v1alpha reflection answer: {other:?}"),
+    };
+    assert!(!files.file_descriptor_proto.is_empty());
+}
+
 /// gRPC honours `x-memory-space` metadata exactly as HTTP honours the
 /// `X-Memory-Space` header: it selects the space, it must agree with the
 /// message's `space` field, and it may be given once.

@@ -125,7 +125,10 @@ fn metadata(text: &str) -> Result<Map<String, Value>, ApiError> {
     serde_json::from_str(text).map_err(|e| {
         ApiError::bad_request(
             "invalid_request",
-            format!("metadata_json must be a JSON object: {e}"),
+            format!(
+                "metadata_json must be a JSON object: {}",
+                crate::http::json_error_message(&e)
+            ),
         )
     })
 }

@@ -54,7 +54,8 @@ pub(crate) fn router(state: Arc<AppState>, config: &ApiConfig) -> Router {
         ));
     // A backup streams for as long as the store is large: no request timeout.
     let long = Router::new().route("/api/v1/system/backup", post(backup::backup));
-    api.merge(long)
+    let app: Router = api
+        .merge(long)
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::middleware::from_fn_with_state(
@@ -69,7 +70,12 @@ pub(crate) fn router(state: Arc<AppState>, config: &ApiConfig) -> Router {
         .layer(tower_http::catch_panic::CatchPanicLayer::custom(
             panic_response,
         ))
-        .with_state(state)
+        .with_state(state);
+    // axum adds a 405's `Allow` header after the layers above have run (they
+    // wrap each route); only a layer around the whole router sees it.
+    Router::new()
+        .fallback_service(app)
+        .layer(axum::middleware::from_fn(name_allowed_methods))
 }
 
 #[derive(OpenApi)]
@@ -123,12 +129,54 @@ async fn not_found() -> ApiError {
     ApiError::not_found("route_not_found", "no such route")
 }
 
-async fn method_not_allowed() -> ApiError {
+/// The 405 of a known path called with another method; its message is
+/// completed with the allowed methods by [`name_allowed_methods`].
+async fn method_not_allowed(method: axum::http::Method) -> ApiError {
+    method_not_allowed_error(&method, None)
+}
+
+/// A 405 naming the methods the route accepts (`allow`: the `Allow`
+/// header's value), when known.
+fn method_not_allowed_error(method: &axum::http::Method, allow: Option<&str>) -> ApiError {
+    let message = match allow {
+        Some(allow) if !allow.trim().is_empty() => {
+            let methods: Vec<&str> = allow
+                .split(',')
+                .map(str::trim)
+                .filter(|m| !m.is_empty())
+                .collect();
+            format!(
+                "this route does not accept {method}; use {} (also in the Allow header)",
+                methods.join(", ")
+            )
+        }
+        _ => format!("this route does not accept {method}; see /openapi.json for its methods"),
+    };
     ApiError {
         status: StatusCode::METHOD_NOT_ALLOWED,
         code: "method_not_allowed",
-        message: "this route does not accept that method".into(),
+        message,
     }
+}
+
+/// Rewrites every 405 into the JSON error naming the allowed methods, and
+/// keeps its `Allow` header.
+async fn name_allowed_methods(
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let method = req.method().clone();
+    let resp = next.run(req).await;
+    if resp.status() != StatusCode::METHOD_NOT_ALLOWED {
+        return resp;
+    }
+    let allow = resp.headers().get(axum::http::header::ALLOW).cloned();
+    let listed = allow.as_ref().and_then(|v| v.to_str().ok());
+    let mut out = method_not_allowed_error(&method, listed).into_response();
+    if let Some(allow) = allow {
+        out.headers_mut().insert(axum::http::header::ALLOW, allow);
+    }
+    out
 }
 
 /// Answers 408 with a JSON error when a request runs longer than the
@@ -216,7 +264,48 @@ fn parse<T: DeserializeOwned>(
         },
         message: e.body_text(),
     })?;
-    serde_json::from_slice(&body).map_err(|e| ApiError::bad_request("invalid_json", e.to_string()))
+    serde_json::from_slice(&body)
+        .map_err(|e| ApiError::bad_request("invalid_json", json_error_message(&e)))
+}
+
+/// serde's message for a body that does not fit the route, in JSON terms:
+/// serde names the Rust type it expected (`struct CueBody`, `usize`), which
+/// means nothing to a client.
+pub(crate) fn json_error_message(e: &serde_json::Error) -> String {
+    let text = e.to_string();
+    // What was found: serde says `map` and `sequence`.
+    let text = if let Some(rest) = text.strip_prefix("invalid type: map,") {
+        format!("invalid type: object,{rest}")
+    } else if let Some(rest) = text.strip_prefix("invalid type: sequence,") {
+        format!("invalid type: array,{rest}")
+    } else {
+        text
+    };
+    // What was expected: the last `expected ` (a value quoted before it
+    // may contain the word), up to serde_json's ` at line L column C`.
+    let Some(at) = text.rfind("expected ") else {
+        return text;
+    };
+    let (head, tail) = text.split_at(at + "expected ".len());
+    let end = tail.rfind(" at line ").unwrap_or(tail.len());
+    let (expected, rest) = tail.split_at(end);
+    format!("{head}{}{rest}", json_term(expected))
+}
+
+/// The JSON name of what serde `expected`, when serde gave a Rust one.
+fn json_term(expected: &str) -> &str {
+    match expected {
+        "f32" | "f64" => "a number",
+        "u8" | "u16" | "u32" | "u64" | "u128" | "usize" => "a non-negative integer",
+        "i8" | "i16" | "i32" | "i64" | "i128" | "isize" => "an integer",
+        "a sequence" => "an array",
+        "a map" => "a JSON object",
+        e if e.starts_with("struct ") => "a JSON object",
+        e if e.starts_with("tuple") || e.starts_with("a tuple") => "an array",
+        e if e.starts_with("unit struct ") => "null",
+        e if e.starts_with("enum ") => "one of the documented values",
+        e => e,
+    }
 }
 
 #[derive(Debug, Deserialize)]

@@ -21,18 +21,30 @@ pub(crate) fn rfc3339(ms: i64) -> String {
     humantime::format_rfc3339_millis(t).to_string()
 }
 
-/// Parses an RFC 3339 time given in request field `field` (any offset,
-/// stored as UTC milliseconds).
-pub(crate) fn parse_time(field: &str, s: &str) -> Result<i64, ApiError> {
-    let t: jiff::Timestamp = s.parse().map_err(|e| {
-        ApiError::bad_request(
-            "invalid_request",
-            format!(
-                "{field}: {s:?} is not an RFC 3339 time with an offset ({e}); e.g. 2026-01-31T12:00:00Z or 2026-01-31T17:00:00+05:00"
-            ),
-        )
-    })?;
-    let ms = t.as_millisecond();
+/// Milliseconds in a day.
+const DAY_MS: i64 = 86_400_000;
+
+/// Parses the time given in request field `field`: RFC 3339 with any offset,
+/// or a plain date (`2026-01-31`) meaning its midnight UTC, or with
+/// `end_of_day` its last millisecond (for `cue.to`, so that a range ending
+/// on a date includes that day, as the CLI's `--to` does). Returns UTC
+/// milliseconds.
+pub(crate) fn parse_time(field: &str, s: &str, end_of_day: bool) -> Result<i64, ApiError> {
+    let ms = match s.parse::<jiff::Timestamp>() {
+        Ok(t) => t.as_millisecond(),
+        Err(e) => match plain_date(s) {
+            Some(t) if end_of_day => t.as_millisecond() + (DAY_MS - 1),
+            Some(t) => t.as_millisecond(),
+            None => {
+                return Err(ApiError::bad_request(
+                    "invalid_request",
+                    format!(
+                        "{field}: {s:?} is neither an RFC 3339 time with an offset nor a date ({e}); e.g. 2026-01-31T12:00:00Z, 2026-01-31T17:00:00+05:00 or 2026-01-31"
+                    ),
+                ));
+            }
+        },
+    };
     if ms < 0 {
         return Err(ApiError::bad_request(
             "invalid_request",
@@ -42,8 +54,40 @@ pub(crate) fn parse_time(field: &str, s: &str) -> Result<i64, ApiError> {
     Ok(ms)
 }
 
-fn opt_time(field: &str, s: Option<&str>) -> Result<Option<i64>, ApiError> {
-    s.map(|s| parse_time(field, s)).transpose()
+/// Midnight UTC of `s` when it is a plain calendar date, exactly
+/// `YYYY-MM-DD` (jiff's date parser alone would also take a date with a
+/// time and drop the time).
+fn plain_date(s: &str) -> Option<jiff::Timestamp> {
+    let b = s.as_bytes();
+    let shaped = b.len() == 10
+        && b.iter().enumerate().all(|(i, c)| {
+            if i == 4 || i == 7 {
+                *c == b'-'
+            } else {
+                c.is_ascii_digit()
+            }
+        });
+    if !shaped {
+        return None;
+    }
+    let date: jiff::civil::Date = s.parse().ok()?;
+    jiff::tz::Offset::UTC.to_timestamp(date.at(0, 0, 0, 0)).ok()
+}
+
+/// Deserializes `null` as the type's default: generated clients send
+/// `"tags": null` for an optional field they leave unset, which must mean
+/// the same as leaving it out.
+fn null_as_default<'de, D, T>(d: D) -> Result<T, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de> + Default,
+{
+    Ok(Option::<T>::deserialize(d)?.unwrap_or_default())
+}
+
+/// [`parse_time`] of an optional field.
+fn opt_time(field: &str, s: Option<&str>, end_of_day: bool) -> Result<Option<i64>, ApiError> {
+    s.map(|s| parse_time(field, s, end_of_day)).transpose()
 }
 
 /// An association to create: from the path's memory (or the new one) to `target`.
@@ -66,21 +110,26 @@ pub struct RememberBody {
     pub confidence: Option<f32>,
     /// Optional embedding; its length must match the space's dimension.
     pub embedding: Option<Vec<f32>>,
-    /// Tags for filtering.
-    #[serde(default)]
+    /// Tags for filtering (`null` is the same as none).
+    #[serde(default, deserialize_with = "null_as_default")]
+    #[schema(nullable)]
     pub tags: Vec<String>,
     /// Free-form JSON object stored with the memory.
     #[schema(value_type = Option<Object>)]
     pub metadata: Option<Map<String, Value>>,
-    /// When it happened, RFC 3339 (default: now).
+    /// When it happened: RFC 3339, or a date (`2026-01-31`) for midnight
+    /// UTC (default: now).
     pub occurred_at: Option<String>,
     /// Conversation or session id; memories of a session are linked in order.
     pub session: Option<String>,
-    /// Associations to existing memories.
-    #[serde(default)]
+    /// Associations to existing memories (`null` is the same as none).
+    #[serde(default, deserialize_with = "null_as_default")]
+    #[schema(nullable)]
     pub links: Vec<LinkBody>,
-    /// Return the existing memory instead of storing identical content twice.
-    #[serde(default)]
+    /// Return the existing memory instead of storing identical content twice
+    /// (`null` is the same as `false`).
+    #[serde(default, deserialize_with = "null_as_default")]
+    #[schema(nullable)]
     pub dedupe: bool,
 }
 
@@ -92,7 +141,7 @@ impl RememberBody {
             embedding: self.embedding,
             tags: self.tags,
             metadata: self.metadata.unwrap_or_default(),
-            occurred_at_ms: opt_time("occurred_at", self.occurred_at.as_deref())?,
+            occurred_at_ms: opt_time("occurred_at", self.occurred_at.as_deref(), false)?,
             session: self.session,
             links: self
                 .links
@@ -116,12 +165,16 @@ pub struct CueBody {
     pub text: Option<String>,
     /// Vector cue (cosine), same dimension as the space.
     pub embedding: Option<Vec<f32>>,
-    /// Only memories carrying every tag.
-    #[serde(default)]
+    /// Only memories carrying every tag (`null` is the same as none).
+    #[serde(default, deserialize_with = "null_as_default")]
+    #[schema(nullable)]
     pub tags: Vec<String>,
-    /// Only memories that occurred at or after this time (RFC 3339).
+    /// Only memories that occurred at or after this time: RFC 3339, or a
+    /// date (`2026-01-31`) for midnight UTC.
     pub from: Option<String>,
-    /// Only memories that occurred at or before this time (RFC 3339).
+    /// Only memories that occurred at or before this time: RFC 3339, or a
+    /// date (`2026-01-31`) for the end of that day (UTC), so the day is
+    /// included. Not before `from`.
     pub to: Option<String>,
     /// Only memories with at least this confidence.
     pub min_confidence: Option<f32>,
@@ -154,13 +207,27 @@ pub struct RecallBody {
 }
 
 impl CueBody {
+    /// The graph's cue; 400 for a time that does not parse or a `from`
+    /// after `to` (a range nothing can match).
     pub(crate) fn into_cue(self) -> Result<Cue, ApiError> {
+        let from_ms = opt_time("cue.from", self.from.as_deref(), false)?;
+        let to_ms = opt_time("cue.to", self.to.as_deref(), true)?;
+        if let Some((f, t)) = from_ms.zip(to_ms).filter(|(f, t)| f > t) {
+            return Err(ApiError::bad_request(
+                "invalid_request",
+                format!(
+                    "cue.from ({}) is after cue.to ({}), so nothing can match; give a cue.from at or before cue.to",
+                    rfc3339(f),
+                    rfc3339(t)
+                ),
+            ));
+        }
         Ok(Cue {
             text: self.text,
             embedding: self.embedding,
             tags: self.tags,
-            from_ms: opt_time("cue.from", self.from.as_deref())?,
-            to_ms: opt_time("cue.to", self.to.as_deref())?,
+            from_ms,
+            to_ms,
             min_confidence: self.min_confidence,
         })
     }
@@ -303,7 +370,8 @@ pub struct SearchOut {
 /// How a result was reached.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct ViaOut {
-    /// `lexical`, `vector` or `edge`.
+    /// `lexical`, `vector`, `filter` (a cue of filters only: no text, no
+    /// embedding; such results come newest first) or `edge`.
     pub kind: &'static str,
     /// For `edge`: ids from the seed to this memory.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -334,6 +402,10 @@ impl From<&Recalled> for RecalledOut {
             },
             Via::Vector => ViaOut {
                 kind: "vector",
+                path: None,
+            },
+            Via::Filter => ViaOut {
+                kind: "filter",
                 path: None,
             },
             Via::Edge { path } => ViaOut {

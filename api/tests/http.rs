@@ -406,3 +406,279 @@ async fn health_readiness_and_metrics() {
     assert!(text.contains("engram_space_memories{space=\"default\"} 0"));
     assert!(text.contains("engram_wal_"), "WAL metrics are exported");
 }
+
+/// The error's message, or "" when the body is not the error shape.
+fn message(e: &Value) -> &str {
+    e["error"]["message"].as_str().unwrap_or("")
+}
+
+#[tokio::test]
+async fn a_missing_space_error_says_how_to_create_it() {
+    let s = server();
+    let body = Body::from(r#"{"content": "x"}"#);
+    let (st, e) = call(
+        &s,
+        "POST",
+        "/api/v1/memories/remember",
+        Some(body),
+        Some("missing"),
+    )
+    .await;
+    assert_eq!(st, StatusCode::NOT_FOUND, "{e}");
+    assert!(
+        message(&e).contains(r#"POST /api/v1/spaces with the body {"id": "missing"}"#),
+        "{e}"
+    );
+}
+
+#[tokio::test]
+async fn a_wrong_method_is_a_json_405_naming_the_allowed_ones() {
+    let s = server();
+    for (method, uri, allowed) in [
+        ("POST", "/api/v1/memories/search", vec!["GET", "HEAD"]),
+        ("DELETE", "/api/v1/spaces", vec!["GET", "HEAD", "POST"]),
+    ] {
+        let req = Request::builder()
+            .method(method)
+            .uri(uri)
+            .body(Body::empty())
+            .expect("request");
+        let resp = s.app.clone().oneshot(req).await.expect("response");
+        assert_eq!(
+            resp.status(),
+            StatusCode::METHOD_NOT_ALLOWED,
+            "{method} {uri}"
+        );
+        let mut allow: Vec<String> = resp
+            .headers()
+            .get("allow")
+            .and_then(|v| v.to_str().ok())
+            .expect("Allow header")
+            .split(',')
+            .map(|m| m.trim().to_owned())
+            .collect();
+        allow.sort();
+        let mut want: Vec<String> = allowed.iter().map(|m| (*m).to_owned()).collect();
+        want.sort();
+        assert_eq!(allow, want, "{method} {uri}");
+        let bytes = resp.into_body().collect().await.expect("body").to_bytes();
+        let e: Value = serde_json::from_slice(&bytes).expect("a JSON error body");
+        assert_eq!(e["error"]["code"], json!("method_not_allowed"), "{e}");
+        for m in allowed {
+            assert!(message(&e).contains(m), "{method} {uri}: {e}");
+        }
+    }
+}
+
+#[tokio::test]
+async fn json_errors_never_name_rust_types() {
+    let s = server();
+    for (body, expected) in [
+        (json!({"cue": "dogs"}), "expected a JSON object"),
+        (
+            json!({"cue": {"text": "dogs"}, "limit": -1}),
+            "expected a non-negative integer",
+        ),
+        (
+            json!({"cue": {"tags": {"a": 1}}}),
+            "invalid type: object, expected an array",
+        ),
+    ] {
+        let (st, e) = post(&s, "/api/v1/memories/recall", body).await;
+        assert_eq!(
+            (st, e["error"]["code"].as_str()),
+            (StatusCode::BAD_REQUEST, Some("invalid_json")),
+            "{e}"
+        );
+        assert!(message(&e).contains(expected), "{e}");
+        for rust in ["struct", "CueBody", "usize", "sequence", "map,"] {
+            assert!(!message(&e).contains(rust), "{rust}: {e}");
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_recall_from_after_to_is_a_400_naming_both() {
+    let s = server();
+    let (st, e) = post(
+        &s,
+        "/api/v1/memories/recall",
+        json!({"cue": {"from": "2026-11-05T00:00:00Z", "to": "2026-11-03T00:00:00Z"}}),
+    )
+    .await;
+    assert_eq!(st, StatusCode::BAD_REQUEST, "{e}");
+    assert_eq!(e["error"]["code"], json!("invalid_request"), "{e}");
+    assert!(
+        message(&e).contains("cue.from") && message(&e).contains("cue.to"),
+        "{e}"
+    );
+}
+
+#[tokio::test]
+async fn a_plain_date_is_midnight_utc_and_a_to_date_includes_its_day() {
+    let s = server();
+    let mut ids = Vec::new();
+    for at in [
+        "2026-11-03",
+        "2026-11-03T18:00:00Z",
+        "2026-11-02T23:59:59Z",
+        "2026-11-04T00:00:00Z",
+    ] {
+        let (st, a) = post(
+            &s,
+            "/api/v1/memories/remember",
+            json!({"content": format!("at {at}"), "tags": ["d"], "occurred_at": at}),
+        )
+        .await;
+        assert_eq!(st, StatusCode::CREATED, "{at}: {a}");
+        ids.push(a["id"].as_str().expect("id").to_owned());
+    }
+    let (_, got) = call(
+        &s,
+        "GET",
+        &format!("/api/v1/memories/{}", ids[0]),
+        None,
+        None,
+    )
+    .await;
+    assert_eq!(got["occurred_at"], json!("2026-11-03T00:00:00.000Z"));
+    let (st, r) = post(
+        &s,
+        "/api/v1/memories/recall",
+        json!({"cue": {"tags": ["d"], "from": "2026-11-03", "to": "2026-11-03"}}),
+    )
+    .await;
+    assert_eq!(st, StatusCode::OK, "{r}");
+    let mut found: Vec<&str> = r["results"]
+        .as_array()
+        .expect("results")
+        .iter()
+        .filter_map(|x| x["memory"]["id"].as_str())
+        .collect();
+    found.sort();
+    let mut want = vec![ids[0].as_str(), ids[1].as_str()];
+    want.sort();
+    assert_eq!(found, want, "{r}");
+    // A date with a time but no offset stays ambiguous: refused.
+    let (st, e) = post(
+        &s,
+        "/api/v1/memories/recall",
+        json!({"cue": {"tags": ["d"], "from": "2026-11-03T10:00"}}),
+    )
+    .await;
+    assert_eq!(st, StatusCode::BAD_REQUEST, "{e}");
+}
+
+#[tokio::test]
+async fn a_filter_only_recall_is_marked_filter_and_newest_first() {
+    let s = server();
+    // Stored in another order than they occurred, a millisecond apart (the
+    // same score): the answer follows `occurred_at`, not the store order.
+    let mut ids = Vec::new();
+    for at in [
+        "2026-01-01T00:00:00.002Z",
+        "2026-01-01T00:00:00.001Z",
+        "2026-01-01T00:00:00.003Z",
+    ] {
+        let (st, a) = post(
+            &s,
+            "/api/v1/memories/remember",
+            json!({"content": format!("note {at}"), "tags": ["t"], "occurred_at": at}),
+        )
+        .await;
+        assert_eq!(st, StatusCode::CREATED, "{a}");
+        ids.push(a["id"].clone());
+    }
+    let (st, r) = post(
+        &s,
+        "/api/v1/memories/recall",
+        json!({"cue": {"tags": ["t"]}, "spread": {"depth": 0}}),
+    )
+    .await;
+    assert_eq!(st, StatusCode::OK, "{r}");
+    let results = r["results"].as_array().expect("results");
+    let got: Vec<&Value> = results.iter().map(|x| &x["memory"]["id"]).collect();
+    assert_eq!(got, vec![&ids[2], &ids[0], &ids[1]], "{r}");
+    assert!(
+        results
+            .iter()
+            .all(|x| x["via"] == json!({"kind": "filter"})),
+        "{r}"
+    );
+}
+
+/// Whether an OpenAPI property schema admits `null`.
+fn admits_null(p: &Value) -> bool {
+    let ty = &p["type"];
+    ty.as_str() == Some("null")
+        || ty
+            .as_array()
+            .is_some_and(|t| t.iter().any(|x| x.as_str() == Some("null")))
+        || ["oneOf", "anyOf"]
+            .iter()
+            .any(|k| p[*k].as_array().is_some_and(|v| v.iter().any(admits_null)))
+}
+
+#[tokio::test]
+async fn null_optional_fields_mean_absent() {
+    let s = server();
+    let (st, a) = post(
+        &s,
+        "/api/v1/memories/remember",
+        json!({"content": "nulls everywhere", "confidence": null, "embedding": null,
+               "tags": null, "metadata": null, "occurred_at": null, "session": null,
+               "links": null, "dedupe": null}),
+    )
+    .await;
+    assert_eq!(st, StatusCode::CREATED, "{a}");
+    let (st, r) = post(
+        &s,
+        "/api/v1/memories/recall",
+        json!({"cue": {"text": "nulls", "embedding": null, "tags": null, "from": null,
+                       "to": null, "min_confidence": null},
+               "limit": null, "spread": null}),
+    )
+    .await;
+    assert_eq!((st, r["count"].clone()), (StatusCode::OK, json!(1)), "{r}");
+    let (st, sp) = post(
+        &s,
+        "/api/v1/spaces",
+        json!({"id": "nulls", "embedding_dim": null, "hot_capacity": null}),
+    )
+    .await;
+    assert_eq!(st, StatusCode::CREATED, "{sp}");
+    let (st, c) = post(&s, "/api/v1/consolidate", json!({"threshold": null})).await;
+    assert_eq!(st, StatusCode::OK, "{c}");
+
+    // And the OpenAPI document says so: every optional field of a request
+    // body is nullable, for generated clients.
+    let doc: Value =
+        serde_json::from_str(&engram_api::openapi().to_json().expect("json")).expect("parse");
+    let schemas = doc["components"]["schemas"].as_object().expect("schemas");
+    let bodies: Vec<&String> = schemas
+        .keys()
+        .filter(|k| k.ends_with("Body") && *k != "ErrorBody")
+        .collect();
+    assert!(
+        ["RememberBody", "RecallBody", "CueBody"]
+            .iter()
+            .all(|b| bodies.iter().any(|k| k == b)),
+        "{bodies:?}"
+    );
+    for name in bodies {
+        let schema = &schemas[name];
+        let required: Vec<&str> = schema["required"]
+            .as_array()
+            .map(|r| r.iter().filter_map(Value::as_str).collect())
+            .unwrap_or_default();
+        let props = schema["properties"].as_object().expect("properties");
+        for (field, p) in props {
+            if !required.contains(&field.as_str()) {
+                assert!(
+                    admits_null(p),
+                    "{name}.{field} is optional but not nullable: {p}"
+                );
+            }
+        }
+    }
+}

@@ -14,6 +14,7 @@ use serde_json::{Value, json};
 use crate::client::{Client, Unreachable, encode};
 use crate::config::{self, Config, Overrides, ServerOverrides};
 use crate::lock::DirLock;
+use crate::memories;
 use crate::{Cli, Command, ConfigAction, SpaceAction, SpaceTarget, Target};
 
 /// Exit code of `status` when the server cannot be reached.
@@ -106,46 +107,25 @@ async fn remote(command: Command, config: &Config) -> Result<ExitCode> {
         Command::Status { json, target } => {
             status(&client(&target, config, Duration::from_secs(5))?, json).await
         }
-        Command::Remember {
-            text,
-            tags,
-            confidence,
-            target,
-        } => {
-            let c = client(&target.target, config, timeout)?;
-            let mut body = json!({"content": text, "tags": tags});
-            if let Some(conf) = confidence {
-                body["confidence"] = json!(conf);
-            }
-            let path = format!("/api/v1/memories/remember{}", space_query(&target));
-            let v = c.call(Method::POST, &path, Some(&body)).await?;
-            println!("{}", v["id"].as_str().unwrap_or_default());
-            Ok(ExitCode::SUCCESS)
+        Command::Remember(a) => {
+            let c = client(&a.target.target, config, timeout)?;
+            memories::remember(&c, a).await
         }
-        Command::Recall {
-            cue,
-            limit,
-            json: as_json,
-            target,
-        } => {
-            let c = client(&target.target, config, timeout)?;
-            let body = json!({"cue": {"text": cue}, "limit": limit});
-            let path = format!("/api/v1/memories/recall{}", space_query(&target));
-            let v = c.call(Method::POST, &path, Some(&body)).await?;
-            if as_json {
-                println!("{}", serde_json::to_string_pretty(&v)?);
-            } else {
-                for r in v["results"].as_array().into_iter().flatten() {
-                    println!(
-                        "{:.3}\t{}\t{}\t{}",
-                        r["score"].as_f64().unwrap_or(0.0),
-                        r["via"]["kind"].as_str().unwrap_or(""),
-                        r["memory"]["id"].as_str().unwrap_or(""),
-                        r["memory"]["content"].as_str().unwrap_or("")
-                    );
-                }
-            }
-            Ok(ExitCode::SUCCESS)
+        Command::Recall(a) => {
+            let c = client(&a.target.target, config, timeout)?;
+            memories::recall(&c, a).await
+        }
+        Command::Get(a) => {
+            let c = client(&a.target.target, config, timeout)?;
+            memories::get(&c, a).await
+        }
+        Command::Search(a) => {
+            let c = client(&a.target.target, config, timeout)?;
+            memories::search(&c, a).await
+        }
+        Command::Link(a) => {
+            let c = client(&a.target.target, config, timeout)?;
+            memories::link(&c, a).await
         }
         Command::Forget { id, target } => {
             let c = client(&target.target, config, timeout)?;

@@ -1,6 +1,6 @@
 //! `engram`: the server (`engram start`) and the command-line tool that
-//! talks to it over HTTP (`status`, `remember`, `recall`, …) or works on a
-//! stopped server's data directory (`restore`).
+//! talks to it over HTTP (`status`, `remember`, `recall`, `get`, …) or
+//! works on a stopped server's data directory (`restore`).
 
 mod benchmark;
 mod client;
@@ -9,6 +9,7 @@ mod config;
 mod listener;
 mod lock;
 mod logging;
+mod memories;
 mod server;
 
 use std::net::IpAddr;
@@ -44,32 +45,16 @@ enum Command {
         #[command(flatten)]
         target: Target,
     },
-    /// Stores a memory.
-    Remember {
-        /// The memory's text.
-        text: String,
-        /// Tag (repeatable).
-        #[arg(long = "tag", value_name = "TAG")]
-        tags: Vec<String>,
-        /// Confidence in [0, 1].
-        #[arg(long)]
-        confidence: Option<f32>,
-        #[command(flatten)]
-        target: SpaceTarget,
-    },
+    /// Stores a memory; prints its id.
+    Remember(memories::RememberArgs),
     /// Recalls memories by a text cue, with spreading activation.
-    Recall {
-        /// The cue.
-        cue: String,
-        /// Most results.
-        #[arg(long, default_value_t = 10)]
-        limit: usize,
-        /// Print the JSON answer.
-        #[arg(long)]
-        json: bool,
-        #[command(flatten)]
-        target: SpaceTarget,
-    },
+    Recall(memories::RecallArgs),
+    /// Shows one memory.
+    Get(memories::GetArgs),
+    /// Finds memories by text (lexical ranking, no spreading activation).
+    Search(memories::SearchArgs),
+    /// Links two memories with an association from FROM to TO.
+    Link(memories::LinkArgs),
     /// Forgets a memory (record, index entries and edges).
     Forget {
         /// Memory id.

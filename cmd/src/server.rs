@@ -203,11 +203,26 @@ async fn serve(config: Config, repair: bool) -> Result<DirLock> {
     health
         .set_not_serving::<MemoryServiceServer<MemoryGrpc>>()
         .await;
-    let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    // Reflection in both versions: grpcurl and most tools ask
+    // `grpc.reflection.v1`, Python's grpcio-reflection and older grpcurl ask
+    // `grpc.reflection.v1alpha`. Each lists both reflection services. The
+    // builder is consumed by a build, hence one per version.
+    let reflection_builder = || {
+        tonic_reflection::server::Builder::configure()
+            .include_reflection_service(false)
+            .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(
+                tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET,
+            )
+    };
+    let reflection = reflection_builder()
         .build_v1()
-        .context("building gRPC reflection")?;
+        .context("building gRPC reflection v1")?;
+    let reflection_v1alpha = reflection_builder()
+        .build_v1alpha()
+        .context("building gRPC reflection v1alpha")?;
     let memory = MemoryServiceServer::new(MemoryGrpc::new(Arc::clone(&state)))
         .max_decoding_message_size(config.server.body_limit_bytes);
     let cluster_service = ClusterServiceServer::new(ClusterGrpc::new(Arc::clone(&state)));
@@ -228,6 +243,7 @@ async fn serve(config: Config, repair: bool) -> Result<DirLock> {
             .max_concurrent_streams(Some(grpc_streams))
             .add_service(health_service)
             .add_service(reflection)
+            .add_service(reflection_v1alpha)
             .add_service(memory)
             .add_service(cluster_service)
             .serve_with_incoming_shutdown(grpc_incoming, async move {

@@ -293,7 +293,9 @@ pub enum GraphError {
     #[error("space {0:?} already exists")]
     SpaceExists(String),
     /// No such space.
-    #[error("space {0:?} does not exist")]
+    #[error(
+        "space {0:?} does not exist; create it first: HTTP POST /api/v1/spaces with the body {{\"id\": {0:?}}} (gRPC: CreateSpace)"
+    )]
     SpaceNotFound(String),
     /// The default space cannot be deleted.
     #[error("the default space cannot be deleted")]
@@ -492,6 +494,9 @@ pub enum Via {
     Lexical,
     /// Seed from vector similarity.
     Vector,
+    /// Seed of a cue with filters only (no text, no embedding): a memory
+    /// matching every filter, ranked by recency.
+    Filter,
     /// Reached by spreading activation along this path of ids (seed first).
     Edge {
         /// Ids from the seed to the result.
@@ -2241,17 +2246,18 @@ impl Graph {
                 }
             }
         }
-        if cue.text.is_none() && cue.embedding.is_none() {
+        let filter_only = cue.text.is_none() && cue.embedding.is_none();
+        if filter_only {
             // A filter-only cue seeds the most recent matching memories.
             let mut all: Vec<(&EpisodeId, &EpisodeMeta)> =
                 state.episodes.iter().filter(|(id, _)| accept(id)).collect();
             all.sort_by(|a, b| {
                 b.1.occurred_at_ms
                     .cmp(&a.1.occurred_at_ms)
-                    .then(a.0.cmp(b.0))
+                    .then(b.0.cmp(a.0))
             });
             for (id, _) in all.into_iter().take(pool) {
-                fused.insert(*id, (1.0, 1.0, Via::Lexical));
+                fused.insert(*id, (1.0, 1.0, Via::Filter));
             }
         }
         let seeds: Vec<(EpisodeId, f32)> = fused.iter().map(|(id, v)| (*id, v.0 as f32)).collect();
@@ -2279,7 +2285,19 @@ impl Graph {
                 ))
             })
             .collect();
-        ranked.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+        if filter_only {
+            // Nothing to rank by relevance (every seed has the same
+            // activation): newest `occurred_at` first, then newest id.
+            ranked.sort_by_key(|r| {
+                let at = state
+                    .episodes
+                    .get(&r.0)
+                    .map_or(i64::MIN, |m| m.occurred_at_ms);
+                (std::cmp::Reverse(at), std::cmp::Reverse(r.0))
+            });
+        } else {
+            ranked.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+        }
         ranked.truncate(limit);
         let access: Vec<AccessRecord> = ranked
             .iter()

@@ -74,6 +74,11 @@ pub struct Store {
     path: PathBuf,
     write_opts: WriteOptions,
     cache: Cache,
+    /// Capacity of `cache` in bytes, as configured: rust-rocksdb's
+    /// [`Cache`] has no capacity getter, and the DB-wide
+    /// `rocksdb.block-cache-capacity` property describes the `default`
+    /// column family's own (unused, 32 MiB) cache, not this one.
+    cache_capacity: usize,
 }
 
 /// RocksDB figures for status and metrics, summed over column families.
@@ -81,7 +86,7 @@ pub struct Store {
 pub struct StoreStats {
     /// Bytes held by the shared block cache.
     pub block_cache_usage_bytes: u64,
-    /// Block cache capacity.
+    /// Capacity of the shared block cache (`block_cache_mb` in bytes).
     pub block_cache_capacity_bytes: u64,
     /// Bytes RocksDB estimates compaction still has to rewrite.
     pub pending_compaction_bytes: u64,
@@ -154,7 +159,8 @@ impl Store {
             path: path.to_path_buf(),
             message: e.into_string(),
         };
-        let cache = Cache::new_lru_cache(config.block_cache_mb * 1024 * 1024);
+        let cache_capacity = config.block_cache_mb.saturating_mul(1024 * 1024);
+        let cache = Cache::new_lru_cache(cache_capacity);
         let mut db_opts = Options::default();
         db_opts.create_if_missing(true);
         db_opts.create_missing_column_families(true);
@@ -181,6 +187,7 @@ impl Store {
             path: path.to_path_buf(),
             write_opts,
             cache,
+            cache_capacity,
         })
     }
 
@@ -570,13 +577,10 @@ impl Store {
     /// Current RocksDB figures (cheap: in-memory properties only).
     pub fn stats(&self) -> StoreStats {
         let mut s = StoreStats {
+            // Both from the shared cache every Engram column family uses; the
+            // DB-wide properties would describe the `default` family's cache.
             block_cache_usage_bytes: self.cache.get_usage() as u64,
-            block_cache_capacity_bytes: self
-                .db
-                .property_int_value("rocksdb.block-cache-capacity")
-                .ok()
-                .flatten()
-                .unwrap_or(0),
+            block_cache_capacity_bytes: self.cache_capacity as u64,
             running_compactions: self
                 .db
                 .property_int_value("rocksdb.num-running-compactions")

@@ -229,3 +229,33 @@ fn invalid_input_is_an_error_not_a_panic() {
         Err(StoreError::Config(_))
     ));
 }
+
+#[test]
+fn stats_report_the_shared_block_cache() {
+    const MIB: u64 = 1024 * 1024;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = StoreConfig {
+        block_cache_mb: 64,
+        ..StoreConfig::default()
+    };
+    let store = Store::open(dir.path(), &config).expect("open");
+    let stats = store.stats();
+    assert_eq!(
+        stats.block_cache_capacity_bytes,
+        64 * MIB,
+        "the configured shared cache, not the default family's 32 MiB one"
+    );
+
+    store
+        .apply(&[op(1, 1, 1, episode_with_index(1))])
+        .expect("apply");
+    store.flush().expect("flush");
+    assert_eq!(store.episode(1, &id(1)).expect("get"), Some(vec![1; 8]));
+    let stats = store.stats();
+    assert!(
+        stats.block_cache_usage_bytes > 0,
+        "a read from an SST file goes through the shared cache"
+    );
+    assert!(stats.block_cache_usage_bytes <= stats.block_cache_capacity_bytes);
+    assert_eq!(stats.block_cache_capacity_bytes, 64 * MIB);
+}
