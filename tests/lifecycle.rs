@@ -244,6 +244,80 @@ fn status_exit_codes_follow_readiness() {
     assert!(err.contains("cannot reach"), "{err}");
 }
 
+/// A port set in the environment but overridden by `--http-port` (as a
+/// container's command does) is warned about at start, naming both layers
+/// and values; `engram status`, which has no such flag, says which URL it
+/// tried, where that came from, and that flags may have moved the server.
+#[test]
+fn a_flag_over_the_environment_warns_and_status_names_its_url_and_source() {
+    // A port nothing listens on once the server below is gone.
+    let port = TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port()
+        .to_string();
+    let dir = tempfile::tempdir().expect("tempdir");
+    // The helper starts with `--http-port 0`, which beats the environment.
+    let s = Server::start_with(
+        dir.path(),
+        common::Options {
+            env: vec![("ENGRAM_SERVER__HTTP_PORT".to_owned(), port.clone())],
+            ..Default::default()
+        },
+    );
+    let expected = format!(
+        "--http-port 0 overrides ENGRAM_SERVER__HTTP_PORT={port} (flags win over environment and file)"
+    );
+    let logs = s.logs();
+    let warned = logs.lines().any(|line| {
+        serde_json::from_str::<serde_json::Value>(line).is_ok_and(|v| {
+            v["level"] == "WARN" && v["message"].as_str().is_some_and(|m| m.contains(&expected))
+        })
+    });
+    assert!(warned, "no warning {expected:?} in:\n{logs}");
+    drop(s);
+
+    // Status follows the environment and misses the server: the message
+    // names the URL, its source, and the flags that may have moved it.
+    let url = format!("http://127.0.0.1:{port}");
+    let env = [("ENGRAM_SERVER__HTTP_PORT", port.as_str())];
+    let (code, out, err) = run_cli(&["status"], &env);
+    assert_eq!(code, 3, "unreachable must exit 3: {out}{err}");
+    assert!(
+        err.contains(&format!(
+            "tried {url} (from ENGRAM_SERVER__HTTP_PORT={port})"
+        )),
+        "{err}"
+    );
+    assert!(
+        err.contains("flags of `engram start`") && err.contains("--url"),
+        "{err}"
+    );
+    let (code, out, _) = run_cli(&["status", "--json"], &env);
+    assert_eq!(code, 3);
+    let v: serde_json::Value = serde_json::from_str(&out).expect("status --json is JSON");
+    assert_eq!(v["reachable"], false);
+    assert_eq!(v["url"], url.as_str());
+    assert_eq!(
+        v["url_source"],
+        format!("ENGRAM_SERVER__HTTP_PORT={port}").as_str()
+    );
+
+    // An explicit URL is named as such.
+    let (code, _, err) = run_cli(&["status", "--url", &url], &[]);
+    assert_eq!(code, 3);
+    assert!(err.contains(&format!("tried {url} (from --url)")), "{err}");
+
+    // A mistyped variable's error suggests the right one and says that the
+    // flag wins over it.
+    let (code, _, err) = run_cli(&["config", "check"], &[("ENGRAM_SERVER_HTTP_PORT", "8000")]);
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("did you mean ENGRAM_SERVER__HTTP_PORT?") && err.contains("--http-port"),
+        "{err}"
+    );
+}
+
 #[test]
 fn config_check_names_bad_keys_and_layers_in_order() {
     let dir = tempfile::tempdir().expect("tempdir");

@@ -12,7 +12,7 @@ use hyper::Method;
 use serde_json::{Value, json};
 
 use crate::client::{Client, Unreachable, encode};
-use crate::config::{self, Config, Overrides, ServerOverrides};
+use crate::config::{self, Config, ListenKey, Overrides, ServerOverrides};
 use crate::lock::DirLock;
 use crate::memories;
 use crate::{Cli, Command, ConfigAction, SpaceAction, SpaceTarget, Target};
@@ -37,6 +37,11 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
             crate::logging::init(config.log.format, &config.log.level)?;
             if let Some(f) = &file {
                 tracing::info!(file = %f.display(), "configuration file loaded");
+            }
+            // A flag silently beating the environment or file moves the
+            // server but not `engram status` (e.g. a container healthcheck).
+            for warning in config::flag_conflicts(file.as_deref(), &overrides.server) {
+                tracing::warn!("{warning}");
             }
             if a.repair {
                 tracing::warn!("starting in WAL repair mode (--repair)");
@@ -74,7 +79,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()?;
-            rt.block_on(remote(other, &config))
+            rt.block_on(remote(other, &config, file.as_deref()))
         }
     }
 }
@@ -89,6 +94,34 @@ pub(crate) fn default_url(config: &Config) -> String {
     format!("http://{host}:{}", config.server.http_port)
 }
 
+/// Where a remote command's server URL came from, for messages: `--url`,
+/// `ENGRAM_URL`, or the layer that set `server.http_port` (and
+/// `server.bind`, when not the default).
+fn url_origin(target: &Target, file: Option<&Path>, config: &Config) -> String {
+    if let Some(url) = &target.url {
+        // clap fills `url` from ENGRAM_URL when the flag is absent.
+        return match std::env::var("ENGRAM_URL") {
+            Ok(v) if v == *url => format!("ENGRAM_URL={v}"),
+            _ => "--url".to_owned(),
+        };
+    }
+    let port = match config::origins(file, ListenKey::HttpPort)
+        .into_iter()
+        .next()
+    {
+        Some(o) => o.to_string(),
+        None => format!(
+            "the default server.http_port = {}: no --url, ENGRAM_URL, ENGRAM_HTTP_PORT, \
+             ENGRAM_SERVER__HTTP_PORT or config file sets it",
+            config.server.http_port
+        ),
+    };
+    match config::origins(file, ListenKey::Bind).into_iter().next() {
+        Some(o) => format!("{port}, and the address from {o}"),
+        None => port,
+    }
+}
+
 fn client(target: &Target, config: &Config, timeout: Duration) -> Result<Client> {
     let url = target.url.clone().unwrap_or_else(|| default_url(config));
     Client::new(&url, timeout)
@@ -101,11 +134,17 @@ fn space_query(t: &SpaceTarget) -> String {
     }
 }
 
-async fn remote(command: Command, config: &Config) -> Result<ExitCode> {
+async fn remote(command: Command, config: &Config, file: Option<&Path>) -> Result<ExitCode> {
     let timeout = Duration::from_secs(30);
     match command {
         Command::Status { json, target } => {
-            status(&client(&target, config, Duration::from_secs(5))?, json).await
+            let origin = url_origin(&target, file, config);
+            status(
+                &client(&target, config, Duration::from_secs(5))?,
+                json,
+                &origin,
+            )
+            .await
         }
         Command::Remember(a) => {
             let c = client(&a.target.target, config, timeout)?;
@@ -213,17 +252,35 @@ async fn remote(command: Command, config: &Config) -> Result<ExitCode> {
 }
 
 /// `engram status`: exit 0 only when the server answers and is ready.
-async fn status(c: &Client, as_json: bool) -> Result<ExitCode> {
+/// `origin` says where the URL came from ([`url_origin`]); an unreachable
+/// server's message names it, since the usual cause is a server started
+/// with other flags than the configuration `status` reads.
+async fn status(c: &Client, as_json: bool, origin: &str) -> Result<ExitCode> {
     let (code, v) = match c.json(Method::GET, "/api/v1/system/health", None).await {
         Ok(r) => r,
         Err(e) if e.downcast_ref::<Unreachable>().is_some() => {
+            let hint = format!(
+                "tried {} (from {origin}). Is the server running? If it is, it listens elsewhere: \
+                 flags of `engram start` (e.g. a container's command `start --http-port 7432`) win \
+                 over the environment and the config file, and `engram status` does not see them. \
+                 The server's \"engram starting\" log line shows its address: pass it with --url, \
+                 or set the port in one place only",
+                c.base()
+            );
             if as_json {
                 println!(
                     "{}",
-                    json!({"url": c.base(), "reachable": false, "ready": false, "error": e.to_string()})
+                    json!({
+                        "url": c.base(),
+                        "url_source": origin,
+                        "reachable": false,
+                        "ready": false,
+                        "error": e.to_string(),
+                        "hint": hint,
+                    })
                 );
             }
-            eprintln!("engram status: {e}");
+            eprintln!("engram status: {e}\n  {hint}");
             return Ok(ExitCode::from(UNREACHABLE));
         }
         Err(e) => return Err(e),

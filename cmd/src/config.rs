@@ -416,6 +416,238 @@ impl ServerOverrides {
     }
 }
 
+/// A `[server]` key that a flag of `engram start` can also set. Flags win
+/// over the environment and the file, so a value set in both places is a
+/// trap: the server follows the flag, `engram status` (which has no such
+/// flags) follows the environment or file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ListenKey {
+    /// `server.bind`, `--bind`.
+    Bind,
+    /// `server.http_port`, `--http-port`.
+    HttpPort,
+    /// `server.grpc_port`, `--grpc-port`.
+    GrpcPort,
+}
+
+impl ListenKey {
+    /// The dotted configuration key.
+    pub fn key(self) -> &'static str {
+        match self {
+            ListenKey::Bind => "server.bind",
+            ListenKey::HttpPort => "server.http_port",
+            ListenKey::GrpcPort => "server.grpc_port",
+        }
+    }
+
+    /// The flag of `engram start` that sets it.
+    pub fn flag(self) -> &'static str {
+        match self {
+            ListenKey::Bind => "--bind",
+            ListenKey::HttpPort => "--http-port",
+            ListenKey::GrpcPort => "--grpc-port",
+        }
+    }
+
+    /// The environment variables that set it, the winning one first (the
+    /// short alias is merged after the nested form, see [`load`]).
+    fn env_vars(self) -> [&'static str; 2] {
+        match self {
+            ListenKey::Bind => ["ENGRAM_BIND", "ENGRAM_SERVER__BIND"],
+            ListenKey::HttpPort => ["ENGRAM_HTTP_PORT", "ENGRAM_SERVER__HTTP_PORT"],
+            ListenKey::GrpcPort => ["ENGRAM_GRPC_PORT", "ENGRAM_SERVER__GRPC_PORT"],
+        }
+    }
+
+    /// The key's name inside `[server]`.
+    fn leaf(self) -> &'static str {
+        let key = self.key();
+        key.strip_prefix("server.").unwrap_or(key)
+    }
+
+    /// Whether two spellings of a value mean the same (`8000` and ` 8000`,
+    /// `0.0.0.0` and `0.0.0.0`).
+    fn same(self, a: &str, b: &str) -> bool {
+        let (a, b) = (a.trim(), b.trim());
+        match self {
+            ListenKey::Bind => match (a.parse::<IpAddr>(), b.parse::<IpAddr>()) {
+                (Ok(x), Ok(y)) => x == y,
+                _ => a == b,
+            },
+            ListenKey::HttpPort | ListenKey::GrpcPort => {
+                match (a.parse::<u16>(), b.parse::<u16>()) {
+                    (Ok(x), Ok(y)) => x == y,
+                    _ => a == b,
+                }
+            }
+        }
+    }
+}
+
+/// A configuration layer below the flags that sets a [`ListenKey`].
+#[derive(Debug, Clone, PartialEq)]
+pub enum Origin {
+    /// An environment variable, as spelled in the environment, and its value.
+    Env {
+        /// The variable's name.
+        var: String,
+        /// Its value.
+        value: String,
+    },
+    /// The config file and the value written there.
+    File {
+        /// The file.
+        path: PathBuf,
+        /// The dotted key.
+        key: &'static str,
+        /// The value as TOML.
+        value: toml::Value,
+    },
+}
+
+impl Origin {
+    /// The value as text (a TOML string without its quotes).
+    fn raw(&self) -> String {
+        match self {
+            Origin::Env { value, .. } => value.clone(),
+            Origin::File { value, .. } => match value {
+                toml::Value::String(s) => s.clone(),
+                other => other.to_string(),
+            },
+        }
+    }
+}
+
+impl std::fmt::Display for Origin {
+    /// `ENGRAM_SERVER__HTTP_PORT=8000`, or
+    /// `server.http_port = 8000 in /config/engram.toml`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Origin::Env { var, value } => write!(f, "{var}={value}"),
+            Origin::File { path, key, value } => {
+                write!(f, "{key} = {value} in {}", path.display())
+            }
+        }
+    }
+}
+
+/// What the environment and the config file say, to attribute a value to
+/// its layer.
+struct Layers {
+    /// Every environment variable (name, value) that is valid Unicode.
+    env: Vec<(String, String)>,
+    /// The config file and its contents.
+    file: Option<(PathBuf, toml::Table)>,
+}
+
+impl Layers {
+    /// Reads the process environment and `file` (a file that cannot be read
+    /// or parsed counts as absent: [`load`] has already reported it).
+    fn read(file: Option<&Path>) -> Layers {
+        let env = std::env::vars_os()
+            .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
+            .collect();
+        let file = file.and_then(|p| {
+            let text = std::fs::read_to_string(p).ok()?;
+            let table = toml::from_str::<toml::Table>(&text).ok()?;
+            Some((p.to_path_buf(), table))
+        });
+        Layers { env, file }
+    }
+
+    /// The layers below the flags that set `key`, the winning one first:
+    /// the environment (the variable that wins, matched like figment does,
+    /// ignoring case), then the file. Empty: the default applies.
+    fn origins(&self, key: ListenKey) -> Vec<Origin> {
+        let mut out = Vec::new();
+        let env = key.env_vars().into_iter().find_map(|name| {
+            self.env
+                .iter()
+                .find(|(k, _)| k.trim().eq_ignore_ascii_case(name))
+        });
+        if let Some((var, value)) = env {
+            out.push(Origin::Env {
+                var: var.clone(),
+                value: value.clone(),
+            });
+        }
+        if let Some((path, table)) = &self.file {
+            let value = table.get("server").and_then(|s| s.get(key.leaf())).cloned();
+            if let Some(value) = value {
+                out.push(Origin::File {
+                    path: path.clone(),
+                    key: key.key(),
+                    value,
+                });
+            }
+        }
+        out
+    }
+
+    /// One warning per flag in `flags` that overrides a different value set
+    /// in the environment or the file.
+    fn conflicts(&self, flags: &ServerOverrides) -> Vec<String> {
+        let given = [
+            (ListenKey::Bind, flags.bind.map(|v| v.to_string())),
+            (ListenKey::HttpPort, flags.http_port.map(|v| v.to_string())),
+            (ListenKey::GrpcPort, flags.grpc_port.map(|v| v.to_string())),
+        ];
+        let mut out = Vec::new();
+        for (key, flag_value) in given {
+            let Some(flag_value) = flag_value else {
+                continue;
+            };
+            let origins = self.origins(key);
+            let overridden: Vec<String> = origins
+                .iter()
+                .filter(|o| !key.same(&flag_value, &o.raw()))
+                .map(ToString::to_string)
+                .collect();
+            if overridden.is_empty() {
+                continue;
+            }
+            let mut msg = format!(
+                "{} {flag_value} overrides {} (flags win over environment and file)",
+                key.flag(),
+                overridden.join(" and ")
+            );
+            // `engram status` has no flags: it follows the winning layer.
+            let status_misses = origins
+                .first()
+                .filter(|top| key == ListenKey::HttpPort && !key.same(&flag_value, &top.raw()));
+            if let Some(top) = status_misses {
+                msg.push_str(&format!(
+                    "; the server listens on port {flag_value}, but `engram status` without --url \
+                     (e.g. a container healthcheck) reads port {} from {top} and will not reach it",
+                    top.raw().trim()
+                ));
+            }
+            msg.push_str(&format!(": set {} in one place only", key.key()));
+            if key != ListenKey::Bind {
+                msg.push_str(&format!(
+                    " (in a container, keep the command's {} and publish the port on another host port with -p)",
+                    key.flag()
+                ));
+            }
+            out.push(msg);
+        }
+        out
+    }
+}
+
+/// The layers below the flags (environment, then `file`) that set `key`,
+/// the winning one first; empty when the default applies.
+pub fn origins(file: Option<&Path>, key: ListenKey) -> Vec<Origin> {
+    Layers::read(file).origins(key)
+}
+
+/// Warnings for `engram start`: each of `--bind`, `--http-port` and
+/// `--grpc-port` given in `flags` that overrides a different value from the
+/// environment or `file`, naming both layers and both values.
+pub fn flag_conflicts(file: Option<&Path>, flags: &ServerOverrides) -> Vec<String> {
+    Layers::read(file).conflicts(flags)
+}
+
 /// The config file in effect: `--config`, else `/config/engram.toml`, else
 /// `$XDG_CONFIG_HOME/engram/config.toml` (`~/.config` when unset), if present.
 pub fn config_file(explicit: Option<&Path>) -> Result<Option<PathBuf>> {
@@ -486,8 +718,10 @@ pub fn load(file: Option<&Path>, overrides: &Overrides) -> Result<Config> {
         let key = k["ENGRAM_".len()..].to_ascii_lowercase().replace("__", ".");
         if !known_key(&key) && !service_link(k, v) {
             bail!(
-                "unknown environment variable {k} (config key {key:?}); nested keys use \
-                 ENGRAM_<SECTION>__<KEY>, e.g. ENGRAM_SERVER__HTTP_PORT; every key is in config/default.toml"
+                "unknown environment variable {k} (config key {key:?}){}; nested keys use \
+                 ENGRAM_<SECTION>__<KEY>, two underscores between levels (e.g. \
+                 ENGRAM_STORAGE__CACHE_SIZE_MB); every key is in config/default.toml",
+                suggestion(k)
             );
         }
     }
@@ -579,9 +813,10 @@ fn service_link(var: &str, value: &str) -> bool {
         && matches!(parts[n - 1], "PROTO" | "PORT" | "ADDR")
 }
 
-/// Every dotted key of the configuration (for environment checks).
-fn known_key(key: &str) -> bool {
-    fn walk(prefix: &str, v: &toml::Value, out: &mut Vec<String>) {
+/// Every dotted key of the configuration, sections included, each with
+/// whether it is a value (not a section).
+fn config_keys() -> Vec<(String, bool)> {
+    fn walk(prefix: &str, v: &toml::Value, out: &mut Vec<(String, bool)>) {
         if let toml::Value::Table(t) = v {
             for (k, v) in t {
                 let p = if prefix.is_empty() {
@@ -590,16 +825,72 @@ fn known_key(key: &str) -> bool {
                     format!("{prefix}.{k}")
                 };
                 walk(&p, v, out);
-                out.push(p);
+                out.push((p, !v.is_table()));
             }
         }
     }
     let Ok(v) = toml::Value::try_from(Config::default()) else {
-        return false;
+        return Vec::new();
     };
     let mut keys = Vec::new();
     walk("", &v, &mut keys);
-    keys.iter().any(|k| k == key)
+    keys
+}
+
+/// Whether `key` is a dotted key of the configuration (for environment checks).
+fn known_key(key: &str) -> bool {
+    config_keys().iter().any(|(k, _)| k == key)
+}
+
+/// The flag of `engram start` that overrides a configuration key, if any.
+fn flag_for(key: &str) -> Option<&'static str> {
+    match key {
+        "data_dir" => Some("--data-dir"),
+        "server.bind" => Some("--bind"),
+        "server.http_port" => Some("--http-port"),
+        "server.grpc_port" => Some("--grpc-port"),
+        _ => None,
+    }
+}
+
+/// For an unknown `ENGRAM_*` variable, the variable it was probably meant
+/// to be (the same letters with other underscores, e.g.
+/// `ENGRAM_SERVER_HTTP_PORT` for `ENGRAM_SERVER__HTTP_PORT`), as a message
+/// fragment; when a flag of `engram start` overrides that key, the fragment
+/// says so, since setting it is then useless where the flag is given (as in
+/// the container image's command). Empty when nothing is close.
+fn suggestion(var: &str) -> String {
+    fn squash(s: &str) -> String {
+        s.chars()
+            .filter(|c| *c != '_')
+            .map(|c| c.to_ascii_uppercase())
+            .collect()
+    }
+    let wanted = squash(var);
+    let nested = config_keys()
+        .into_iter()
+        .filter(|(_, value)| *value)
+        .map(|(key, _)| {
+            let name = format!("ENGRAM_{}", key.to_ascii_uppercase().replace('.', "__"));
+            (name, key)
+        });
+    let aliases = ALIASES
+        .iter()
+        .map(|(alias, key)| ((*alias).to_owned(), (*key).to_owned()));
+    let Some((name, key)) = nested
+        .chain(aliases)
+        .find(|(name, _)| squash(name.as_str()) == wanted)
+    else {
+        return String::new();
+    };
+    match flag_for(&key) {
+        Some(flag) => format!(
+            "; did you mean {name}? Note that `engram start {flag}` wins over it (flags win over \
+             environment and file; the container image's command passes --bind, --http-port and \
+             --grpc-port), so set it in one place only"
+        ),
+        None => format!("; did you mean {name}?"),
+    }
 }
 
 impl Config {
@@ -837,6 +1128,126 @@ mod tests {
         ] {
             assert!(!service_link(k, v), "{k}");
         }
+    }
+
+    fn layers(env: &[(&str, &str)], file: Option<&str>) -> Layers {
+        Layers {
+            env: env
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect(),
+            file: file.map(|text| {
+                let table: toml::Table = toml::from_str(text).expect("test file is TOML");
+                (PathBuf::from("/config/engram.toml"), table)
+            }),
+        }
+    }
+
+    #[test]
+    fn a_flag_overriding_the_environment_or_file_is_named_with_both_values() {
+        let flags = ServerOverrides {
+            bind: None,
+            http_port: Some(7432),
+            grpc_port: None,
+        };
+        let w = layers(&[("ENGRAM_SERVER__HTTP_PORT", "8000")], None).conflicts(&flags);
+        assert_eq!(w.len(), 1, "{w:?}");
+        assert!(
+            w[0].starts_with(
+                "--http-port 7432 overrides ENGRAM_SERVER__HTTP_PORT=8000 (flags win over environment and file)"
+            ),
+            "{w:?}"
+        );
+        assert!(
+            w[0].contains("`engram status`") && w[0].contains("port 8000"),
+            "{w:?}"
+        );
+
+        // The same value in both places is no conflict; no flag, no warning.
+        let same = layers(&[("ENGRAM_HTTP_PORT", " 7432")], None);
+        assert!(same.conflicts(&flags).is_empty());
+        let env = layers(&[("ENGRAM_HTTP_PORT", "8000")], None);
+        assert!(env.conflicts(&ServerOverrides::default()).is_empty());
+
+        // File and environment both overridden; the alias wins over the
+        // nested form, as in `load`.
+        let both = layers(
+            &[
+                ("ENGRAM_SERVER__GRPC_PORT", "50053"),
+                ("ENGRAM_GRPC_PORT", "50054"),
+            ],
+            Some("[server]\nbind = \"0.0.0.0\"\ngrpc_port = 50052\n"),
+        );
+        let flags = ServerOverrides {
+            bind: Some(IpAddr::from([127, 0, 0, 1])),
+            http_port: Some(7432),
+            grpc_port: Some(50051),
+        };
+        let w = both.conflicts(&flags);
+        assert_eq!(w.len(), 2, "{w:?}");
+        assert!(
+            w[0].starts_with("--bind 127.0.0.1 overrides server.bind = ")
+                && w[0].contains("0.0.0.0")
+                && w[0].contains("in /config/engram.toml"),
+            "{w:?}"
+        );
+        assert!(
+            w[1].starts_with(
+                "--grpc-port 50051 overrides ENGRAM_GRPC_PORT=50054 and server.grpc_port = 50052 in /config/engram.toml"
+            ),
+            "{w:?}"
+        );
+        assert!(!w[1].contains("engram status"), "{w:?}");
+    }
+
+    #[test]
+    fn origins_follow_the_layer_order_and_the_environments_case() {
+        let l = layers(
+            &[
+                ("engram_http_port", "8001"),
+                ("ENGRAM_SERVER__HTTP_PORT", "8000"),
+            ],
+            Some("[server]\nhttp_port = 8002\n"),
+        );
+        let o: Vec<String> = l
+            .origins(ListenKey::HttpPort)
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert_eq!(
+            o,
+            [
+                "engram_http_port=8001",
+                "server.http_port = 8002 in /config/engram.toml"
+            ]
+        );
+        assert!(layers(&[], None).origins(ListenKey::Bind).is_empty());
+        // The winning variable of each key is the alias `load` merges last.
+        for key in [ListenKey::Bind, ListenKey::HttpPort, ListenKey::GrpcPort] {
+            let [alias, nested] = key.env_vars();
+            assert!(ALIASES.contains(&(alias, key.key())), "{alias}");
+            let lowered = nested["ENGRAM_".len()..]
+                .to_ascii_lowercase()
+                .replace("__", ".");
+            assert_eq!(lowered, key.key());
+        }
+    }
+
+    #[test]
+    fn unknown_variables_suggest_the_key_and_say_when_a_flag_wins() {
+        let s = suggestion("ENGRAM_SERVER_HTTP_PORT");
+        assert!(s.contains("did you mean ENGRAM_SERVER__HTTP_PORT?"), "{s}");
+        assert!(
+            s.contains("--http-port") && s.contains("wins over it"),
+            "{s}"
+        );
+        let s = suggestion("ENGRAM_STORAGE_CACHE_SIZE_MB");
+        assert_eq!(s, "; did you mean ENGRAM_STORAGE__CACHE_SIZE_MB?");
+        let s = suggestion("ENGRAM_HTTPPORT");
+        assert!(s.contains("did you mean ENGRAM_HTTP_PORT?"), "{s}");
+        assert_eq!(suggestion("ENGRAM_NOPE"), "");
+        // A section is not a suggestion.
+        assert_eq!(suggestion("ENGRAM_SER_VER"), "");
     }
 
     #[test]
