@@ -497,3 +497,75 @@ fn compose_stack_keeps_data_across_down_up_and_applies_config_changes() {
     let r = c.req("GET", "/api/v1/spaces/compose-check", &json!(null));
     assert_eq!(r.status, 200, "config change not applied: {}", r.text());
 }
+
+/// `git status --porcelain --ignored` of the checkout: what build-local.sh
+/// must not change.
+fn checkout_state() -> String {
+    let out = Command::new("git")
+        .args([
+            "status",
+            "--porcelain",
+            "--ignored",
+            "--untracked-files=all",
+        ])
+        .current_dir(common::repo("."))
+        .output()
+        .expect("git status");
+    assert!(out.status.success(), "git status failed");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        // Build outputs of this very run (cargo's target dir when inside).
+        .filter(|l| !l.contains("target/") && !l.contains("engram-data"))
+        .map(str::to_owned)
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+#[test]
+fn rebuilding_the_image_leaves_no_files_in_the_checkout_and_no_dangling_images() {
+    if image().is_none() {
+        return;
+    }
+    let tag = format!("engram:rebuild-{}", std::process::id());
+    let base = format!("engram-runtime-base:rebuild-{}", std::process::id());
+    let build = || {
+        let out = Command::new(common::repo("deployments/docker/build-local.sh"))
+            .env("ENGRAM_IMAGE", &tag)
+            .env("ENGRAM_RUNTIME_BASE", &base)
+            .env("ENGRAM_SBOM", "1")
+            .env("ENGRAM_BINARY", common::bin())
+            .output()
+            .expect("build-local.sh");
+        assert!(
+            out.status.success(),
+            "build-local.sh failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    let dangling = || {
+        docker_ok(&["images", "-q", "--no-trunc", "-f", "dangling=true"])
+            .lines()
+            .map(str::to_owned)
+            .collect::<std::collections::BTreeSet<_>>()
+    };
+    let before = checkout_state();
+    build();
+    let first = docker_ok(&["image", "inspect", "-f", "{{.Id}}", &tag]);
+    let dangling_before = dangling();
+    build();
+    let second = docker_ok(&["image", "inspect", "-f", "{{.Id}}", &tag]);
+    let left: Vec<String> = dangling().difference(&dangling_before).cloned().collect();
+    let _ = docker(&["rmi", &tag, &base]);
+    assert_eq!(
+        checkout_state(),
+        before,
+        "build-local.sh wrote into the checkout"
+    );
+    assert_ne!(first, second, "the rebuild made a new image");
+    assert!(
+        left.is_empty(),
+        "the rebuild left dangling images: {left:?}"
+    );
+    let (gone, _, _) = docker(&["image", "inspect", &first]);
+    assert!(!gone, "the replaced image {first} is still there");
+}
