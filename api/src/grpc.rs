@@ -203,6 +203,7 @@ impl MemoryGrpc {
             confidence: out.confidence,
             stored_at: out.stored_at,
             deduplicated: out.deduplicated,
+            occurred_at: out.occurred_at,
         }))
     }
 

@@ -339,9 +339,13 @@ pub struct RememberOut {
     pub sequence: u64,
     /// Stored confidence.
     pub confidence: f32,
-    /// RFC 3339.
+    /// RFC 3339 (of the existing memory after a dedupe).
     pub stored_at: String,
-    /// True when `dedupe` found identical content (status 200, not 201).
+    /// When it happened, RFC 3339 (of the existing memory after a dedupe).
+    pub occurred_at: String,
+    /// True when `dedupe` found the same memory (same content, session,
+    /// tags and metadata, and the same `occurred_at` if given): `id` is
+    /// that memory's, nothing was written (status 200, not 201).
     pub deduplicated: bool,
 }
 
@@ -353,6 +357,7 @@ impl From<Remembered> for RememberOut {
             sequence: r.sequence,
             confidence: r.confidence,
             stored_at: rfc3339(r.stored_at_ms),
+            occurred_at: rfc3339(r.occurred_at_ms),
             deduplicated: r.deduplicated,
         }
     }

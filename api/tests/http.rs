@@ -682,3 +682,28 @@ async fn null_optional_fields_mean_absent() {
         }
     }
 }
+
+#[tokio::test]
+async fn a_dedupe_answer_names_the_memory_it_matched() {
+    let s = server();
+    let body = json!({"content": "Haha.", "session": "july", "occurred_at": "2026-07-01T10:00:00Z",
+                      "metadata": {"turn": 3}});
+    let (st, first) = post(&s, "/api/v1/memories/remember", body.clone()).await;
+    assert_eq!(st, StatusCode::CREATED, "{first}");
+    assert_eq!(first["occurred_at"], json!("2026-07-01T10:00:00.000Z"));
+    let mut retry = body.clone();
+    retry["dedupe"] = json!(true);
+    let (st, again) = post(&s, "/api/v1/memories/remember", retry.clone()).await;
+    assert_eq!(st, StatusCode::OK, "{again}");
+    assert_eq!(again["deduplicated"], json!(true));
+    assert_eq!(again["id"], first["id"]);
+    assert_eq!(again["occurred_at"], first["occurred_at"]);
+    assert_eq!(again["stored_at"], first["stored_at"]);
+    // November's "Haha." in another session is a new memory.
+    retry["session"] = json!("november");
+    retry["occurred_at"] = json!("2026-11-20T10:00:00Z");
+    let (st, other) = post(&s, "/api/v1/memories/remember", retry).await;
+    assert_eq!(st, StatusCode::CREATED, "{other}");
+    assert_ne!(other["id"], first["id"]);
+    assert_eq!(other["occurred_at"], json!("2026-11-20T10:00:00.000Z"));
+}

@@ -397,7 +397,11 @@ pub struct RememberRequest {
     pub session: Option<String>,
     /// Explicit links to existing memories of the same space.
     pub links: Vec<LinkSpec>,
-    /// Return the existing memory instead of storing an identical content twice.
+    /// Return the existing memory instead of storing the same memory twice:
+    /// one with the same content, session, tags (in any order) and
+    /// metadata, and, when `occurred_at_ms` is given, the same time (a
+    /// retry of the same request). Nothing else is compared; nothing of the
+    /// existing memory changes.
     pub dedupe: bool,
 }
 
@@ -409,6 +413,7 @@ impl Remembered {
         sequence: u64,
         confidence: f32,
         stored_at_ms: i64,
+        occurred_at_ms: i64,
     ) -> Self {
         Remembered {
             id: id_string(id),
@@ -416,6 +421,7 @@ impl Remembered {
             sequence,
             confidence,
             stored_at_ms,
+            occurred_at_ms,
             deduplicated: false,
         }
     }
@@ -433,9 +439,15 @@ pub struct Remembered {
     pub sequence: u64,
     /// Stored confidence.
     pub confidence: f32,
-    /// Storage time, ms since the epoch.
+    /// Storage time, ms since the epoch (of the existing memory after a
+    /// dedupe).
     pub stored_at_ms: i64,
-    /// `true` when `dedupe` found an identical memory and nothing was written.
+    /// When it happened, ms since the epoch (of the existing memory after a
+    /// dedupe).
+    pub occurred_at_ms: i64,
+    /// `true` when `dedupe` found the same memory (see
+    /// [`RememberRequest::dedupe`]) and nothing was written: `id` is that
+    /// memory's.
     pub deduplicated: bool,
 }
 

@@ -2067,3 +2067,78 @@ fn a_remember_dropped_before_its_finish_never_hides_a_stored_memory() {
     g.forget("notes", &hits[0].memory.id)
         .expect("and it can be forgotten");
 }
+
+#[test]
+fn dedupe_returns_the_memory_a_retry_repeats_never_the_same_text_elsewhere() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let g = open(dir.path());
+    let metadata = |turn: i64| match json!({ "turn": turn }) {
+        serde_json::Value::Object(m) => m,
+        _ => unreachable!("an object"),
+    };
+    let july = RememberRequest {
+        content: "Haha.".into(),
+        session: Some("july".into()),
+        tags: vec!["chat".into(), "fun".into()],
+        metadata: metadata(3),
+        occurred_at_ms: Some(1_751_328_000_000),
+        ..RememberRequest::default()
+    };
+    let first = g.remember(DEFAULT_SPACE, july.clone()).expect("july");
+    assert!(!first.deduplicated);
+    assert_eq!(first.occurred_at_ms, 1_751_328_000_000);
+
+    // The retry of the same request (tags in another order) is the same memory.
+    let retry = RememberRequest {
+        dedupe: true,
+        tags: vec!["fun".into(), "chat".into()],
+        ..july.clone()
+    };
+    let r = g.remember(DEFAULT_SPACE, retry.clone()).expect("retry");
+    assert!(r.deduplicated);
+    assert_eq!((r.id.as_str(), r.sequence), (first.id.as_str(), 0));
+    assert_eq!(
+        r.occurred_at_ms, first.occurred_at_ms,
+        "the stored memory's time"
+    );
+    // A retry that leaves the time to the server matches too.
+    let untimed = RememberRequest {
+        occurred_at_ms: None,
+        ..retry.clone()
+    };
+    assert_eq!(
+        g.remember(DEFAULT_SPACE, untimed).expect("untimed").id,
+        first.id
+    );
+
+    // The same text anywhere else is a new memory.
+    let elsewhere = [
+        RememberRequest {
+            session: Some("november".into()),
+            occurred_at_ms: Some(1_762_000_000_000),
+            ..retry.clone()
+        },
+        RememberRequest {
+            session: None,
+            ..retry.clone()
+        },
+        RememberRequest {
+            metadata: metadata(4),
+            ..retry.clone()
+        },
+        RememberRequest {
+            tags: vec!["chat".into()],
+            ..retry.clone()
+        },
+        RememberRequest {
+            occurred_at_ms: Some(1_751_328_000_001),
+            ..retry.clone()
+        },
+    ];
+    let mut ids = HashSet::from([first.id.clone()]);
+    for (i, req) in elsewhere.into_iter().enumerate() {
+        let m = g.remember(DEFAULT_SPACE, req).expect("elsewhere");
+        assert!(!m.deduplicated, "case {i} matched the July memory");
+        assert!(ids.insert(m.id), "case {i} returned an earlier memory");
+    }
+}

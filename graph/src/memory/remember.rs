@@ -114,6 +114,7 @@ pub struct PendingRemember {
     indexed: Option<EpisodeId>,
     confidence: f32,
     stored_at_ms: i64,
+    occurred_at_ms: i64,
     /// Counts as a write in flight until finished (shutdown waits for it).
     _writing: Writing,
 }
@@ -149,7 +150,14 @@ impl PendingRemember {
 
     /// The answer once the episode is in the indexes.
     fn remembered(&self, id: &EpisodeId, seq: u64) -> Remembered {
-        Remembered::new(&self.space, id, seq, self.confidence, self.stored_at_ms)
+        Remembered::new(
+            &self.space,
+            id,
+            seq,
+            self.confidence,
+            self.stored_at_ms,
+            self.occurred_at_ms,
+        )
     }
 }
 
@@ -192,6 +200,7 @@ impl Graph {
                 Draft::Existing(found) => return Ok(found),
                 Draft::New(d, c, t) => (d, c, t),
             };
+        let occurred_at_ms = draft.record.occurred_at_ms;
         let (id, committed) = self.store_episode(&space, st, draft, kind::REMEMBER)?;
         Ok(Remembered::new(
             &space,
@@ -199,6 +208,7 @@ impl Graph {
             committed.seq,
             confidence,
             stored_at_ms,
+            occurred_at_ms,
         ))
     }
 
@@ -230,6 +240,7 @@ impl Graph {
                 Draft::Existing(found) => return Ok(Begun::Done(found)),
                 Draft::New(d, c, t) => (d, c, t),
             };
+        let occurred_at_ms = draft.record.occurred_at_ms;
         let (prepared, mutations) = self.prepare_episode(&mut Access::Lock(&held), draft)?;
         let id = prepared.id;
         let appended = {
@@ -256,6 +267,7 @@ impl Graph {
                 indexed: None,
                 confidence,
                 stored_at_ms,
+                occurred_at_ms,
                 _writing: writing,
             }))),
             Err(e) => {
@@ -302,6 +314,7 @@ impl Graph {
                 Draft::Existing(found) => return Ok(QuickBegin::Begun(Begun::Done(found))),
                 Draft::New(d, c, t) => (d, c, t),
             };
+        let occurred_at_ms = draft.record.occurred_at_ms;
         let (prepared, mutations) = self.prepare_episode(&mut access, draft)?;
         drop(state);
         let id = prepared.id;
@@ -319,6 +332,7 @@ impl Graph {
                         indexed: None,
                         confidence,
                         stored_at_ms,
+                        occurred_at_ms,
                         _writing: writing,
                     },
                 ))))
@@ -425,7 +439,7 @@ impl Graph {
         if req.dedupe {
             // Never on the quick path, which holds the lock already.
             if let Access::Lock(st) = access {
-                if let Some(found) = self.find_duplicate(space, st, &req.content)? {
+                if let Some(found) = self.find_duplicate(space, st, &req, &metadata_json)? {
                     return Ok(Draft::Existing(found));
                 }
             }
@@ -694,15 +708,19 @@ impl Graph {
         dangling
     }
 
+    /// The memory a `dedupe` request repeats: same content, session, tags
+    /// (as a set) and metadata, and the same time when the request gives
+    /// one (see [`RememberRequest::dedupe`]).
     fn find_duplicate(
         &self,
         space: &Space,
         st: &RwLock<SpaceState>,
-        content: &str,
+        req: &RememberRequest,
+        metadata_json: &str,
     ) -> Result<Option<Remembered>, GraphError> {
         let candidates: Vec<(EpisodeId, EpisodeMeta)> = {
             let state = read(st);
-            let (tf, len) = text::term_frequencies(content);
+            let (tf, len) = text::term_frequencies(&req.content);
             state
                 .lexical
                 .same_length_candidates(tf.keys().map(String::as_str), len)
@@ -711,18 +729,34 @@ impl Graph {
                 .filter_map(|id| state.episodes.get(&id).map(|m| (id, m.clone())))
                 .collect()
         };
+        let tag_set = |t: &[String]| {
+            t.iter()
+                .cloned()
+                .collect::<std::collections::BTreeSet<String>>()
+        };
+        let wanted_tags = tag_set(&req.tags);
         for (id, meta) in candidates {
-            if let Some(rec) = self.read_record(space, &id)? {
-                if rec.content == content {
-                    return Ok(Some(Remembered {
-                        id: id_string(&id),
-                        space: space.record.name.clone(),
-                        sequence: 0,
-                        confidence: meta.confidence,
-                        stored_at_ms: meta.stored_at_ms,
-                        deduplicated: true,
-                    }));
-                }
+            if meta.concept {
+                continue;
+            }
+            let Some(rec) = self.read_record(space, &id)? else {
+                continue;
+            };
+            let same = rec.content == req.content
+                && rec.session == req.session
+                && rec.metadata_json == metadata_json
+                && tag_set(&rec.tags) == wanted_tags
+                && req.occurred_at_ms.is_none_or(|t| t == rec.occurred_at_ms);
+            if same {
+                return Ok(Some(Remembered {
+                    id: id_string(&id),
+                    space: space.record.name.clone(),
+                    sequence: 0,
+                    confidence: meta.confidence,
+                    stored_at_ms: meta.stored_at_ms,
+                    occurred_at_ms: rec.occurred_at_ms,
+                    deduplicated: true,
+                }));
             }
         }
         Ok(None)
