@@ -281,8 +281,8 @@ impl Graph {
     /// plain remember (no dedupe, no vector search) into a space in memory
     /// whose locks are free at once is prepared and appended here, holding
     /// the space's write lock for the few microseconds it takes (the WAL
-    /// append only takes the log's queue lock). Anything else comes back
-    /// untouched as [`QuickBegin::Blocked`].
+    /// append included: it only takes the log's queue lock). Anything else
+    /// comes back untouched as [`QuickBegin::Blocked`].
     pub fn remember_quick(
         &self,
         space_name: &str,
@@ -316,10 +316,13 @@ impl Graph {
             };
         let occurred_at_ms = draft.record.occurred_at_ms;
         let (prepared, mutations) = self.prepare_episode(&mut access, draft)?;
-        drop(state);
         let id = prepared.id;
+        // Appended under the space's lock (the append only takes the log's
+        // queue lock): no other writer can have added an edge waiting for
+        // this episode, so a refused append is undone here without blocking.
         match self.engine.append(space.id, kind::REMEMBER, mutations) {
             Ok(appended) => {
+                drop(state);
                 drop(alive);
                 Ok(QuickBegin::Begun(Begun::Pending(Box::new(
                     PendingRemember {
@@ -338,10 +341,7 @@ impl Graph {
                 ))))
             }
             Err(e) => {
-                drop(alive);
-                // Rare (the WAL failed or storage is degraded): undoing the
-                // preparation may write, so it blocks.
-                self.abandon_episode(&space, &held, &id);
+                state.unfinished.remove(&id);
                 Err(e.into())
             }
         }
