@@ -138,6 +138,30 @@ impl std::fmt::Debug for PendingRemember {
 }
 
 impl PendingRemember {
+    /// A remember whose record was just appended; the answer's confidence
+    /// and times are the prepared record's.
+    fn new(
+        space: Arc<Space>,
+        loaded: Loaded,
+        prepared: PreparedEpisode,
+        appended: crate::engine::Appended,
+        writing: Writing,
+    ) -> Box<PendingRemember> {
+        Box::new(PendingRemember {
+            confidence: prepared.record.confidence,
+            stored_at_ms: prepared.record.stored_at_ms,
+            occurred_at_ms: prepared.record.occurred_at_ms,
+            space,
+            loaded,
+            prepared: Some(prepared),
+            appended: Some(appended),
+            committed: None,
+            dangling: Vec::new(),
+            indexed: None,
+            _writing: writing,
+        })
+    }
+
     /// Waits for the WAL's group commit (fsync) without holding a thread.
     pub async fn group_commit(&mut self) {
         if let Some(appended) = self.appended.take() {
@@ -235,12 +259,10 @@ impl Graph {
         let writing = self.gate.enter()?;
         let space = self.space(space_name)?;
         let held = self.state(&space)?;
-        let (draft, confidence, stored_at_ms) =
-            match self.remember_draft(&space, &mut Access::Lock(&held), req)? {
-                Draft::Existing(found) => return Ok(Begun::Done(found)),
-                Draft::New(d, c, t) => (d, c, t),
-            };
-        let occurred_at_ms = draft.record.occurred_at_ms;
+        let (draft, _, _) = match self.remember_draft(&space, &mut Access::Lock(&held), req)? {
+            Draft::Existing(found) => return Ok(Begun::Done(found)),
+            Draft::New(d, c, t) => (d, c, t),
+        };
         let (prepared, mutations) = self.prepare_episode(&mut Access::Lock(&held), draft)?;
         let id = prepared.id;
         let appended = {
@@ -257,19 +279,9 @@ impl Graph {
             }
         };
         match appended {
-            Ok(appended) => Ok(Begun::Pending(Box::new(PendingRemember {
-                space,
-                loaded: held,
-                prepared: Some(prepared),
-                appended: Some(appended),
-                committed: None,
-                dangling: Vec::new(),
-                indexed: None,
-                confidence,
-                stored_at_ms,
-                occurred_at_ms,
-                _writing: writing,
-            }))),
+            Ok(appended) => Ok(Begun::Pending(PendingRemember::new(
+                space, held, prepared, appended, writing,
+            ))),
             Err(e) => {
                 self.abandon_episode(&space, &held, &id);
                 Err(e)
@@ -309,12 +321,10 @@ impl Graph {
             return Ok(QuickBegin::Blocked(req));
         };
         let mut access = Access::Held(&mut state);
-        let (draft, confidence, stored_at_ms) =
-            match self.remember_draft(&space, &mut access, req)? {
-                Draft::Existing(found) => return Ok(QuickBegin::Begun(Begun::Done(found))),
-                Draft::New(d, c, t) => (d, c, t),
-            };
-        let occurred_at_ms = draft.record.occurred_at_ms;
+        let (draft, _, _) = match self.remember_draft(&space, &mut access, req)? {
+            Draft::Existing(found) => return Ok(QuickBegin::Begun(Begun::Done(found))),
+            Draft::New(d, c, t) => (d, c, t),
+        };
         let (prepared, mutations) = self.prepare_episode(&mut access, draft)?;
         let id = prepared.id;
         // Appended under the space's lock (the append only takes the log's
@@ -324,20 +334,8 @@ impl Graph {
             Ok(appended) => {
                 drop(state);
                 drop(alive);
-                Ok(QuickBegin::Begun(Begun::Pending(Box::new(
-                    PendingRemember {
-                        space,
-                        loaded: held,
-                        prepared: Some(prepared),
-                        appended: Some(appended),
-                        committed: None,
-                        dangling: Vec::new(),
-                        indexed: None,
-                        confidence,
-                        stored_at_ms,
-                        occurred_at_ms,
-                        _writing: writing,
-                    },
+                Ok(QuickBegin::Begun(Begun::Pending(PendingRemember::new(
+                    space, held, prepared, appended, writing,
                 ))))
             }
             Err(e) => {
