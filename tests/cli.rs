@@ -1,7 +1,8 @@
 //! The memory commands of the command-line tool against the real `engram`
 //! binary: `remember` with `--session`, `--metadata`, `--occurred-at` and
 //! `--dedupe`; `recall` with `--tag`, `--from` and `--to`; `get`, `search`
-//! and `link`; `--space`; `--json` output; the `no memories matched` message
+//! and `link`; `--space`; `--json` output; `--include-concepts`; the
+//! `no memories matched` message
 //! of an empty result; and the usage errors of bad flag values.
 
 mod common;
@@ -301,6 +302,36 @@ fn memory_commands_drive_a_server() {
         "a memory of garden is not in the default space: {err}"
     );
     assert!(err.contains("memory_not_found"), "{err}");
+
+    // Concepts from consolidation: only with --include-concepts.
+    let porto = [
+        remember(url, &["Maya booked a flight to Porto", "--space", "garden"]),
+        remember(
+            url,
+            &["Maya booked the flight to Porto", "--space", "garden"],
+        ),
+    ];
+    ok(
+        url,
+        &["consolidate", "--threshold", "0.5", "--space", "garden"],
+    );
+    assert_eq!(
+        recall(url, "porto flight", &["--space", "garden"]),
+        ids(&[&porto[0], &porto[1]])
+    );
+    let with = recall(
+        url,
+        "porto flight",
+        &["--space", "garden", "--include-concepts"],
+    );
+    assert_eq!(with.len(), 3, "the concept too: {with:?}");
+    let v = ok_json(url, &["search", "porto", "--space", "garden"]);
+    assert_eq!(v["count"], 2, "{v}");
+    let v = ok_json(
+        url,
+        &["search", "porto", "--space", "garden", "--include-concepts"],
+    );
+    assert_eq!(v["count"], 3, "{v}");
 }
 
 #[test]

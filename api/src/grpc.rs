@@ -220,6 +220,7 @@ impl MemoryGrpc {
                 from: c.from,
                 to: c.to,
                 min_confidence: c.min_confidence,
+                include_concepts: c.include_concepts,
             }
             .into_cue()?,
             None => Cue::default(),

@@ -587,6 +587,8 @@ struct SearchQuery {
     q: String,
     /// Most results (default 10).
     limit: Option<usize>,
+    /// Return concepts made by consolidation too (default `false`).
+    include_concepts: Option<bool>,
     /// Target space.
     space: Option<String>,
 }
@@ -608,6 +610,7 @@ async fn search(
     let space = space_of(&headers, q.space)?;
     let cue = Cue {
         text: Some(q.q),
+        include_concepts: q.include_concepts.unwrap_or(false),
         ..Cue::default()
     };
     let spread = Spread {

@@ -178,6 +178,12 @@ pub struct CueBody {
     pub to: Option<String>,
     /// Only memories with at least this confidence.
     pub min_confidence: Option<f32>,
+    /// Return concepts made by consolidation too (default `false`: episodes
+    /// only; spreading passes through concepts either way). A concept has
+    /// `concept: true` and metadata `{"kind": "concept", "members": N}`.
+    #[serde(default, deserialize_with = "null_as_default")]
+    #[schema(nullable)]
+    pub include_concepts: bool,
 }
 
 /// Spreading activation over the association graph.
@@ -229,6 +235,7 @@ impl CueBody {
             from_ms,
             to_ms,
             min_confidence: self.min_confidence,
+            include_concepts: self.include_concepts,
         })
     }
 }

@@ -707,3 +707,87 @@ async fn a_dedupe_answer_names_the_memory_it_matched() {
     assert_ne!(other["id"], first["id"]);
     assert_eq!(other["occurred_at"], json!("2026-11-20T10:00:00.000Z"));
 }
+
+#[tokio::test]
+async fn concepts_are_returned_only_when_the_cue_asks_for_them() {
+    let s = server();
+    for t in [
+        "Maya booked a flight to Porto for the conference",
+        "Maya booked the flight to Porto for that conference",
+    ] {
+        let (st, _) = post(&s, "/api/v1/memories/remember", json!({"content": t})).await;
+        assert_eq!(st, StatusCode::CREATED);
+    }
+    let (st, c) = post(&s, "/api/v1/consolidate", json!({"threshold": 0.5})).await;
+    assert_eq!(
+        (st, c["concepts"].as_u64()),
+        (StatusCode::OK, Some(1)),
+        "{c}"
+    );
+    let recall = "/api/v1/memories/recall";
+    let concepts = |v: &Value, list: &str| -> Vec<Value> {
+        v[list]
+            .as_array()
+            .expect("list")
+            .iter()
+            .map(|r| {
+                if list == "results" {
+                    r["memory"].clone()
+                } else {
+                    r.clone()
+                }
+            })
+            .filter(|m| m["concept"] == json!(true))
+            .collect()
+    };
+    for absent in [
+        json!({"text": "porto flight"}),
+        json!({"text": "porto flight", "include_concepts": null}),
+    ] {
+        let (st, v) = post(&s, recall, json!({"cue": absent})).await;
+        assert_eq!(st, StatusCode::OK, "{v}");
+        assert_eq!(v["count"], json!(2), "the two episodes: {v}");
+        assert!(concepts(&v, "results").is_empty(), "{v}");
+    }
+    let (st, v) = post(
+        &s,
+        recall,
+        json!({"cue": {"text": "porto flight", "include_concepts": true}}),
+    )
+    .await;
+    assert_eq!(st, StatusCode::OK, "{v}");
+    let found = concepts(&v, "results");
+    assert_eq!(found.len(), 1, "{v}");
+    assert_eq!(
+        found[0]["metadata"],
+        json!({"kind": "concept", "members": 2})
+    );
+    assert!(
+        found[0]["content"]
+            .as_str()
+            .is_some_and(|c| c.contains("porto"))
+    );
+
+    let (st, v) = call(&s, "GET", "/api/v1/memories/search?q=porto", None, None).await;
+    assert_eq!((st, v["count"].clone()), (StatusCode::OK, json!(2)), "{v}");
+    assert!(concepts(&v, "memories").is_empty(), "{v}");
+    let (st, v) = call(
+        &s,
+        "GET",
+        "/api/v1/memories/search?q=porto&include_concepts=true",
+        None,
+        None,
+    )
+    .await;
+    assert_eq!(st, StatusCode::OK, "{v}");
+    assert_eq!(concepts(&v, "memories").len(), 1, "{v}");
+    let (st, v) = call(
+        &s,
+        "GET",
+        "/api/v1/memories/search?q=porto&include_concepts=maybe",
+        None,
+        None,
+    )
+    .await;
+    assert_eq!(st, StatusCode::BAD_REQUEST, "{v}");
+}

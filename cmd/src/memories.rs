@@ -80,6 +80,9 @@ pub struct RecallArgs {
     /// offset, or a date (through its last millisecond, UTC).
     #[arg(long, value_name = "TIME", value_parser = time_end)]
     to: Option<String>,
+    /// Return concepts made by consolidation too (default: episodes only).
+    #[arg(long)]
+    include_concepts: bool,
     /// Print the server's JSON answer.
     #[arg(long)]
     json: bool,
@@ -107,6 +110,9 @@ pub struct SearchArgs {
     /// Most results.
     #[arg(long, default_value_t = 10)]
     limit: usize,
+    /// Return concepts made by consolidation too (default: episodes only).
+    #[arg(long)]
+    include_concepts: bool,
     /// Print the server's JSON answer.
     #[arg(long)]
     json: bool,
@@ -176,6 +182,9 @@ pub async fn recall(c: &Client, a: RecallArgs) -> Result<ExitCode> {
     if let Some(to) = a.to {
         cue["to"] = json!(to);
     }
+    if a.include_concepts {
+        cue["include_concepts"] = json!(true);
+    }
     let body = json!({"cue": cue, "limit": a.limit});
     let path = format!("/api/v1/memories/recall{}", query(&[], &a.target));
     let v = c.call(Method::POST, &path, Some(&body)).await?;
@@ -221,7 +230,10 @@ pub async fn get(c: &Client, a: GetArgs) -> Result<ExitCode> {
 /// `engram search`: one `id<TAB>occurred_at<TAB>content` line per match,
 /// best first.
 pub async fn search(c: &Client, a: SearchArgs) -> Result<ExitCode> {
-    let pairs = [("q", a.text), ("limit", a.limit.to_string())];
+    let mut pairs = vec![("q", a.text), ("limit", a.limit.to_string())];
+    if a.include_concepts {
+        pairs.push(("include_concepts", "true".to_owned()));
+    }
     let path = format!("/api/v1/memories/search{}", query(&pairs, &a.target));
     let v = c.call(Method::GET, &path, None).await?;
     if a.json {

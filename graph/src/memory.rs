@@ -497,6 +497,9 @@ pub struct Cue {
     pub to_ms: Option<i64>,
     /// Minimum confidence after forgetting-curve decay.
     pub min_confidence: Option<f32>,
+    /// Return concepts made by consolidation too (by default only episodes
+    /// are returned; spreading passes through concepts either way).
+    pub include_concepts: bool,
 }
 
 /// How a result was reached.
@@ -786,12 +789,23 @@ impl SpaceState {
         limit: usize,
         keep: impl Fn(&EpisodeId) -> bool,
     ) -> Vec<(EpisodeId, f64)> {
+        self.lexical_search_slots(query, limit, |s| keep(self.episodes.id(s)))
+    }
+
+    /// [`SpaceState::lexical_search`] with `keep` on slots (no id lookup
+    /// per match).
+    fn lexical_search_slots(
+        &self,
+        query: &str,
+        limit: usize,
+        keep: impl Fn(u32) -> bool,
+    ) -> Vec<(EpisodeId, f64)> {
         // Cut by score on slots first (common terms match a large part of
         // the space); everything tied with the cut stays, so the final order
         // by id among equal scores is unaffected.
         let hits = self
             .lexical
-            .search_top(query, limit, |s| keep(self.episodes.id(s)))
+            .search_top(query, limit, keep)
             .into_iter()
             .map(|(s, v)| (*self.episodes.id(s), v))
             .collect();
@@ -2218,6 +2232,10 @@ impl Graph {
                 && cue.to_ms.is_none_or(|t| m.occurred_at_ms <= t)
                 && cue.min_confidence.is_none_or(|c| decayed(m) >= c)
         };
+        // Concepts are returned only when asked for; spreading still
+        // passes through them (`accept`), linking the members of one.
+        let wanted = |m: &EpisodeMeta| cue.include_concepts || !m.concept;
+        let seed = |id: &EpisodeId| accept(id) && state.episodes.get(id).is_some_and(wanted);
         let pool = (limit * 4).max(32);
         let filtered = !cue.tags.is_empty()
             || cue.from_ms.is_some()
@@ -2227,15 +2245,16 @@ impl Graph {
         // score, cosine similarities (clamped at 0) divided by the best one;
         // with both kinds of cue a memory gets the mean of its two values.
         let lexical: Vec<(EpisodeId, f64)> = match cue.text.as_deref() {
-            // Every indexed document exists, so without filters there is
-            // nothing to check per match.
-            Some(t) if filtered => state.lexical_search(t, pool, accept),
-            Some(t) => state.lexical_search(t, pool, |_| true),
+            Some(t) if filtered => state.lexical_search(t, pool, seed),
+            // Every indexed document exists, so without filters only the
+            // kind is checked, by slot.
+            Some(t) if cue.include_concepts => state.lexical_search_slots(t, pool, |_| true),
+            Some(t) => state.lexical_search_slots(t, pool, |s| !state.episodes.meta_at(s).concept),
             None => Vec::new(),
         };
         let vector: Vec<(EpisodeId, f64)> = match &cue.embedding {
             Some(q) => self
-                .vector_neighbours(&state, q, pool, accept)
+                .vector_neighbours(&state, q, pool, seed)
                 .into_iter()
                 .map(|(id, s)| (id, f64::from(s)))
                 .collect(),
@@ -2262,7 +2281,7 @@ impl Graph {
         if filter_only {
             // A filter-only cue seeds the most recent matching memories.
             let mut all: Vec<(&EpisodeId, &EpisodeMeta)> =
-                state.episodes.iter().filter(|(id, _)| accept(id)).collect();
+                state.episodes.iter().filter(|(id, _)| seed(id)).collect();
             all.sort_by(|a, b| {
                 b.1.occurred_at_ms
                     .cmp(&a.1.occurred_at_ms)
@@ -2277,7 +2296,7 @@ impl Graph {
         let mut ranked: Vec<(EpisodeId, f32, f32, f32, Via)> = reached
             .into_iter()
             .filter_map(|(id, r)| {
-                let m = state.episodes.get(&id)?;
+                let m = state.episodes.get(&id).filter(|m| wanted(m))?;
                 let conf = decayed(m);
                 let age_days = (now - m.occurred_at_ms).max(0) as f64 / 86_400_000.0;
                 let recency = (-age_days / 30.0).exp() as f32;

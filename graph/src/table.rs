@@ -79,6 +79,11 @@ impl<M> Table<M> {
         self.ids.get(slot as usize).is_some_and(|i| *i != FREE)
     }
 
+    /// Metadata in a live slot (a free slot's is the default).
+    pub(crate) fn meta_at(&self, slot: u32) -> &M {
+        &self.metas[slot as usize]
+    }
+
     pub(crate) fn get(&self, id: &EpisodeId) -> Option<&M> {
         self.slot(id).map(|s| &self.metas[s as usize])
     }

@@ -26,6 +26,248 @@ pub fn term_frequencies(text: &str) -> (HashMap<String, u32>, u32) {
     (tf, len)
 }
 
+/// Words too common to say what a text is about: English function words
+/// (articles, pronouns, auxiliaries, prepositions, conjunctions, common
+/// adverbs) and chat fillers ("ok", "haha", "yeah"). Consolidation builds
+/// concepts from the other terms only; search and recall still index every
+/// term (BM25 already weighs common ones down). Sorted, for binary search.
+const STOP_WORDS: &[&str] = &[
+    "a",
+    "about",
+    "above",
+    "after",
+    "again",
+    "against",
+    "ah",
+    "all",
+    "also",
+    "am",
+    "an",
+    "and",
+    "any",
+    "are",
+    "aren't",
+    "as",
+    "at",
+    "be",
+    "because",
+    "been",
+    "before",
+    "being",
+    "below",
+    "between",
+    "both",
+    "but",
+    "by",
+    "can",
+    "can't",
+    "cannot",
+    "could",
+    "couldn't",
+    "did",
+    "didn't",
+    "do",
+    "does",
+    "doesn't",
+    "doing",
+    "don't",
+    "down",
+    "during",
+    "each",
+    "else",
+    "ever",
+    "few",
+    "for",
+    "from",
+    "further",
+    "get",
+    "gonna",
+    "got",
+    "ha",
+    "had",
+    "hadn't",
+    "haha",
+    "hahaha",
+    "has",
+    "hasn't",
+    "have",
+    "haven't",
+    "having",
+    "he",
+    "he'd",
+    "he'll",
+    "he's",
+    "her",
+    "here",
+    "here's",
+    "hers",
+    "herself",
+    "hey",
+    "hi",
+    "him",
+    "himself",
+    "his",
+    "hm",
+    "hmm",
+    "how",
+    "how's",
+    "i",
+    "i'd",
+    "i'll",
+    "i'm",
+    "i've",
+    "if",
+    "in",
+    "into",
+    "is",
+    "isn't",
+    "it",
+    "it's",
+    "its",
+    "itself",
+    "just",
+    "let's",
+    "lol",
+    "me",
+    "more",
+    "most",
+    "much",
+    "mustn't",
+    "my",
+    "myself",
+    "no",
+    "nope",
+    "nor",
+    "not",
+    "now",
+    "of",
+    "off",
+    "oh",
+    "ok",
+    "okay",
+    "on",
+    "once",
+    "only",
+    "or",
+    "other",
+    "ought",
+    "our",
+    "ours",
+    "ourselves",
+    "out",
+    "over",
+    "own",
+    "please",
+    "quite",
+    "really",
+    "same",
+    "shan't",
+    "she",
+    "she'd",
+    "she'll",
+    "she's",
+    "should",
+    "shouldn't",
+    "so",
+    "some",
+    "such",
+    "sure",
+    "than",
+    "thank",
+    "thanks",
+    "that",
+    "that's",
+    "the",
+    "their",
+    "theirs",
+    "them",
+    "themselves",
+    "then",
+    "there",
+    "there's",
+    "these",
+    "they",
+    "they'd",
+    "they'll",
+    "they're",
+    "they've",
+    "this",
+    "those",
+    "though",
+    "through",
+    "to",
+    "too",
+    "uh",
+    "um",
+    "under",
+    "until",
+    "up",
+    "us",
+    "very",
+    "was",
+    "wasn't",
+    "we",
+    "we'd",
+    "we'll",
+    "we're",
+    "we've",
+    "well",
+    "were",
+    "weren't",
+    "what",
+    "what's",
+    "when",
+    "when's",
+    "where",
+    "where's",
+    "which",
+    "while",
+    "who",
+    "who's",
+    "whom",
+    "why",
+    "why's",
+    "will",
+    "with",
+    "won't",
+    "would",
+    "wouldn't",
+    "yeah",
+    "yep",
+    "yes",
+    "you",
+    "you'd",
+    "you'll",
+    "you're",
+    "you've",
+    "your",
+    "yours",
+    "yourself",
+    "yourselves",
+];
+
+/// `true` for a term in [`STOP_WORDS`] (terms are lower-cased; a typographic
+/// apostrophe counts as `'`).
+pub fn is_stop_word(term: &str) -> bool {
+    if term.contains('\u{2019}') {
+        let plain = term.replace('\u{2019}', "'");
+        return STOP_WORDS.binary_search(&plain.as_str()).is_ok();
+    }
+    STOP_WORDS.binary_search(&term).is_ok()
+}
+
+/// The terms of `text` that can say what it is about: its [`terms`] without
+/// stop words and single ASCII characters (a CJK character is a term of
+/// its own and stays), each once, in order of first use.
+pub fn distinctive_terms(text: &str) -> Vec<String> {
+    let mut seen = std::collections::HashSet::new();
+    terms(text)
+        .into_iter()
+        .filter(|t| t.len() > 1 && !is_stop_word(t))
+        .filter(|t| seen.insert(t.clone()))
+        .collect()
+}
+
 thread_local! {
     /// Score accumulator of [`LexicalIndex::search`]; all zero between calls.
     static SCORES: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
@@ -142,6 +384,11 @@ impl LexicalIndex {
     /// Number of indexed documents.
     pub fn documents(&self) -> usize {
         self.docs
+    }
+
+    /// Number of documents holding `term`.
+    pub fn document_frequency(&self, term: &str) -> usize {
+        self.postings.get(term).map_or(0, Postings::len)
     }
 
     /// Number of distinct terms.
@@ -389,6 +636,28 @@ mod tests {
             ["ana", "adopted", "a", "dog", "named", "rex"]
         );
         assert_eq!(terms("Größe café 東京"), ["größe", "café", "東", "京"]);
+    }
+
+    #[test]
+    fn distinctive_terms_drop_stop_words_and_fillers() {
+        assert!(
+            STOP_WORDS.windows(2).all(|w| w[0] < w[1]),
+            "sorted and unique, for binary search"
+        );
+        assert!(
+            distinctive_terms("Haha ok, see you. Yeah!")
+                .iter()
+                .eq(["see"])
+        );
+        assert_eq!(
+            distinctive_terms("I live in Berlin, Maya said. I LIVE in Berlin."),
+            ["live", "berlin", "maya", "said"]
+        );
+        assert_eq!(
+            distinctive_terms("I don\u{2019}t know x 東京"),
+            ["know", "東", "京"]
+        );
+        assert!(distinctive_terms("it is what it is").is_empty());
     }
 
     fn add(idx: &mut LexicalIndex, slot: u32, text: &str) {

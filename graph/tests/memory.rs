@@ -686,8 +686,17 @@ fn consolidation_makes_one_concept_per_cluster_and_is_idempotent() {
     let again = g.consolidate(DEFAULT_SPACE, 0.5).expect("consolidate");
     assert_eq!(again.concepts, 0, "idempotent: {again:?}");
     assert_eq!(g.space_stats(DEFAULT_SPACE).expect("stats").edges, 3);
+    // Concepts only when the cue asks for them.
+    let plain = g
+        .recall(DEFAULT_SPACE, &cue("concept rex"), 10, &Spread::default())
+        .expect("recall");
+    assert!(!plain.is_empty() && plain.iter().all(|h| !h.memory.concept));
+    let with_concepts = Cue {
+        include_concepts: true,
+        ..cue("concept")
+    };
     let hits = g
-        .recall(DEFAULT_SPACE, &cue("concept"), 5, &Spread::default())
+        .recall(DEFAULT_SPACE, &with_concepts, 5, &Spread::default())
         .expect("recall");
     let concept = hits.first().expect("concept found").memory.clone();
     assert!(concept.concept);
@@ -737,6 +746,7 @@ fn consolidation_by_embedding_uses_cosine_similarity() {
             "v",
             &Cue {
                 embedding: Some(vec![1.0, 0.05, 0.05, 0.0]),
+                include_concepts: true,
                 ..Cue::default()
             },
             1,
@@ -744,6 +754,147 @@ fn consolidation_by_embedding_uses_cosine_similarity() {
         )
         .expect("recall");
     assert!(hits[0].memory.concept, "the centroid is the closest vector");
+}
+
+/// Every word of a concept's content after its `Concept (N memories):`
+/// prefix.
+fn concept_words(content: &str) -> Vec<String> {
+    let (_, rest) = content.split_once("):").expect("concept prefix");
+    engram_graph::text::terms(rest)
+        .into_iter()
+        .filter(|t| t != "differing")
+        .collect()
+}
+
+#[test]
+fn concepts_are_made_of_distinctive_terms_and_keep_what_differs() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let g = open_with(
+        dir.path(),
+        GraphConfig {
+            semantic_k: 0,
+            ..GraphConfig::default()
+        },
+    );
+    // A chat stored turn by turn: fillers, greetings, and two turns that
+    // share only grammar and a name.
+    for t in [
+        "Haha.",
+        "Haha.",
+        "Haha ok, see you tomorrow!",
+        "ok haha see you tomorrow",
+        "Maya: I live in Berlin.",
+        "Maya: I live in Lisbon.",
+        "Maya booked a flight to Porto for the conference",
+        "Maya booked the flight to Porto for that conference",
+    ] {
+        g.remember(DEFAULT_SPACE, text(t)).expect("remember");
+    }
+    g.consolidate(DEFAULT_SPACE, 0.8).expect("consolidate");
+    let concepts = concepts_of(&g, DEFAULT_SPACE);
+    let contents: Vec<&str> = concepts.iter().map(|c| c.content.as_str()).collect();
+    for c in &contents {
+        for w in concept_words(c) {
+            assert!(
+                !engram_graph::text::is_stop_word(&w),
+                "stop word {w:?} in {c:?}"
+            );
+        }
+    }
+    assert!(
+        contents
+            .iter()
+            .any(|c| c.contains("porto") && c.contains("flight")),
+        "the real cluster is kept: {contents:?}"
+    );
+    assert!(
+        contents
+            .iter()
+            .all(|c| !c.contains("berlin") && !c.contains("lisbon")),
+        "turns sharing only grammar and a name stay apart: {contents:?}"
+    );
+    assert!(
+        contents.iter().all(|c| !c.contains("haha")),
+        "fillers make no concept: {contents:?}"
+    );
+
+    // With embeddings saying two turns are alike, the concept keeps what
+    // tells them apart.
+    g.create_space("v", Some(4)).expect("create");
+    g.remember("v", vector("Maya: I live in Berlin.", [1.0, 0.1, 0.0, 0.0]))
+        .expect("remember");
+    g.remember("v", vector("Maya: I live in Lisbon.", [1.0, 0.0, 0.1, 0.0]))
+        .expect("remember");
+    let r = g.consolidate("v", 0.9).expect("consolidate");
+    assert_eq!((r.concepts, r.members), (1, 2), "{r:?}");
+    let c = &concepts_of(&g, "v")[0];
+    assert_eq!(
+        c.content,
+        "Concept (2 memories): live, maya; differing: berlin / lisbon"
+    );
+    assert_eq!(json!(c.metadata), json!({"kind": "concept", "members": 2}));
+}
+
+#[test]
+fn concepts_stay_out_of_recall_unless_asked_for_and_spreading_passes_through() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let g = open_with(
+        dir.path(),
+        GraphConfig {
+            semantic_k: 0,
+            ..GraphConfig::default()
+        },
+    );
+    let a = g
+        .remember(DEFAULT_SPACE, text("quartz lantern river orchid"))
+        .expect("remember")
+        .id;
+    let b = g
+        .remember(DEFAULT_SPACE, text("quartz lantern river willow"))
+        .expect("remember")
+        .id;
+    g.remember(DEFAULT_SPACE, text("tax forms due in april"))
+        .expect("remember");
+    let r = g.consolidate(DEFAULT_SPACE, 0.5).expect("consolidate");
+    assert_eq!((r.concepts, r.members), (1, 2), "{r:?}");
+    let concept = concepts_of(&g, DEFAULT_SPACE)[0].id.clone();
+    let spread = Spread::default();
+    // "orchid" matches one member and the concept: by default the member,
+    // and the other member reached through the concept, never the concept.
+    let hits = g
+        .recall(DEFAULT_SPACE, &cue("orchid"), 10, &spread)
+        .expect("recall");
+    assert_eq!(ids(&hits), vec![a.clone(), b.clone()], "{hits:?}");
+    assert!(
+        matches!(&hits[1].via, Via::Edge { path } if path == &[a.clone(), concept.clone(), b.clone()])
+    );
+    // The same with a filter, a filter-only cue, and without spreading.
+    let tagged_out = Cue {
+        from_ms: Some(0),
+        ..Cue::default()
+    };
+    let all = g
+        .recall(DEFAULT_SPACE, &tagged_out, 10, &spread)
+        .expect("recall");
+    assert_eq!(all.len(), 3, "every episode, no concept: {all:?}");
+    assert!(all.iter().all(|h| !h.memory.concept));
+    let none = Spread {
+        depth: 0,
+        ..Spread::default()
+    };
+    let lexical = g
+        .recall(DEFAULT_SPACE, &cue("lantern"), 10, &none)
+        .expect("recall");
+    assert_eq!(lexical.len(), 2, "{lexical:?}");
+    // Asked for, the concept is a result like any memory.
+    let asked = Cue {
+        include_concepts: true,
+        ..cue("orchid")
+    };
+    let hits = g
+        .recall(DEFAULT_SPACE, &asked, 10, &spread)
+        .expect("recall");
+    assert!(ids(&hits).contains(&concept), "{hits:?}");
 }
 
 #[test]
@@ -1807,6 +1958,7 @@ fn holds(haystack: &[u8], needle: &[u8]) -> bool {
 fn concepts_of(g: &Graph, space: &str) -> Vec<engram_graph::Memory> {
     let every = Cue {
         from_ms: Some(0),
+        include_concepts: true,
         ..Cue::default()
     };
     let no_spread = Spread {
@@ -1939,7 +2091,8 @@ fn forgetting_one_member_rebuilds_its_concepts_without_it() {
         assert_eq!(now.len(), 1, "{when}: {now:?}");
         let c = &now[0];
         assert_eq!(
-            c.content, "Concept (2 memories): lantern, quartz, river",
+            c.content,
+            "Concept (2 memories): lantern, quartz, river; differing: bravo, orchid / charlie, willow",
             "{when}"
         );
         assert_eq!(c.metadata["members"], json!(2), "{when}");
@@ -1951,7 +2104,8 @@ fn forgetting_one_member_rebuilds_its_concepts_without_it() {
         assert_eq!(v[2], 0.0, "{when}: centroid of the remaining members only");
         let stats = g.space_stats("v").expect("stats");
         assert_eq!((stats.memories, stats.edges), (4, 2), "{when}");
-        // "orchid" finds the one member still saying it, not the concept.
+        // "orchid" finds the one member still saying it; the concept
+        // (which keeps it as what tells that member apart) only on request.
         let no_spread = Spread {
             depth: 0,
             ..Spread::default()

@@ -11,17 +11,31 @@
 //! started a new one (`wrapped`). For each, its neighbours among the
 //! other unconsolidated episodes are found by embedding cosine similarity
 //! (spaces with embeddings) or, without embeddings, by BM25 with the
-//! episode's own text as the query, normalised by the episode's score
-//! against itself. Neighbours at or above `threshold` form a cluster with
-//! it; a cluster of two or more becomes a concept:
-//! - content: `Concept (N memories): ` and the terms shared by at least two
-//!   members, most shared first (at most 12), so the concept never repeats a
-//!   word that only one member said;
+//! episode's distinctive terms as the query (its words without stop words
+//! and fillers, [`text::distinctive_terms`]), normalised by the episode's
+//! score against itself: an episode with no distinctive term ("Haha, ok!")
+//! joins no cluster, and two that share only function words ("I live in
+//! Berlin", "I live in Lisbon") score by what is left. Neighbours at or
+//! above `threshold` form a cluster with it; a cluster of two or more
+//! becomes a concept:
+//! - content: `Concept (N memories): `, the distinctive terms shared by at
+//!   least two members (most shared first, then rarest in the space, at most
+//!   12), then `; differing: ` and, member by member in id order separated
+//!   by ` / `, up to three terms only that member says (rarest first; at
+//!   most 12 in all), so what tells the members apart is kept:
+//!   `Concept (2 memories): live, maya; differing: berlin / lisbon`. Stop
+//!   words never appear; a cluster whose members have no distinctive term
+//!   makes no concept;
 //! - confidence: mean of the members'; tags: those every member has;
 //!   `occurred_at`: the latest member's; embedding: the members' centroid;
-//! - metadata `{"kind": "concept", "members": N}`;
+//! - metadata `{"kind": "concept", "members": N}` (the members' own
+//!   metadata is not merged in);
 //! - a consolidation edge from each member to the concept, weighted by the
 //!   member's similarity.
+//!
+//! Concepts stay out of recall and search results unless the cue sets
+//! `include_concepts`; spreading activation still passes through them, so
+//! a member can reach the others of its concept.
 //!
 //! The concept and its edges are one WAL record, written under the space's
 //! write lock after checking, under that lock, that every member still
@@ -91,8 +105,10 @@ fn lap_order(
 
 /// Neighbours examined per episode.
 const NEIGHBOURS: usize = 16;
-/// Terms in a concept's content.
+/// Shared terms in a concept's content, and differing terms in all.
 const CONCEPT_TERMS: usize = 12;
+/// Differing terms shown per member.
+const DIFFERING_PER_MEMBER: usize = 3;
 /// Members a concept needs: fewer make none, and a concept left with fewer
 /// by forget is forgotten.
 const MIN_MEMBERS: usize = 2;
@@ -277,7 +293,13 @@ impl Graph {
                     .filter(|(_, s)| *s >= threshold)
                     .collect(),
                 None => {
-                    let found = state.lexical_search(&text, NEIGHBOURS, accept);
+                    // Only what the episode is about: clustering on function
+                    // words merges turns that merely share grammar.
+                    let query = text::distinctive_terms(&text).join(" ");
+                    if query.is_empty() {
+                        return Ok(true);
+                    }
+                    let found = state.lexical_search(&query, NEIGHBOURS, accept);
                     let own = found.iter().find(|(id, _)| *id == seed).map(|x| x.1);
                     match own {
                         Some(own) if own > 0.0 => found
@@ -437,18 +459,9 @@ fn concept_of(records: &[Member], state: &SpaceState) -> Result<Option<Concept>,
         return Ok(None);
     }
     let n = records.len();
-    // Terms by the number of members using them; ties alphabetical.
-    let mut shared: BTreeMap<String, usize> = BTreeMap::new();
-    for (_, _, r) in records {
-        for t in text::term_frequencies(&r.content).0.into_keys() {
-            *shared.entry(t).or_default() += 1;
-        }
-    }
-    let mut terms: Vec<(String, usize)> = shared.into_iter().filter(|(_, c)| *c >= 2).collect();
-    terms.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
-    terms.truncate(CONCEPT_TERMS);
-    let summary: Vec<&str> = terms.iter().map(|(t, _)| t.as_str()).collect();
-    let content = format!("Concept ({n} memories): {}", summary.join(", "));
+    let Some(content) = concept_content(records, state) else {
+        return Ok(None);
+    };
     let tags: Vec<String> = records[0]
         .2
         .tags
@@ -507,6 +520,60 @@ fn concept_of(records: &[Member], state: &SpaceState) -> Result<Option<Concept>,
         embedding,
         members: edges_from,
     }))
+}
+
+/// A concept's content (see the module's documentation), or `None` when
+/// no member has a distinctive term.
+fn concept_content(records: &[Member], state: &SpaceState) -> Option<String> {
+    let said: Vec<Vec<String>> = records
+        .iter()
+        .map(|(_, _, r)| text::distinctive_terms(&r.content))
+        .collect();
+    let mut members_saying: BTreeMap<&str, usize> = BTreeMap::new();
+    for t in said.iter().flatten() {
+        *members_saying.entry(t.as_str()).or_default() += 1;
+    }
+    // Rarer in the space says more; ties alphabetical (the map's order).
+    let df = |t: &str| state.lexical.document_frequency(t);
+    let mut shared: Vec<(&str, usize)> = members_saying
+        .iter()
+        .filter(|(_, c)| **c >= 2)
+        .map(|(t, c)| (*t, *c))
+        .collect();
+    shared.sort_by(|a, b| b.1.cmp(&a.1).then(df(a.0).cmp(&df(b.0))));
+    shared.truncate(CONCEPT_TERMS);
+    let mut budget = CONCEPT_TERMS;
+    let mut differing: Vec<String> = Vec::new();
+    for terms in &said {
+        let mut own: Vec<&str> = terms
+            .iter()
+            .map(String::as_str)
+            .filter(|t| members_saying.get(t) == Some(&1))
+            .collect();
+        own.sort_by(|a, b| df(a).cmp(&df(b)).then(a.cmp(b)));
+        own.truncate(DIFFERING_PER_MEMBER.min(budget));
+        budget -= own.len();
+        if !own.is_empty() {
+            differing.push(own.join(", "));
+        }
+    }
+    if shared.is_empty() && differing.is_empty() {
+        return None;
+    }
+    let mut content = format!("Concept ({} memories):", records.len());
+    if !shared.is_empty() {
+        let terms: Vec<&str> = shared.iter().map(|(t, _)| *t).collect();
+        content.push(' ');
+        content.push_str(&terms.join(", "));
+    }
+    if !differing.is_empty() {
+        if !shared.is_empty() {
+            content.push(';');
+        }
+        content.push_str(" differing: ");
+        content.push_str(&differing.join(" / "));
+    }
+    Some(content)
 }
 
 #[cfg(test)]
