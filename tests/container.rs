@@ -220,6 +220,20 @@ fn image_is_small_non_root_and_has_no_shell() {
         &image,
     ]);
     assert!(health.contains("status"), "{health}");
+    // Healthy within 2 s of ready (the first probe waits one interval), and
+    // not unhealthy on a single slow probe: at least 10 s of failures.
+    let probe = |field: &str| -> u64 {
+        let f = format!("{{{{json .Config.Healthcheck.{field}}}}}");
+        docker_ok(&["image", "inspect", "-f", &f, &image])
+            .parse()
+            .unwrap_or_else(|e| panic!("Healthcheck.{field}: {e}"))
+    };
+    let (interval, retries) = (probe("Interval"), probe("Retries"));
+    assert!(interval <= 2_000_000_000, "interval {interval} ns");
+    assert!(
+        interval * retries >= 10_000_000_000,
+        "{retries} × {interval} ns"
+    );
     for shell in ["sh", "/bin/sh", "bash"] {
         let (ok, _, _) = docker(&["run", "--rm", "--entrypoint", shell, &image, "-c", "true"]);
         assert!(!ok, "{shell} must not exist in the image");
@@ -234,8 +248,32 @@ fn hardened_container_becomes_healthy_and_serves() {
     let scope = Scope::new("serve");
     let vol = scope.volume("data");
     let c = scope.run(&image, "one", &vol, &[]);
-    let took = c.wait_healthy(Duration::from_secs(10));
-    println!("start to healthy: {:.2} s", took.as_secs_f64());
+    // When the server first says ready, and when Docker first says healthy.
+    let start = Instant::now();
+    let mut ready = None;
+    let healthy = loop {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "not healthy within 10 s:\n{}",
+            c.logs()
+        );
+        if ready.is_none() {
+            let addr = c.http();
+            if try_request(addr, "GET", "/health/ready", &[], b"").is_ok_and(|r| r.status == 200) {
+                ready = Some(start.elapsed());
+            }
+        }
+        if c.inspect("{{.State.Health.Status}}") == "healthy" {
+            break start.elapsed();
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let ready = ready.unwrap_or(healthy);
+    println!(
+        "start to healthy: {:.2} s; ready to healthy: {:.2} s",
+        healthy.as_secs_f64(),
+        (healthy - ready).as_secs_f64()
+    );
     let id = c.remember("the container remembers this");
     let r = c.req("GET", "/api/v1/memories/search?q=container", &json!(null));
     assert_eq!(r.json()["memories"][0]["id"], id.as_str());
@@ -407,9 +445,22 @@ fn memory_limit_holds_under_sustained_writes() {
 }
 
 fn compose(project: &str, env: &[(&str, &str)], args: &[&str]) -> (bool, String) {
-    let file = common::repo("deployments/docker/docker-compose.yml");
+    compose_files(&["docker-compose.yml"], project, env, args)
+}
+
+/// `docker-compose -f deployments/docker/FILE... -p PROJECT ARGS`.
+fn compose_files(
+    files: &[&str],
+    project: &str,
+    env: &[(&str, &str)],
+    args: &[&str],
+) -> (bool, String) {
     let mut cmd = Command::new("docker-compose");
-    cmd.arg("-f").arg(&file).args(["-p", project]).args(args);
+    for f in files {
+        cmd.arg("-f")
+            .arg(common::repo(&format!("deployments/docker/{f}")));
+    }
+    cmd.args(["-p", project]).args(args);
     for (k, v) in env {
         cmd.env(k, v);
     }
@@ -469,8 +520,45 @@ fn compose_stack_keeps_data_across_down_up_and_applies_config_changes() {
         let took = c.wait_healthy(Duration::from_secs(30));
         (c, took)
     };
+    // A missing config file stops `up` and names the path (the long mount
+    // form: Docker does not create a directory in its place).
+    let missing = dir.path().join("missing.toml");
+    let mut wrong = env;
+    wrong[1] = ("ENGRAM_CONFIG_FILE", missing.to_str().expect("utf8"));
+    let (ok, out) = compose(&project, &wrong, &["up", "-d", "--no-build"]);
+    assert!(!ok, "up with a missing config file succeeded: {out}");
+    assert!(
+        out.contains("does not exist") && out.contains("missing.toml"),
+        "{out}"
+    );
+    assert!(!missing.exists(), "Docker created {}", missing.display());
+    let (ok, out) = compose(&project, &wrong, &["down", "-v"]);
+    assert!(ok, "compose down: {out}");
+
     let (c, took) = up("first");
     println!("compose up to healthy: {:.2} s", took.as_secs_f64());
+    // Only Engram's volume: the monitoring services and their volumes live
+    // in docker-compose.monitoring.yml.
+    let volumes = docker_ok(&[
+        "volume",
+        "ls",
+        "-q",
+        "--filter",
+        &format!("label=com.docker.compose.project={project}"),
+    ]);
+    assert_eq!(volumes, format!("{project}_engram-data"));
+    assert_eq!(c.inspect("{{.Config.Healthcheck.Interval}}"), "2s");
+    let both = ["docker-compose.yml", "docker-compose.monitoring.yml"];
+    let (ok, out) = compose_files(&both, &project, &env, &["config", "--services"]);
+    assert!(ok, "the monitoring file does not combine: {out}");
+    for service in ["engram", "prometheus", "grafana"] {
+        assert!(out.lines().any(|l| l == service), "{service}: {out}");
+    }
+    let (ok, out) = compose_files(&both, &project, &env, &["config", "--volumes"]);
+    assert!(
+        ok && out.contains("prometheus-data") && out.contains("grafana-data"),
+        "{out}"
+    );
     // The hardening the compose file asks for is what Docker applied.
     assert_eq!(c.inspect("{{.HostConfig.ReadonlyRootfs}}"), "true");
     assert_eq!(c.inspect("{{json .HostConfig.CapDrop}}"), r#"["ALL"]"#);
