@@ -519,35 +519,65 @@ fn backup_while_serving_then_restore_into_a_new_data_dir() {
     assert_eq!(r.status, 201);
 }
 
-/// The README's quickstart block runs verbatim against a real server.
-#[test]
-fn readme_quickstart_runs_verbatim() {
+/// Runs the README's `sh` block after `<!-- MARKER -->` verbatim with
+/// `bash -euo pipefail` against a new server (`ENGRAM_URL`), the `engram`
+/// under test first on `PATH`; returns its stdout.
+fn run_readme_block(marker: &str) -> String {
     let readme = std::fs::read_to_string(common::repo("README.md")).expect("README.md");
     let start = readme
-        .find("<!-- quickstart -->")
-        .expect("README marks its quickstart with <!-- quickstart -->");
+        .find(&format!("<!-- {marker} -->"))
+        .unwrap_or_else(|| panic!("README marks a block with <!-- {marker} -->"));
     let block = &readme[start..];
     let open = block.find("```sh\n").expect("sh block") + "```sh\n".len();
     let close = block[open..].find("```").expect("block end");
     let script = &block[open..open + close];
     let dir = tempfile::tempdir().expect("tempdir");
     let s = Server::start(dir.path());
+    let bin_dir = std::path::Path::new(common::bin())
+        .parent()
+        .expect("binary directory")
+        .to_owned();
+    let path = std::env::join_paths(std::iter::once(bin_dir).chain(std::env::split_paths(
+        &std::env::var_os("PATH").unwrap_or_default(),
+    )))
+    .expect("PATH");
     let out = std::process::Command::new("bash")
         .args(["-euo", "pipefail", "-c", script])
         .env("ENGRAM_URL", format!("http://{}", s.http))
+        .env("PATH", path)
         .output()
         .expect("bash");
-    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(
         out.status.success(),
-        "quickstart failed:\n{script}\n---\n{stdout}\n{}",
+        "README block {marker} failed:\n{script}\n---\n{stdout}\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    stdout
+}
+
+/// The README's quickstart block runs verbatim against a real server.
+#[test]
+fn readme_quickstart_runs_verbatim() {
+    let stdout = run_readme_block("quickstart");
     assert!(
         stdout.contains("\"count\":1"),
         "search found the memory: {stdout}"
     );
     assert!(stdout.contains("\"via\""), "recall answered: {stdout}");
+}
+
+/// The README's CLI quickstart runs verbatim: status, remember, recall
+/// finds the memory.
+#[test]
+fn readme_cli_quickstart_runs_verbatim() {
+    let stdout = run_readme_block("quickstart-cli");
+    assert!(stdout.contains("READY"), "status: {stdout}");
+    let recalled = stdout
+        .lines()
+        .find(|l| l.ends_with("Alice prefers tea over coffee in the morning") && l.contains('\t'))
+        .unwrap_or_else(|| panic!("recall printed the memory: {stdout}"));
+    assert!(recalled.contains("lexical"), "{recalled}");
 }
 
 /// Remembers `content` in `space`; returns the new memory's id.
