@@ -823,6 +823,9 @@ fn concepts_are_made_of_distinctive_terms_and_keep_what_differs() {
     g.create_space("v", Some(4)).expect("create");
     g.remember("v", vector("Maya: I live in Berlin.", [1.0, 0.1, 0.0, 0.0]))
         .expect("remember");
+    // Members are listed in id order: ULIDs order by creation only across
+    // milliseconds.
+    std::thread::sleep(std::time::Duration::from_millis(2));
     g.remember("v", vector("Maya: I live in Lisbon.", [1.0, 0.0, 0.1, 0.0]))
         .expect("remember");
     let r = g.consolidate("v", 0.9).expect("consolidate");
@@ -2062,6 +2065,9 @@ fn forgetting_one_member_rebuilds_its_concepts_without_it() {
         )
         .expect("remember")
         .id;
+    // The concept lists members in id order: ULIDs order by creation only
+    // across milliseconds.
+    std::thread::sleep(std::time::Duration::from_millis(2));
     g.remember(
         "v",
         vector("quartz river lantern willow charlie", [1.0, 0.0, 0.0, 0.0]),

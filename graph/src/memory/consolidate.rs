@@ -525,7 +525,11 @@ fn concept_of(records: &[Member], state: &SpaceState) -> Result<Option<Concept>,
 /// A concept's content (see the module's documentation), or `None` when
 /// no member has a distinctive term.
 fn concept_content(records: &[Member], state: &SpaceState) -> Option<String> {
-    let said: Vec<Vec<String>> = records
+    // Member by member in id (creation) order, whatever order the cluster
+    // was found in.
+    let mut by_id: Vec<&Member> = records.iter().collect();
+    by_id.sort_unstable_by_key(|m| m.0);
+    let said: Vec<Vec<String>> = by_id
         .iter()
         .map(|(_, _, r)| text::distinctive_terms(&r.content))
         .collect();
