@@ -26,7 +26,7 @@ use engram_lsm::{EpisodeId, Mutation};
 use super::residency::Loaded;
 use super::{
     EpisodeMeta, Graph, GraphError, RememberRequest, Remembered, Space, SpaceState, Writing,
-    episode_mutations, id_string, kind, lock, now_ms, parse_id, read, try_read, try_write, write,
+    id_string, invalid, kind, lock, now_ms, parse_id, read, try_read, try_write, write,
 };
 use crate::engine::EngineError;
 use crate::record::{self, EdgeKind, EdgeRecord, EpisodeRecord};
@@ -759,6 +759,128 @@ impl Graph {
         }
         Ok(None)
     }
+
+    /// Checks every limit; returns the metadata as JSON text (serialised once).
+    fn validate(&self, space: &Space, req: &RememberRequest) -> Result<String, GraphError> {
+        let l = &self.config.limits;
+        if req.content.trim().is_empty() {
+            return Err(invalid("content", "must not be empty"));
+        }
+        if req.content.len() > l.max_content_bytes {
+            return Err(invalid(
+                "content",
+                format!(
+                    "{} bytes exceeds the limit of {}",
+                    req.content.len(),
+                    l.max_content_bytes
+                ),
+            ));
+        }
+        if let Some(c) = req.confidence {
+            if !(0.0..=1.0).contains(&c) {
+                return Err(invalid("confidence", format!("{c} is outside [0, 1]")));
+            }
+        }
+        if req.tags.len() > l.max_tags {
+            return Err(invalid(
+                "tags",
+                format!("{} tags exceed the limit of {}", req.tags.len(), l.max_tags),
+            ));
+        }
+        if let Some(t) = req
+            .tags
+            .iter()
+            .find(|t| t.is_empty() || t.len() > l.max_tag_bytes)
+        {
+            return Err(invalid(
+                "tags",
+                format!("tag {t:?} must be 1..={} bytes", l.max_tag_bytes),
+            ));
+        }
+        let metadata_json =
+            serde_json::to_string(&req.metadata).map_err(|e| invalid("metadata", e.to_string()))?;
+        let meta_len = metadata_json.len();
+        if meta_len > l.max_metadata_bytes {
+            return Err(invalid(
+                "metadata",
+                format!(
+                    "{meta_len} bytes exceeds the limit of {}",
+                    l.max_metadata_bytes
+                ),
+            ));
+        }
+        self.check_embedding(space, req.embedding.as_deref())?;
+        if let Some(session) = &req.session {
+            if session.len() > l.max_session_bytes {
+                return Err(invalid(
+                    "session",
+                    format!(
+                        "{} bytes exceeds the limit of {} (limits.max_session_bytes)",
+                        session.len(),
+                        l.max_session_bytes
+                    ),
+                ));
+            }
+        }
+        if req.links.len() > l.max_links {
+            return Err(invalid(
+                "links",
+                format!(
+                    "{} links exceed the limit of {} per request (limits.max_links); link the rest with POST /api/v1/memories/{{id}}/links",
+                    req.links.len(),
+                    l.max_links
+                ),
+            ));
+        }
+        if req.links.len() > l.max_edges_per_memory {
+            return Err(invalid(
+                "links",
+                format!(
+                    "{} links exceed the limit of {} edges per memory",
+                    req.links.len(),
+                    l.max_edges_per_memory
+                ),
+            ));
+        }
+        for link in &req.links {
+            if let Some(w) = link.weight {
+                if !(w > 0.0 && w <= 1.0) {
+                    return Err(invalid("links", format!("weight {w} is outside (0, 1]")));
+                }
+            }
+        }
+        Ok(metadata_json)
+    }
+}
+
+/// The mutations that store a new episode: its record, its postings and
+/// its vector (edges are the caller's), with room for `extra` more.
+pub(super) fn episode_mutations(
+    id: EpisodeId,
+    record: &EpisodeRecord,
+    tf: &std::collections::HashMap<String, u32>,
+    embedding: Option<&[f32]>,
+    extra: usize,
+) -> Result<Vec<Mutation>, GraphError> {
+    let mut m = Vec::with_capacity(2 + tf.len() + extra);
+    m.push(Mutation::PutEpisode {
+        id,
+        record: record::encode(record)?,
+    });
+    for (term, f) in tf {
+        m.push(Mutation::PutPosting {
+            term: term.clone(),
+            id,
+            value: f.to_be_bytes().to_vec(),
+        });
+    }
+    if let Some(e) = embedding {
+        m.push(Mutation::PutVector {
+            id,
+            vector: record::vector_bytes(e),
+        });
+    }
+    Ok(m)
 }
 
 #[cfg(test)]

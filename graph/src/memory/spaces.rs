@@ -319,6 +319,59 @@ impl Graph {
         }
         Ok(())
     }
+
+    /// Every space's name, sorted, without loading any space's indexes.
+    pub fn space_names(&self) -> Vec<String> {
+        let mut names: Vec<String> = read(&self.spaces).keys().cloned().collect();
+        names.sort();
+        names
+    }
+
+    /// Every space that serves with its statistics, by name, without
+    /// loading any (see [`SpaceStats`]): a damaged space
+    /// ([`Graph::damaged_spaces`]) is left out rather than failing the whole
+    /// list, and so is one whose figures cannot be read (logged).
+    pub fn spaces(&self) -> Result<Vec<SpaceStats>, GraphError> {
+        let all: Vec<Arc<Space>> = read(&self.spaces).values().cloned().collect();
+        let mut out = Vec::with_capacity(all.len());
+        for s in all {
+            match self.stats_of(&s) {
+                Ok(st) => out.push(st),
+                // Damaged, or deleted since the list was taken.
+                Err(GraphError::SpaceUnavailable { .. } | GraphError::SpaceNotFound(_)) => {}
+                Err(e) => tracing::warn!(
+                    space = %s.record.name,
+                    error = %e,
+                    "the space's figures could not be read; it is left out of the list"
+                ),
+            }
+        }
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(out)
+    }
+
+    /// Statistics of one space, without loading it (see [`SpaceStats`]).
+    pub fn space_stats(&self, name: &str) -> Result<SpaceStats, GraphError> {
+        let space = self.space(name)?;
+        self.stats_of(&space)
+    }
+}
+
+pub(super) fn stats(s: &Space, state: &RwLock<SpaceState>) -> SpaceStats {
+    let st = read(state);
+    let hot = lock(&s.hot);
+    SpaceStats {
+        name: s.record.name.clone(),
+        memories: st.episodes.len(),
+        embedding_dim: s.record.embedding_dim,
+        edges: st.edge_count(),
+        terms: st.lexical.vocabulary(),
+        hot: hot.len(),
+        hot_capacity: hot.capacity(),
+        cold: st.cold,
+        unlinked_vectors: st.ann.as_ref().map_or(0, Hnsw::backlog),
+        vector_tombstones: st.ann.as_ref().map_or(0, Hnsw::tombstones),
+    }
 }
 
 /// The space [`Graph::open`] makes of its stored record: the space; for a
