@@ -7,11 +7,12 @@ use engram_graph::{Cue, DEFAULT_LINK_WEIGHT, SpaceOptions};
 use serde_json::{Map, Value};
 use tonic::{Code, Request, Response, Status};
 
-use crate::http::{blocking, remember_durably, space_of};
+use crate::http::{remember_durably, space_of};
 use crate::model::{
     ConsolidateOut, CueBody, LinkBody, MemoryOut, RecalledOut, RememberBody, RememberOut, SpaceOut,
     SpreadBody,
 };
+use crate::task::blocking;
 use crate::{ApiError, AppState};
 
 /// Generated messages and service traits of `engram.v1`.

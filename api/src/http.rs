@@ -15,6 +15,7 @@ use serde::de::DeserializeOwned;
 use utoipa::OpenApi;
 
 use crate::model::*;
+use crate::task::blocking;
 use crate::{ApiConfig, ApiError, AppState, VERSION, backup, guard, metrics};
 
 type Shared = State<Arc<AppState>>;
@@ -196,15 +197,6 @@ async fn timeout(
         }
         .into_response(),
     }
-}
-
-/// Runs a blocking graph call on tokio's blocking pool.
-pub(crate) async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> Result<T, ApiError> + Send + 'static,
-) -> Result<T, ApiError> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|e| ApiError::internal(format!("worker failed: {e}")))?
 }
 
 /// Remembers `req` in `space` and returns once it is durable. Nothing here

@@ -17,6 +17,7 @@ mod guard;
 mod http;
 mod metrics;
 pub mod model;
+mod task;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};

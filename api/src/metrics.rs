@@ -219,7 +219,7 @@ pub(crate) async fn render(
     let spaces = match s.graph_if_open().filter(|_| s.is_ready()) {
         Some(g) => {
             let g = Arc::clone(g);
-            crate::http::blocking(move || Ok(g.spaces()?)).await.ok()
+            crate::task::blocking(move || Ok(g.spaces()?)).await.ok()
         }
         None => None,
     };

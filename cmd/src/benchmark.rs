@@ -403,7 +403,7 @@ pub async fn run(a: BenchArgs, config: &Config) -> Result<()> {
         let url = a
             .url
             .clone()
-            .unwrap_or_else(|| crate::commands::default_url(config));
+            .unwrap_or_else(|| crate::client::default_url(config));
         if a.grpc {
             let host = url
                 .trim_start_matches("http://")

@@ -1,6 +1,7 @@
 //! A small HTTP/1.1 client (hyper) for the CLI commands that talk to a
 //! running server.
 
+use std::net::IpAddr;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
@@ -11,6 +12,18 @@ use hyper_util::client::legacy::Client as Hyper;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use serde_json::Value;
+
+use crate::config::Config;
+
+/// The URL of the local server from the configuration.
+pub(crate) fn default_url(config: &Config) -> String {
+    let host = match config.server.bind {
+        ip if ip.is_unspecified() || ip.is_loopback() => "127.0.0.1".to_owned(),
+        IpAddr::V4(ip) => ip.to_string(),
+        IpAddr::V6(ip) => format!("[{ip}]"),
+    };
+    format!("http://{host}:{}", config.server.http_port)
+}
 
 /// A failure to reach the server at all (as opposed to an error answer).
 #[derive(Debug)]

@@ -1,7 +1,6 @@
 //! Every subcommand but `start`'s server loop.
 
 use std::io::Write;
-use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{Duration, SystemTime};
@@ -11,7 +10,7 @@ use http_body_util::BodyExt;
 use hyper::Method;
 use serde_json::{Value, json};
 
-use crate::client::{Client, Unreachable, encode};
+use crate::client::{Client, Unreachable, default_url, encode};
 use crate::config::{self, Config, ListenKey, Overrides, ServerOverrides};
 use crate::lock::DirLock;
 use crate::memories;
@@ -82,16 +81,6 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
             rt.block_on(remote(other, &config, file.as_deref()))
         }
     }
-}
-
-/// The URL of the local server from the configuration.
-pub(crate) fn default_url(config: &Config) -> String {
-    let host = match config.server.bind {
-        ip if ip.is_unspecified() || ip.is_loopback() => "127.0.0.1".to_owned(),
-        IpAddr::V4(ip) => ip.to_string(),
-        IpAddr::V6(ip) => format!("[{ip}]"),
-    };
-    format!("http://{host}:{}", config.server.http_port)
 }
 
 /// Where a remote command's server URL came from, for messages: `--url`,
