@@ -1,0 +1,26 @@
+//! Per-space log shipping between Engram nodes.
+//!
+//! What is here so far is the wire side that every later piece builds on:
+//! - [`codec`]: replication batches, runs of consecutive WAL records of one
+//!   space (`seq u64 | kind u8 | len u32 | payload`, little-endian), with a
+//!   CRC32 over the uncompressed encoding and zstd above a size threshold;
+//! - [`chunk`]: snapshot chunks, runs of key/value pairs of one column
+//!   family, checksummed and compressed the same way;
+//! - [`compress`]: the bounded zstd helpers both use;
+//! - [`protocol`]: the protocol's pure state machines (so far: epoch
+//!   histories and the handshake's divergence check).
+//!
+//! Every decoder reads untrusted bytes from the network: it never panics,
+//! never allocates beyond its configured limit, and says what is wrong
+//! ([`CodecError`]). `docs/replication.md` describes the protocol.
+
+pub mod chunk;
+pub mod codec;
+pub mod compress;
+mod error;
+pub mod protocol;
+
+pub use chunk::{ChunkLimits, SnapshotChunk};
+pub use codec::{Batch, BatchLimits, EncodeOptions, Record};
+pub use compress::Compression;
+pub use error::CodecError;
