@@ -110,7 +110,19 @@ impl History {
     /// Entries of epochs that wrote nothing in a log (a successor starting
     /// at the same sequence number, or a start past the log's end) say
     /// nothing about its records and are left out of the comparison.
-    pub fn compare(&self, last: u64, primary: &History, primary_last: u64) -> Catchup {
+    ///
+    /// `writing` is the epoch the primary is writing now (0: none). Records
+    /// of that epoch here came from that primary, whatever `primary_last`
+    /// says: a handshake delayed on the network carries an older
+    /// `primary_last`, and the primary's log never shrinks within its epoch
+    /// (a restarted primary takes a new one).
+    pub fn compare(
+        &self,
+        last: u64,
+        primary: &History,
+        primary_last: u64,
+        writing: u64,
+    ) -> Catchup {
         let mine = self.written(last);
         let theirs = primary.written(primary_last);
         // The common prefix: epochs with the same start, so the same
@@ -124,6 +136,7 @@ impl History {
             .count();
         let agreed = match common.checked_sub(1) {
             None => 0,
+            Some(c) if writing != 0 && mine[c].0.epoch == writing => mine[c].1,
             Some(c) => mine[c].1.min(theirs[c].1),
         };
         // Every earlier common epoch ended at the same place in both logs
@@ -222,34 +235,43 @@ mod tests {
     fn the_design_examples() {
         // A replica behind on the same epochs streams.
         assert_eq!(
-            h(&[(1, 1)]).compare(30, &h(&[(1, 1), (3, 50)]), 70),
+            h(&[(1, 1)]).compare(30, &h(&[(1, 1), (3, 50)]), 70, 3),
             Catchup::Stream { from: 31 }
         );
         // Epoch 1 went on past where epoch 3 began: 50..60 exist only here.
         assert_eq!(
-            h(&[(1, 1)]).compare(60, &h(&[(1, 1), (3, 50)]), 70),
+            h(&[(1, 1)]).compare(60, &h(&[(1, 1), (3, 50)]), 70, 3),
             Catchup::Diverged { at: 50 }
         );
-        // Ahead of the primary in the same epoch (a primary that lost its
-        // tail): diverged where the primary ends.
+        // Ahead of what the primary said: diverged where it ends, unless
+        // that is the epoch the primary is writing (a delayed handshake).
         assert_eq!(
-            h(&[(1, 1)]).compare(100, &h(&[(1, 1)]), 90),
+            h(&[(1, 1)]).compare(100, &h(&[(1, 1)]), 90, 0),
             Catchup::Diverged { at: 91 }
+        );
+        assert_eq!(
+            h(&[(1, 1)]).compare(100, &h(&[(1, 1)]), 90, 1),
+            Catchup::Stream { from: 101 }
+        );
+        assert_eq!(
+            h(&[(1, 1)]).compare(100, &h(&[(1, 1), (2, 95)]), 96, 2),
+            Catchup::Diverged { at: 95 },
+            "epoch 1 is not the one being written"
         );
         // An empty replica streams from the start; a log from an unknown
         // epoch diverges at once.
         assert_eq!(
-            History::default().compare(0, &h(&[(2, 1)]), 5),
+            History::default().compare(0, &h(&[(2, 1)]), 5, 2),
             Catchup::Stream { from: 1 }
         );
         assert_eq!(
-            h(&[(1, 1)]).compare(3, &h(&[(2, 1)]), 5),
+            h(&[(1, 1)]).compare(3, &h(&[(2, 1)]), 5, 2),
             Catchup::Diverged { at: 1 }
         );
         // A history entry persisted just before a crash, with no record.
         let mut r = h(&[(1, 1), (4, 11)]);
         let p = h(&[(1, 1), (5, 11)]);
-        assert_eq!(r.compare(10, &p, 20), Catchup::Stream { from: 11 });
+        assert_eq!(r.compare(10, &p, 20, 5), Catchup::Stream { from: 11 });
         r.adopt(&p, 10);
         assert_eq!(r, p);
     }
@@ -321,7 +343,7 @@ mod tests {
                     None => Catchup::Stream { from: rl + 1 },
                     Some(i) => Catchup::Diverged { at: i + 1 },
                 };
-                prop_assert_eq!(rh.compare(rl, &ph, pl), want, "replica {:?} primary {:?}", re, pe);
+                prop_assert_eq!(rh.compare(rl, &ph, pl, 0), want, "replica {:?} primary {:?}", re, pe);
             }
         }
     }

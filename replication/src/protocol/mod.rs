@@ -6,6 +6,8 @@
 pub mod history;
 pub mod primary;
 pub mod replica;
+#[cfg(test)]
+mod sim;
 
 pub use history::{Catchup, EpochStart, History};
 pub use primary::{

@@ -217,6 +217,7 @@ impl PrimarySpace {
     /// The replica accepted handshake `nonce` and needs records from
     /// `from` on; `durable` is what it has synced.
     pub fn handshake_ok(&mut self, node: &str, nonce: u64, from: u64, durable: u64) {
+        let last_seq = self.last_seq;
         let Some(p) = self.peer_mut(node) else { return };
         if p.progress != (Progress::Handshaking { nonce }) {
             return; // an answer to an older handshake
@@ -228,7 +229,7 @@ impl PrimarySpace {
         };
         // Records it holds below `from` are a prefix of ours (the
         // histories said so), durable up to what it reported.
-        p.durable_seq = durable.min(from.saturating_sub(1));
+        p.durable_seq = durable.min(from.saturating_sub(1)).min(last_seq);
         self.advance_commit();
     }
 
@@ -254,9 +255,13 @@ impl PrimarySpace {
     }
 
     /// The next batch for `node`, at most `max_records` long, if it is in
-    /// session, has nothing in flight and is behind.
+    /// session, has nothing in flight and is behind. Only records synced
+    /// here are shipped, so every replica's log is a prefix of this
+    /// primary's durable log, also across its restarts (shipping before the
+    /// local sync, as the design allows, needs a promotion that fetches what
+    /// only replicas hold; that comes with failover).
     pub fn next_batch(&mut self, node: &str, max_records: u64) -> Option<BatchPlan> {
-        let last_seq = self.last_seq;
+        let last_seq = self.synced_seq;
         let history = self.history.clone();
         let p = self.peer_mut(node)?;
         let Progress::Streaming {
@@ -375,9 +380,17 @@ impl PrimarySpace {
 }
 
 /// Writes waiting for their concern, by sequence number.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Waiters<T> {
     by_seq: BTreeMap<u64, Vec<(Concern, T)>>,
+}
+
+impl<T> Default for Waiters<T> {
+    fn default() -> Self {
+        Self {
+            by_seq: BTreeMap::new(),
+        }
+    }
 }
 
 impl<T> Waiters<T> {

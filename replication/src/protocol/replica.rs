@@ -185,7 +185,7 @@ impl ReplicaSpace {
         }
         match self
             .history
-            .compare(self.last_seq, primary_history, primary_last)
+            .compare(self.last_seq, primary_history, primary_last, epoch)
         {
             // Like every refusal, this changes nothing: the replica asks
             // for a snapshot, whose install records the promise.

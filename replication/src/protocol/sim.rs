@@ -1,0 +1,615 @@
+//! A seeded simulation of one space replicated from a fixed primary: the
+//! real [`PrimarySpace`] and [`ReplicaSpace`] cores, driven through random
+//! message delivery, loss, duplication and reordering, partitions, crashes
+//! and restarts (a restarted primary takes the next epoch), with the
+//! invariants checked after every step and liveness checked after healing.
+//!
+//! `cargo test` runs `ENGRAM_SIM_SEEDS` seeds (default 500); a failure
+//! names its seed, and `ENGRAM_SIM_SEED=<seed>` replays exactly that one.
+//!
+//! What is modelled: a replica appends, syncs and acknowledges a batch as
+//! one step (the adapter holds the space's lock from the check to the ack,
+//! so a crash leaves either nothing or the synced batch); the primary syncs
+//! its WAL in separate steps, so a crash loses its unsynced tail.
+
+use std::collections::BTreeSet;
+
+use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
+
+use super::history::History;
+use super::primary::{Concern, PrimarySpace, Progress, Wait, Waiters};
+use super::replica::{Ack, BatchHeader, Incarnation, Persist, Refusal, ReplicaSpace};
+
+/// A record: the epoch that wrote it and a unique id (0: `EPOCH_START`).
+type Rec = (u64, u64);
+
+#[derive(Debug, Clone)]
+enum Msg {
+    Handshake {
+        epoch: u64,
+        primary: Incarnation,
+        nonce: u64,
+        history: History,
+        last_seq: u64,
+    },
+    HandshakeOk {
+        nonce: u64,
+        from: u64,
+        durable: u64,
+    },
+    Refused(Refusal),
+    Batch(BatchHeader, Vec<Rec>),
+    Ack(Ack),
+}
+
+#[derive(Debug, Clone)]
+struct Envelope {
+    from: usize,
+    to: usize,
+    msg: Msg,
+}
+
+/// One node: its log (durable prefix + volatile tail) and its core.
+struct Node {
+    log: Vec<Rec>,
+    durable: usize,
+    up: bool,
+    replica: ReplicaSpace,
+    /// What this node ever reported synced (acks, handshake answers).
+    reported: u64,
+}
+
+struct Sim {
+    rng: SmallRng,
+    nodes: Vec<Node>,
+    names: Vec<String>,
+    primary: Option<PrimarySpace>,
+    epoch: u64,
+    incarnation: u64,
+    waiters: Waiters<(u64, Concern)>,
+    /// Writes acknowledged to clients: (seq, record, concern).
+    acked: Vec<(u64, Rec, Concern)>,
+    net: Vec<Envelope>,
+    cut: BTreeSet<(usize, usize)>,
+    next_id: u64,
+    steps: usize,
+}
+
+const RF: usize = 3;
+
+impl Sim {
+    fn new(seed: u64) -> Sim {
+        let names: Vec<String> = (0..RF).map(|i| format!("n{i}")).collect();
+        let mut sim = Sim {
+            rng: SmallRng::seed_from_u64(seed),
+            nodes: (0..RF)
+                .map(|_| Node {
+                    log: Vec::new(),
+                    durable: 0,
+                    up: true,
+                    replica: ReplicaSpace::default(),
+                    reported: 0,
+                })
+                .collect(),
+            names,
+            primary: None,
+            epoch: 0,
+            incarnation: 0,
+            waiters: Waiters::default(),
+            acked: Vec::new(),
+            net: Vec::new(),
+            cut: BTreeSet::new(),
+            next_id: 1,
+            steps: 0,
+        };
+        sim.promote();
+        sim
+    }
+
+    /// Node 0 (re)starts as primary at the next epoch: a new incarnation,
+    /// its durable log, an `EPOCH_START` record.
+    fn promote(&mut self) {
+        self.epoch += 1;
+        self.incarnation += 1;
+        let n = &self.nodes[0];
+        let history = history_of(&n.log[..n.durable]);
+        let peers: Vec<&str> = self.names[1..].iter().map(String::as_str).collect();
+        let mut p = PrimarySpace::start(
+            self.epoch,
+            history,
+            n.durable as u64,
+            RF,
+            &peers,
+            self.incarnation << 32,
+        )
+        .expect("a new epoch starts after the durable log");
+        let seq = p.append();
+        let epoch = self.epoch;
+        let node = &mut self.nodes[0];
+        assert_eq!(seq as usize, node.log.len() + 1);
+        node.log.push((epoch, 0));
+        self.primary = Some(p);
+    }
+
+    fn send(&mut self, from: usize, to: usize, msg: Msg) {
+        self.net.push(Envelope { from, to, msg });
+    }
+
+    fn step(&mut self) {
+        self.steps += 1;
+        let roll = self.rng.random_range(0..100);
+        match roll {
+            0..=39 => self.deliver_one(),
+            40..=54 => self.client_write(),
+            55..=64 => self.primary_sync(),
+            65..=79 => self.primary_timer(),
+            80..=83 => self.drop_one(),
+            84..=86 => self.duplicate_one(),
+            87..=90 => self.crash_or_restart(),
+            91..=94 => self.partition(),
+            _ => self.heal(),
+        }
+    }
+
+    fn deliver_one(&mut self) {
+        if self.net.is_empty() {
+            return;
+        }
+        let i = self.rng.random_range(0..self.net.len());
+        let e = self.net.swap_remove(i);
+        if self.cut.contains(&(e.from, e.to)) || !self.nodes[e.to].up {
+            return;
+        }
+        if e.to == 0 {
+            self.at_primary(e.from, e.msg);
+        } else {
+            self.at_replica(e.from, e.to, e.msg);
+        }
+    }
+
+    fn drop_one(&mut self) {
+        if !self.net.is_empty() {
+            let i = self.rng.random_range(0..self.net.len());
+            self.net.swap_remove(i);
+        }
+    }
+
+    fn duplicate_one(&mut self) {
+        if !self.net.is_empty() {
+            let i = self.rng.random_range(0..self.net.len());
+            let e = self.net[i].clone();
+            self.net.push(e);
+        }
+    }
+
+    fn client_write(&mut self) {
+        let Some(p) = self.primary.as_mut() else {
+            return;
+        };
+        let id = self.next_id;
+        self.next_id += 1;
+        let seq = p.append();
+        self.nodes[0].log.push((self.epoch, id));
+        let concern = match self.rng.random_range(0..3) {
+            0 => Concern::Primary,
+            1 => Concern::Quorum,
+            _ => Concern::All,
+        };
+        self.waiters.add(seq, concern, (id, concern));
+    }
+
+    fn primary_sync(&mut self) {
+        if self.primary.is_none() {
+            return;
+        }
+        let node = &mut self.nodes[0];
+        node.durable = node.log.len();
+        let d = node.durable as u64;
+        if let Some(p) = self.primary.as_mut() {
+            p.synced(d);
+        }
+        self.release();
+    }
+
+    fn release(&mut self) {
+        let Some(p) = self.primary.as_ref() else {
+            return;
+        };
+        for (seq, verdict, (id, concern)) in self.waiters.ready(p) {
+            assert_eq!(verdict, Wait::Ready, "RF {RF} with every member assigned");
+            let rec = self.nodes[0].log[seq as usize - 1];
+            assert_eq!(rec.1, id, "the acked seq holds the client's record");
+            self.acked.push((seq, rec, concern));
+        }
+    }
+
+    fn primary_timer(&mut self) {
+        if self.primary.is_none() {
+            return;
+        }
+        let target = self.rng.random_range(1..RF);
+        let name = self.names[target].clone();
+        let p = self.primary.as_mut().expect("primary");
+        let progress = p
+            .peers
+            .iter()
+            .find(|x| x.node == name)
+            .map(|x| x.progress.clone())
+            .expect("peer");
+        match progress {
+            Progress::Probe => {
+                let h = p.handshake(&name).expect("peer");
+                let msg = Msg::Handshake {
+                    epoch: h.epoch,
+                    primary: Incarnation {
+                        node: self.names[0].clone(),
+                        incarnation: self.incarnation,
+                    },
+                    nonce: h.nonce,
+                    history: h.history,
+                    last_seq: h.last_seq,
+                };
+                self.send(0, target, msg);
+            }
+            Progress::Handshaking { .. } => {
+                // Lost, maybe: try again now and then.
+                if self.rng.random_bool(0.3) {
+                    let h = p.handshake(&name).expect("peer");
+                    let msg = Msg::Handshake {
+                        epoch: h.epoch,
+                        primary: Incarnation {
+                            node: self.names[0].clone(),
+                            incarnation: self.incarnation,
+                        },
+                        nonce: h.nonce,
+                        history: h.history,
+                        last_seq: h.last_seq,
+                    };
+                    self.send(0, target, msg);
+                }
+            }
+            Progress::Streaming { inflight, .. } => {
+                if inflight.is_some() && self.rng.random_bool(0.2) {
+                    p.timed_out(&name);
+                }
+                self.ship(target);
+            }
+            Progress::NeedSnapshot { need } => {
+                for (i, n) in self.nodes.iter().enumerate() {
+                    eprintln!(
+                        "node {i}: durable {} log {:?} history {:?} promised {}",
+                        n.durable, n.log, n.replica.history, n.replica.promised
+                    );
+                }
+                panic!("a replica of a fixed primary never diverges (need {need})");
+            }
+        }
+    }
+
+    fn ship(&mut self, target: usize) {
+        let name = self.names[target].clone();
+        let max = self.rng.random_range(1..5);
+        let Some(p) = self.primary.as_mut() else {
+            return;
+        };
+        let Some(b) = p.next_batch(&name, max) else {
+            return;
+        };
+        let records = self.nodes[0].log[b.first as usize - 1..b.last as usize].to_vec();
+        let header = BatchHeader {
+            epoch: self.epoch,
+            nonce: b.nonce,
+            prev_epoch: b.prev_epoch,
+            first_seq: b.first,
+            last_seq: b.last,
+            epoch_starts: b.epoch_starts,
+        };
+        self.send(0, target, Msg::Batch(header, records));
+    }
+
+    fn at_replica(&mut self, from: usize, to: usize, msg: Msg) {
+        let node = &mut self.nodes[to];
+        match msg {
+            Msg::Handshake {
+                epoch,
+                primary,
+                nonce,
+                history,
+                last_seq,
+            } => {
+                let answer = match node
+                    .replica
+                    .handshake(epoch, primary, nonce, &history, last_seq)
+                {
+                    Ok((from_seq, Persist::Promise { .. })) => {
+                        let durable = node.replica.durable_seq;
+                        node.reported = node.reported.max(durable);
+                        Msg::HandshakeOk {
+                            nonce,
+                            from: from_seq,
+                            durable,
+                        }
+                    }
+                    Ok(other) => panic!("a handshake persists a promise, not {other:?}"),
+                    Err(r) => Msg::Refused(r),
+                };
+                self.send(to, from, answer);
+            }
+            Msg::Batch(header, records) => {
+                let before = node.replica.clone();
+                let answer = match node.replica.batch(&header) {
+                    Err(r) => {
+                        assert_eq!(node.replica, before, "a refusal changes nothing");
+                        Msg::Refused(r)
+                    }
+                    Ok(maybe) => {
+                        if let Some(Persist::Append {
+                            skip,
+                            first,
+                            last,
+                            starts,
+                        }) = maybe
+                        {
+                            assert_eq!(first as usize, node.log.len() + 1);
+                            node.log.extend_from_slice(&records[skip as usize..]);
+                            assert_eq!(node.log.len() as u64, last);
+                            node.replica.appended(last, &starts);
+                            // Appended, synced and acked under one lock.
+                            node.durable = node.log.len();
+                            node.replica.synced(last);
+                        }
+                        match node.replica.ack(header.epoch, header.nonce) {
+                            Ok(ack) => {
+                                // I8: no OK below the promise it was built under.
+                                assert_eq!(ack.promised, header.epoch);
+                                node.reported = node.reported.max(ack.durable_seq);
+                                Msg::Ack(ack)
+                            }
+                            Err(r) => Msg::Refused(r),
+                        }
+                    }
+                };
+                self.send(to, from, answer);
+            }
+            other => panic!("a replica got {other:?}"),
+        }
+    }
+
+    fn at_primary(&mut self, from: usize, msg: Msg) {
+        let name = self.names[from].clone();
+        let Some(p) = self.primary.as_mut() else {
+            return;
+        };
+        let outcome = match msg {
+            Msg::HandshakeOk {
+                nonce,
+                from: f,
+                durable,
+            } => {
+                p.handshake_ok(&name, nonce, f, durable);
+                Ok(())
+            }
+            Msg::Refused(r) => p.refused(&name, &r),
+            Msg::Ack(a) => p.acked(&name, &a),
+            other => panic!("the primary got {other:?}"),
+        };
+        if let Err(d) = outcome {
+            panic!("a fixed primary is never deposed: {d:?}");
+        }
+        self.release();
+        self.ship(from);
+    }
+
+    fn crash_or_restart(&mut self) {
+        let i = self.rng.random_range(0..RF);
+        if self.nodes[i].up {
+            let node = &mut self.nodes[i];
+            node.up = false;
+            node.log.truncate(node.durable);
+            node.replica = node.replica.restarted();
+            if i == 0 {
+                self.primary = None;
+                // Every waiting write's outcome is unknown: never acked.
+                self.waiters.drain();
+            }
+        } else {
+            self.nodes[i].up = true;
+            if i == 0 {
+                self.promote();
+            }
+        }
+    }
+
+    fn partition(&mut self) {
+        let a = self.rng.random_range(0..RF);
+        let b = self.rng.random_range(0..RF);
+        if a != b {
+            self.cut.insert((a, b));
+            if self.rng.random_bool(0.5) {
+                self.cut.insert((b, a));
+            }
+        }
+    }
+
+    fn heal(&mut self) {
+        self.cut.clear();
+    }
+
+    /// The invariants, after every step.
+    fn check(&self) {
+        let q = RF / 2 + 1;
+        // Durability: an acked write is on the primary's durable log and,
+        // beyond `primary`, on a quorum's (or every member's) durable logs.
+        for (seq, rec, concern) in &self.acked {
+            let i = *seq as usize - 1;
+            let holders = self
+                .nodes
+                .iter()
+                .filter(|n| n.durable > i && n.log[i] == *rec)
+                .count();
+            let need = match concern {
+                Concern::Primary => 1,
+                Concern::Quorum => q,
+                Concern::All => RF,
+            };
+            assert!(
+                holders >= need,
+                "acked {concern:?} write at {seq} is on {holders} durable logs"
+            );
+            let p = &self.nodes[0];
+            assert!(
+                p.durable > i && p.log[i] == *rec,
+                "acked write {seq} lost by the primary"
+            );
+        }
+        // Every replica's log is a prefix of the primary's durable log, so
+        // one (epoch, seq) never names two records (I7).
+        let p = &self.nodes[0];
+        for (k, n) in self.nodes.iter().enumerate().skip(1) {
+            assert!(
+                n.log.len() <= p.durable,
+                "node {k} holds more than the primary synced"
+            );
+            assert_eq!(
+                n.log[..],
+                p.log[..n.log.len()],
+                "node {k} is not a prefix of the primary"
+            );
+            // What a node reported synced survives its crashes (I12).
+            assert!(
+                n.durable as u64 >= n.reported,
+                "node {k} lost reported records"
+            );
+            assert_eq!(n.replica.durable_seq, n.durable as u64);
+        }
+        if let Some(p) = &self.primary {
+            assert!(p.commit_seq <= self.nodes[0].durable as u64);
+        }
+    }
+
+    /// Heal, restart everything, run without faults: every replica must
+    /// reach the primary's durable log and every write be released.
+    fn converge(&mut self) {
+        self.cut.clear();
+        for i in 0..RF {
+            if !self.nodes[i].up {
+                self.nodes[i].up = true;
+                if i == 0 {
+                    self.promote();
+                }
+            }
+        }
+        for round in 0..10_000 {
+            self.primary_sync();
+            for t in 1..RF {
+                self.primary_timer_for(t);
+            }
+            while !self.net.is_empty() {
+                self.deliver_one();
+                self.check();
+            }
+            let d = self.nodes[0].durable;
+            let all = self.nodes.iter().all(|n| n.durable == d);
+            if all && self.waiters.is_empty() {
+                return;
+            }
+            assert!(round < 9_999, "no convergence after healing");
+        }
+    }
+
+    fn primary_timer_for(&mut self, target: usize) {
+        let name = self.names[target].clone();
+        let Some(p) = self.primary.as_mut() else {
+            return;
+        };
+        let progress = p
+            .peers
+            .iter()
+            .find(|x| x.node == name)
+            .map(|x| x.progress.clone())
+            .expect("peer");
+        match progress {
+            Progress::Probe | Progress::Handshaking { .. } => {
+                let h = p.handshake(&name).expect("peer");
+                let msg = Msg::Handshake {
+                    epoch: h.epoch,
+                    primary: Incarnation {
+                        node: self.names[0].clone(),
+                        incarnation: self.incarnation,
+                    },
+                    nonce: h.nonce,
+                    history: h.history,
+                    last_seq: h.last_seq,
+                };
+                self.send(0, target, msg);
+            }
+            Progress::Streaming { .. } => {
+                p.timed_out(&name);
+                self.ship(target);
+            }
+            Progress::NeedSnapshot { need } => {
+                panic!("a replica of a fixed primary never diverges (need {need})")
+            }
+        }
+    }
+}
+
+/// The history of a log: where each epoch's records start.
+fn history_of(log: &[Rec]) -> History {
+    let mut h = History::default();
+    for (i, (epoch, _)) in log.iter().enumerate() {
+        if h.last_epoch() != *epoch {
+            assert!(h.begin(*epoch, i as u64 + 1), "epochs increase along a log");
+        }
+    }
+    h
+}
+
+fn run(seed: u64, steps: usize) -> (usize, usize, u64) {
+    let mut sim = Sim::new(seed);
+    for _ in 0..steps {
+        sim.step();
+        sim.check();
+    }
+    sim.converge();
+    sim.check();
+    (sim.acked.len(), sim.steps, sim.epoch)
+}
+
+#[test]
+fn seeded_simulation_keeps_every_invariant() {
+    let one: Option<u64> = std::env::var("ENGRAM_SIM_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok());
+    let seeds: u64 = std::env::var("ENGRAM_SIM_SEEDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(500);
+    let list: Vec<u64> = match one {
+        Some(s) => vec![s],
+        None => (0..seeds).collect(),
+    };
+    let (mut acked, mut epochs) = (0usize, 0u64);
+    for seed in list {
+        let outcome = std::panic::catch_unwind(|| run(seed, 600));
+        match outcome {
+            Ok((a, _, e)) => {
+                acked += a;
+                epochs += e;
+            }
+            Err(e) => {
+                let why = e
+                    .downcast_ref::<String>()
+                    .cloned()
+                    .or_else(|| e.downcast_ref::<&str>().map(|s| (*s).to_owned()))
+                    .unwrap_or_default();
+                panic!(
+                    "simulation seed {seed} failed: {why}\nreplay: ENGRAM_SIM_SEED={seed} cargo test --release --workspace --lib seeded_simulation -- --nocapture"
+                );
+            }
+        }
+    }
+    println!("simulation: {acked} acknowledged writes, {epochs} epochs in all");
+    assert!(acked > 0, "the workload acknowledged nothing");
+}
