@@ -3,7 +3,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
 use std::time::{Duration, Instant};
 
 use engram_lsm::{Mutation, Operation, SpaceId, Store, StoreConfig, StoreError, mutation};
@@ -126,6 +126,52 @@ pub enum EngineError {
     /// Metrics could not be registered.
     #[error("engine metrics registration failed: {0}")]
     Metrics(#[from] prometheus::Error),
+    /// A replicated record does not continue the space's sequence.
+    #[error(
+        "replicated record {got} of space {space} does not follow: the next sequence number is {expected}"
+    )]
+    SequenceMismatch {
+        /// Local space id.
+        space: SpaceId,
+        /// The sequence number the space expects next.
+        expected: u64,
+        /// The one the record carries.
+        got: u64,
+    },
+    /// A replicated record's payload is not a valid operation.
+    #[error("replicated record {seq} of space {space} has an undecodable payload: {error}")]
+    ReplicatedPayload {
+        /// Local space id.
+        space: SpaceId,
+        /// Its sequence number.
+        seq: u64,
+        /// Decoder error.
+        error: mutation::DecodeError,
+    },
+}
+
+/// A record as it is appended, for an [`AppendObserver`].
+#[derive(Debug, Clone, Copy)]
+pub struct AppendedRecord<'a> {
+    /// Local space id.
+    pub space: SpaceId,
+    /// WAL LSN.
+    pub lsn: u64,
+    /// The space's sequence number.
+    pub seq: u64,
+    /// Record kind.
+    pub kind: u8,
+    /// The payload as written to the WAL (the mutation encoding).
+    pub payload: &'a [u8],
+}
+
+/// Watches every record appended to the WAL, local or replicated (the
+/// replication layer's feed). Called under the engine's order lock, in
+/// sequence order per space, before the record is durable: it must not
+/// block or take a lock that a writer holds while appending.
+pub trait AppendObserver: Send + Sync {
+    /// `record` was just appended.
+    fn appended(&self, record: &AppendedRecord<'_>);
 }
 
 /// What recovery found and did at open.
@@ -207,6 +253,7 @@ pub struct Engine {
     /// which holds the commit hook and with it a reference to `core`.
     wal: Wal,
     core: Arc<Core>,
+    observer: OnceLock<Arc<dyn AppendObserver>>,
 }
 
 /// The engine's state that the WAL writer thread's commit hook shares
@@ -527,7 +574,14 @@ impl Engine {
         });
         let hook = Arc::clone(&core);
         wal.on_commit(Box::new(move |committed| hook.on_commit(committed)));
-        Ok((Engine { wal, core }, report))
+        Ok((
+            Engine {
+                wal,
+                core,
+                observer: OnceLock::new(),
+            },
+            report,
+        ))
     }
 
     /// Appends `mutations` for `space` to the WAL as one record of `kind`,
@@ -564,6 +618,41 @@ impl Engine {
         mutations: Vec<Mutation>,
     ) -> Result<Appended, EngineError> {
         let payload = mutation::encode(&mutations);
+        self.append_record(space, None, kind, mutations, &payload)
+    }
+
+    /// Appends a record another node wrote, with that node's sequence
+    /// number, which must be the space's next one (invariant 4: a replica's
+    /// sequence numbers are its primary's); the payload is written verbatim
+    /// after it decodes. Finish like [`Engine::append`].
+    pub fn append_replicated(
+        &self,
+        space: SpaceId,
+        seq: u64,
+        kind: u8,
+        payload: &[u8],
+    ) -> Result<Appended, EngineError> {
+        let mutations = mutation::decode(payload)
+            .map_err(|error| EngineError::ReplicatedPayload { space, seq, error })?;
+        self.append_record(space, Some(seq), kind, mutations, payload)
+    }
+
+    /// Sets the observer of every appended record; `false` (and nothing
+    /// changes) when one is set already.
+    pub fn set_observer(&self, observer: Arc<dyn AppendObserver>) -> bool {
+        self.observer.set(observer).is_ok()
+    }
+
+    /// Appends under the order lock: at the space's next sequence number,
+    /// which must be `expected` when given.
+    fn append_record(
+        &self,
+        space: SpaceId,
+        expected: Option<u64>,
+        kind: u8,
+        mutations: Vec<Mutation>,
+        payload: &[u8],
+    ) -> Result<Appended, EngineError> {
         let mut order = lock(&self.core.order);
         self.core.check_failed()?;
         if order.pending.len() >= degraded::MAX_PENDING {
@@ -575,10 +664,28 @@ impl Engine {
             }
         }
         let seq = order.next_seq.get(&space).copied().unwrap_or(1);
+        if let Some(got) = expected
+            && got != seq
+        {
+            return Err(EngineError::SequenceMismatch {
+                space,
+                expected: seq,
+                got,
+            });
+        }
         let ticket = self
             .wal
-            .append(RecordHeader { space, seq, kind }, &payload)?;
+            .append(RecordHeader { space, seq, kind }, payload)?;
         order.next_seq.insert(space, seq + 1);
+        if let Some(observer) = self.observer.get() {
+            observer.appended(&AppendedRecord {
+                space,
+                lsn: ticket.lsn(),
+                seq,
+                kind,
+                payload,
+            });
+        }
         order.pending.push_back(Operation {
             lsn: ticket.lsn(),
             space,

@@ -77,8 +77,8 @@ pub mod text;
 pub use activation::Spread;
 pub use background::Background;
 pub use engine::{
-    Appended, Committed, Engine, EngineConfig, EngineError, OpenOptions, PurgeReport,
-    RecoveryReport,
+    AppendObserver, Appended, AppendedRecord, Committed, Engine, EngineConfig, EngineError,
+    OpenOptions, PurgeReport, RecoveryReport,
 };
 pub use memory::{
     Begun, ConsolidationConfig, ConsolidationReport, Cue, DEFAULT_LINK_WEIGHT, DEFAULT_SPACE,

@@ -242,3 +242,73 @@ fn corruption_before_the_tail_stops_open_until_repair() {
             > 0
     );
 }
+
+/// What an observer is told of one record: space, seq, kind, payload.
+type Told = (u32, u64, u8, Vec<u8>);
+
+/// Everything an observer was told, in order.
+#[derive(Default)]
+struct Seen(std::sync::Mutex<Vec<Told>>);
+
+impl engram_graph::AppendObserver for Seen {
+    fn appended(&self, r: &engram_graph::AppendedRecord<'_>) {
+        self.0
+            .lock()
+            .expect("seen")
+            .push((r.space, r.seq, r.kind, r.payload.to_vec()));
+    }
+}
+
+#[tokio::test]
+async fn replicated_records_keep_the_primarys_sequence_numbers() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cfg = EngineConfig::default();
+    let (engine, _) = open(dir.path(), &cfg);
+    let seen = std::sync::Arc::new(Seen::default());
+    assert!(engine.set_observer(seen.clone()));
+    assert!(!engine.set_observer(seen.clone()), "one observer");
+    let payloads: Vec<Vec<u8>> = (1..=2)
+        .map(|n| engram_lsm::mutation::encode(&put(n)))
+        .collect();
+    // Out of order or undecodable: refused, nothing appended.
+    assert!(matches!(
+        engine.append_replicated(7, 2, 1, &payloads[1]),
+        Err(EngineError::SequenceMismatch {
+            space: 7,
+            expected: 1,
+            got: 2
+        })
+    ));
+    assert!(matches!(
+        engine.append_replicated(7, 1, 1, &[0xff, 0xff, 0xff]),
+        Err(EngineError::ReplicatedPayload { seq: 1, .. })
+    ));
+    assert_eq!(engine.next_seq(7), 1);
+    assert!(seen.0.lock().expect("seen").is_empty());
+    for (i, p) in payloads.iter().enumerate() {
+        let a = engine
+            .append_replicated(7, i as u64 + 1, 1, p)
+            .expect("append");
+        let c = Engine::group_commit(a).await.expect("durable");
+        engine.apply_durable(c.lsn).expect("applied");
+        assert_eq!(c.seq, i as u64 + 1);
+    }
+    // Applied like a local write; a local write continues the sequence.
+    let mut id = [0; 16];
+    id[15] = 2;
+    assert_eq!(engine.store().episode(7, &id).expect("get"), Some(vec![2]));
+    assert_eq!(engine.submit(7, 3, put(3)).expect("submit").seq, 3);
+    let got = seen.0.lock().expect("seen").clone();
+    assert_eq!(
+        got,
+        vec![
+            (7, 1, 1, payloads[0].clone()),
+            (7, 2, 1, payloads[1].clone()),
+            (7, 3, 3, engram_lsm::mutation::encode(&put(3))),
+        ],
+        "the observer sees local and replicated records with their payloads"
+    );
+    drop(engine);
+    let (engine, _) = open(dir.path(), &cfg);
+    assert_eq!(engine.next_seq(7), 4, "sequences survive a restart");
+}
