@@ -1,5 +1,5 @@
-//! Any replication batch from a peer: the decoder never panics, allocates
-//! within its limit, and what it accepts is consecutive records that
+//! Any replication batch from a peer: the decoder never panics, stays within
+//! memory bounded by its limit, and what it accepts is consecutive records that
 //! encode back to a batch decoding to the same records.
 #![no_main]
 

@@ -1,5 +1,5 @@
-//! Any snapshot chunk from a peer: the decoder never panics, allocates
-//! within its limit, and what it accepts encodes back to the same pairs.
+//! Any snapshot chunk from a peer: the decoder never panics, stays within
+//! memory bounded by its limit, and what it accepts encodes back to the same pairs.
 #![no_main]
 
 use engram_replication::{ChunkLimits, Compression, SnapshotChunk};

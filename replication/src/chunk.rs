@@ -4,7 +4,9 @@
 //! `entries` times, little-endian; keys are the space's keys without the
 //! sender's local space prefix. Like a batch, the CRC32 covers the
 //! uncompressed body and the body may be one zstd frame. [`SnapshotChunk::decode`]
-//! never panics and allocates at most [`ChunkLimits::max_chunk_bytes`]
+//! never panics and its memory is bounded by [`ChunkLimits::max_chunk_bytes`]
+//! (the body, the pairs copied out of it, and their list: a few times the
+//! limit, never what a header claims)
 //! (fuzz target `snapshot_chunk_decode`).
 
 use crate::CodecError;
@@ -110,7 +112,8 @@ impl SnapshotChunk {
             self.crc32,
             limits.max_chunk_bytes,
         )?;
-        let mut out = Vec::with_capacity(self.entries as usize);
+        // Never more than the bytes can hold, whatever the header says.
+        let mut out = Vec::with_capacity((self.entries as usize).min(plain.len() / ENTRY_OVERHEAD));
         let mut at = 0usize;
         for _ in 0..self.entries {
             let key = field(&plain, &mut at, "key")?;

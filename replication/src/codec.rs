@@ -184,7 +184,9 @@ impl Batch {
             self.crc32,
             limits.max_batch_bytes,
         )?;
-        let mut out = Vec::with_capacity(self.record_count as usize);
+        // Never more than the bytes can hold, whatever the header says.
+        let mut out =
+            Vec::with_capacity((self.record_count as usize).min(plain.len() / RECORD_HEADER));
         let mut at = 0usize;
         for i in 0..self.record_count {
             let header = plain

@@ -11,7 +11,8 @@
 //!   histories and the handshake's divergence check).
 //!
 //! Every decoder reads untrusted bytes from the network: it never panics,
-//! never allocates beyond its configured limit, and says what is wrong
+//! uses memory bounded by its configured limit (a few times it, never what a
+//! header claims), and says what is wrong
 //! ([`CodecError`]). `docs/replication.md` describes the protocol.
 
 pub mod chunk;

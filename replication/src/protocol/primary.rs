@@ -222,6 +222,7 @@ impl PrimarySpace {
         if p.progress != (Progress::Handshaking { nonce }) {
             return; // an answer to an older handshake
         }
+        let from = from.max(1);
         p.progress = Progress::Streaming {
             nonce,
             next_seq: from,
@@ -248,7 +249,9 @@ impl PrimarySpace {
         };
         p.durable_seq = 0;
         p.progress = match refusal {
-            Refusal::Diverged { at } => Progress::NeedSnapshot { need: at - 1 },
+            Refusal::Diverged { at } => Progress::NeedSnapshot {
+                need: at.saturating_sub(1),
+            },
             _ => Progress::Probe,
         };
         Ok(())
@@ -444,7 +447,7 @@ impl<T> Waiters<T> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::protocol::replica::{BatchHeader, Incarnation, Persist, ReplicaSpace};
+    use crate::protocol::replica::{BatchHeader, Incarnation, ReplicaSpace};
 
     fn primary(rf: usize, peers: &[&str]) -> PrimarySpace {
         PrimarySpace::start(1, History::default(), 0, rf, peers, 100).expect("start")
@@ -471,8 +474,8 @@ mod tests {
                 last_seq: b.last,
                 epoch_starts: b.epoch_starts.clone(),
             };
-            if let Some(Persist::Append { last, starts, .. }) = r.batch(&header).expect("batch") {
-                r.appended(last, &starts);
+            if let Some(a) = r.batch(&header).expect("batch") {
+                let last = r.appended(&a).expect("appended");
                 r.synced(last);
             }
             let ack = r.ack(p.epoch, b.nonce).expect("ack");

@@ -11,8 +11,10 @@
 //! - a handshake at the promised epoch from another incarnation of the
 //!   primary is refused (a restarted primary needs a new epoch: rule 1);
 //! - a fence persists the higher promise and ends the session, and the
-//!   adapter runs fences and batches under one per-space lock, so no batch
-//!   of the old epoch is acknowledged after the promise (rule 2): the ack
+//!   adapter runs batches under the per-space lock in read mode and
+//!   handshakes and fences in write mode, so no batch of the old epoch is
+//!   appended or acknowledged after a new promise or session (rule 2);
+//!   [`ReplicaSpace::appended`] re-checks the session anyway, and the ack
 //!   carries the promise it was built under and [`ReplicaSpace::ack`]
 //!   refuses to build an `OK` once the promise moved;
 //! - durable means synced: acks and fence answers report `durable_seq`,
@@ -77,8 +79,14 @@ pub enum Persist {
         history: History,
     },
     /// Append records `first..=last` (after `skip` leading duplicates of the
-    /// batch) and sync them; new history entries first.
+    /// batch) and sync them; new history entries first. Hand it back to
+    /// [`ReplicaSpace::appended`], which refuses it if a handshake or fence
+    /// came in between.
     Append {
+        /// The batch's epoch.
+        epoch: u64,
+        /// The batch's session nonce.
+        nonce: u64,
         /// Leading records of the batch already held here.
         skip: u64,
         /// First new sequence number.
@@ -240,13 +248,18 @@ impl ReplicaSpace {
             });
         }
         let first = self.last_seq + 1;
+        // Entries this history has already (the handshake adopted the start
+        // of the primary's epoch) are not new.
         let starts: Vec<EpochStart> = b
             .epoch_starts
             .iter()
             .filter(|e| e.start_seq >= first && e.start_seq <= b.last_seq)
+            .filter(|e| !self.history.entries().contains(e))
             .copied()
             .collect();
         Ok(Some(Persist::Append {
+            epoch: b.epoch,
+            nonce: b.nonce,
             skip: first - b.first_seq,
             first,
             last: b.last_seq,
@@ -254,13 +267,49 @@ impl ReplicaSpace {
         }))
     }
 
-    /// Records `first..=last` were appended with the history entries
-    /// `starts` (not yet synced).
-    pub fn appended(&mut self, last: u64, starts: &[EpochStart]) {
-        for e in starts {
-            self.history.begin(e.epoch, e.start_seq);
+    /// The records and history entries of `append` (from
+    /// [`ReplicaSpace::batch`]) were written, not yet synced; returns the
+    /// new last sequence number. Refused, changing nothing, when the
+    /// session, the promise or the log moved since the batch was checked,
+    /// or an entry does not extend the history: the caller must then not
+    /// have written them (it runs this before writing, under its lock).
+    pub fn appended(&mut self, append: &Persist) -> Result<u64, Refusal> {
+        let Persist::Append {
+            epoch,
+            nonce,
+            first,
+            last,
+            starts,
+            ..
+        } = append
+        else {
+            return Err(Refusal::NeedHandshake);
+        };
+        let in_session = self
+            .session
+            .as_ref()
+            .is_some_and(|s| s.epoch == *epoch && s.nonce == *nonce);
+        if self.promised != *epoch || !in_session {
+            return Err(Refusal::StaleEpoch {
+                promised: self.promised,
+            });
         }
-        self.last_seq = self.last_seq.max(last);
+        if *first != self.last_seq + 1 || last < first {
+            return Err(Refusal::NotContiguous {
+                expected: self.last_seq + 1,
+            });
+        }
+        let mut history = self.history.clone();
+        for e in starts {
+            if !history.begin(e.epoch, e.start_seq) {
+                return Err(Refusal::NotContiguous {
+                    expected: self.last_seq + 1,
+                });
+            }
+        }
+        self.history = history;
+        self.last_seq = *last;
+        Ok(*last)
     }
 
     /// The WAL synced through `seq`.
@@ -352,17 +401,9 @@ mod tests {
                 epoch: 1,
                 start_seq: 1,
             }];
-            let Some(Persist::Append {
-                first,
-                last,
-                starts,
-                ..
-            }) = r.batch(&b).expect("batch")
-            else {
-                panic!("append expected");
-            };
-            assert_eq!((first, last), (1, n));
-            r.appended(last, &starts);
+            let a = r.batch(&b).expect("batch").expect("append");
+            assert!(matches!(a, Persist::Append { first: 1, last, .. } if last == n));
+            let last = r.appended(&a).expect("appended");
             r.synced(last);
         }
         r
@@ -384,6 +425,8 @@ mod tests {
         assert_eq!(
             r.batch(&header(1, 42, 1, 3, 5)),
             Ok(Some(Persist::Append {
+                epoch: 1,
+                nonce: 42,
                 skip: 1,
                 first: 4,
                 last: 5,
@@ -421,12 +464,11 @@ mod tests {
         // A batch of epoch 1 was checked; before its ack is built, a fence
         // for epoch 2 is answered (the adapter's lock forbids this order;
         // the ack refuses anyway).
-        let Some(Persist::Append { last, starts, .. }) =
-            r.batch(&header(1, 42, 1, 4, 4)).expect("batch")
-        else {
-            panic!("append expected");
-        };
-        r.appended(last, &starts);
+        let a = r
+            .batch(&header(1, 42, 1, 4, 4))
+            .expect("batch")
+            .expect("append");
+        let last = r.appended(&a).expect("appended");
         r.synced(last);
         let (answer, persist) = r.fence(2).expect("fence");
         assert_eq!((answer.promised, answer.durable_seq), (2, 4));
@@ -453,6 +495,33 @@ mod tests {
     }
 
     #[test]
+    fn a_batch_checked_before_a_handshake_is_not_appended_after_it() {
+        let mut r = in_session(10);
+        let a = r
+            .batch(&header(1, 42, 1, 11, 15))
+            .expect("batch")
+            .expect("append");
+        // A new primary's handshake gets in between (the adapter's lock
+        // forbids it; the state machine refuses anyway).
+        let h = hist(&[(1, 1), (2, 11)]);
+        r.handshake(2, p("b", 1), 99, &h, 11).expect("handshake");
+        let before = r.clone();
+        assert_eq!(r.appended(&a), Err(Refusal::StaleEpoch { promised: 2 }));
+        assert_eq!(r, before, "a refusal changes nothing");
+        // The new primary's first batch starts its epoch at 11: the entry
+        // adopted at the handshake is not new, the record is.
+        let mut b = header(2, 99, 1, 11, 11);
+        b.epoch_starts = vec![EpochStart {
+            epoch: 2,
+            start_seq: 11,
+        }];
+        let a = r.batch(&b).expect("batch").expect("append");
+        assert!(matches!(&a, Persist::Append { starts, .. } if starts.is_empty()));
+        assert_eq!(r.appended(&a), Ok(11));
+        assert_eq!((r.history.epoch_of(10), r.history.epoch_of(11)), (1, 2));
+    }
+
+    #[test]
     fn a_restarted_primary_cannot_resume_its_epoch() {
         let mut r = in_session(3);
         assert_eq!(
@@ -475,12 +544,11 @@ mod tests {
     #[test]
     fn a_restart_loses_what_was_not_synced_and_a_diverged_log_is_refused() {
         let mut r = in_session(3);
-        let Some(Persist::Append { last, starts, .. }) =
-            r.batch(&header(1, 42, 1, 4, 6)).expect("batch")
-        else {
-            panic!("append expected");
-        };
-        r.appended(last, &starts);
+        let a = r
+            .batch(&header(1, 42, 1, 4, 6))
+            .expect("batch")
+            .expect("append");
+        r.appended(&a).expect("appended");
         assert_eq!((r.last_seq, r.durable_seq), (6, 3));
         assert_eq!(
             r.ack(1, 42).map(|a| a.durable_seq),

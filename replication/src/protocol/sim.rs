@@ -344,17 +344,19 @@ impl Sim {
                         Msg::Refused(r)
                     }
                     Ok(maybe) => {
-                        if let Some(Persist::Append {
-                            skip,
-                            first,
-                            last,
-                            starts,
-                        }) = maybe
-                        {
+                        if let Some(append) = maybe {
+                            let Persist::Append {
+                                skip, first, last, ..
+                            } = append
+                            else {
+                                panic!("a batch appends, got {append:?}");
+                            };
                             assert_eq!(first as usize, node.log.len() + 1);
+                            node.replica
+                                .appended(&append)
+                                .expect("checked under the lock");
                             node.log.extend_from_slice(&records[skip as usize..]);
                             assert_eq!(node.log.len() as u64, last);
-                            node.replica.appended(last, &starts);
                             // Appended, synced and acked under one lock.
                             node.durable = node.log.len();
                             node.replica.synced(last);
@@ -476,6 +478,16 @@ impl Sim {
                 p.log[..n.log.len()],
                 "node {k} is not a prefix of the primary"
             );
+            // Its history names the epoch of every record it holds (I7).
+            for (i, rec) in n.log.iter().enumerate() {
+                assert_eq!(
+                    n.replica.history.epoch_of(i as u64 + 1),
+                    rec.0,
+                    "node {k}: history {:?} disagrees with its record {}",
+                    n.replica.history,
+                    i + 1
+                );
+            }
             // What a node reported synced survives its crashes (I12).
             assert!(
                 n.durable as u64 >= n.reported,
