@@ -225,12 +225,18 @@ impl Sim {
     }
 
     fn primary_timer(&mut self) {
-        if self.primary.is_none() {
-            return;
-        }
         let target = self.rng.random_range(1..RF);
+        self.tick(target, true);
+    }
+
+    /// The primary's timer for one replica: handshake when needed, resend
+    /// what may be lost, ship what is new. With `faults`, resends happen
+    /// only now and then (the message may just be slow); without, always.
+    fn tick(&mut self, target: usize, faults: bool) {
         let name = self.names[target].clone();
-        let p = self.primary.as_mut().expect("primary");
+        let Some(p) = self.primary.as_mut() else {
+            return;
+        };
         let progress = p
             .peers
             .iter()
@@ -238,39 +244,14 @@ impl Sim {
             .map(|x| x.progress.clone())
             .expect("peer");
         match progress {
-            Progress::Probe => {
-                let h = p.handshake(&name).expect("peer");
-                let msg = Msg::Handshake {
-                    epoch: h.epoch,
-                    primary: Incarnation {
-                        node: self.names[0].clone(),
-                        incarnation: self.incarnation,
-                    },
-                    nonce: h.nonce,
-                    history: h.history,
-                    last_seq: h.last_seq,
-                };
-                self.send(0, target, msg);
-            }
+            Progress::Probe => self.start_handshake(target),
             Progress::Handshaking { .. } => {
-                // Lost, maybe: try again now and then.
-                if self.rng.random_bool(0.3) {
-                    let h = p.handshake(&name).expect("peer");
-                    let msg = Msg::Handshake {
-                        epoch: h.epoch,
-                        primary: Incarnation {
-                            node: self.names[0].clone(),
-                            incarnation: self.incarnation,
-                        },
-                        nonce: h.nonce,
-                        history: h.history,
-                        last_seq: h.last_seq,
-                    };
-                    self.send(0, target, msg);
+                if !faults || self.rng.random_bool(0.3) {
+                    self.start_handshake(target);
                 }
             }
             Progress::Streaming { inflight, .. } => {
-                if inflight.is_some() && self.rng.random_bool(0.2) {
+                if !faults || (inflight.is_some() && self.rng.random_bool(0.2)) {
                     p.timed_out(&name);
                 }
                 self.ship(target);
@@ -285,6 +266,25 @@ impl Sim {
                 panic!("a replica of a fixed primary never diverges (need {need})");
             }
         }
+    }
+
+    /// A new session with `target`: a fresh nonce, the handshake sent.
+    fn start_handshake(&mut self, target: usize) {
+        let Some(p) = self.primary.as_mut() else {
+            return;
+        };
+        let h = p.handshake(&self.names[target]).expect("peer");
+        let msg = Msg::Handshake {
+            epoch: h.epoch,
+            primary: Incarnation {
+                node: self.names[0].clone(),
+                incarnation: self.incarnation,
+            },
+            nonce: h.nonce,
+            history: h.history,
+            last_seq: h.last_seq,
+        };
+        self.send(0, target, msg);
     }
 
     fn ship(&mut self, target: usize) {
@@ -515,7 +515,7 @@ impl Sim {
         for round in 0..10_000 {
             self.primary_sync();
             for t in 1..RF {
-                self.primary_timer_for(t);
+                self.tick(t, false);
             }
             while !self.net.is_empty() {
                 self.deliver_one();
@@ -527,42 +527,6 @@ impl Sim {
                 return;
             }
             assert!(round < 9_999, "no convergence after healing");
-        }
-    }
-
-    fn primary_timer_for(&mut self, target: usize) {
-        let name = self.names[target].clone();
-        let Some(p) = self.primary.as_mut() else {
-            return;
-        };
-        let progress = p
-            .peers
-            .iter()
-            .find(|x| x.node == name)
-            .map(|x| x.progress.clone())
-            .expect("peer");
-        match progress {
-            Progress::Probe | Progress::Handshaking { .. } => {
-                let h = p.handshake(&name).expect("peer");
-                let msg = Msg::Handshake {
-                    epoch: h.epoch,
-                    primary: Incarnation {
-                        node: self.names[0].clone(),
-                        incarnation: self.incarnation,
-                    },
-                    nonce: h.nonce,
-                    history: h.history,
-                    last_seq: h.last_seq,
-                };
-                self.send(0, target, msg);
-            }
-            Progress::Streaming { .. } => {
-                p.timed_out(&name);
-                self.ship(target);
-            }
-            Progress::NeedSnapshot { need } => {
-                panic!("a replica of a fixed primary never diverges (need {need})")
-            }
         }
     }
 }
