@@ -7,6 +7,10 @@
 //! [`Mutation`]s grouped into [`Operation`]s (one per WAL record), read
 //! episodes, edges and postings, and take checkpoints.
 //!
+//! The metadata group's Raft log and state live in two more families,
+//! `raft_log` and `raft_state`, behind a typed API whose writes are all
+//! synced (`raft_*` methods of [`Store`]).
+//!
 //! ## Contract
 //! - [`Store::apply`] writes a batch of operations as **one atomic
 //!   WriteBatch** that also stores each touched space's applied sequence
@@ -37,6 +41,7 @@ mod config;
 mod error;
 pub mod keys;
 pub mod mutation;
+mod raft;
 mod store;
 
 pub use config::StoreConfig;

@@ -31,11 +31,16 @@ pub enum Cf {
     /// Access statistics of episodes (count, last access), written in
     /// batches after recalls.
     Access,
+    /// The metadata group's Raft log: index (u64, big-endian) → entry.
+    RaftLog,
+    /// The metadata group's vote, committed log id, purge point and
+    /// state-machine snapshot, by name.
+    RaftState,
 }
 
 impl Cf {
     /// Every column family.
-    pub const ALL: [Cf; 7] = [
+    pub const ALL: [Cf; 9] = [
         Cf::Meta,
         Cf::Episodes,
         Cf::Edges,
@@ -43,8 +48,11 @@ impl Cf {
         Cf::Vectors,
         Cf::Cold,
         Cf::Access,
+        Cf::RaftLog,
+        Cf::RaftState,
     ];
-    /// Column families holding per-space data (all but `meta`).
+    /// Column families holding per-space data (all but `meta` and the
+    /// metadata group's two).
     pub const DATA: [Cf; 6] = [
         Cf::Episodes,
         Cf::Edges,
@@ -64,13 +72,15 @@ impl Cf {
             Cf::Vectors => "vectors",
             Cf::Cold => "cold",
             Cf::Access => "access",
+            Cf::RaftLog => "raft_log",
+            Cf::RaftState => "raft_state",
         }
     }
 }
 
 /// The warm tier: one RocksDB database with Engram's column families.
 pub struct Store {
-    db: DB,
+    pub(crate) db: DB,
     path: PathBuf,
     write_opts: WriteOptions,
     cache: Cache,
@@ -196,14 +206,14 @@ impl Store {
         &self.path
     }
 
-    fn err(&self, e: rocksdb::Error) -> StoreError {
+    pub(crate) fn err(&self, e: rocksdb::Error) -> StoreError {
         StoreError::Rocks {
             path: self.path.clone(),
             message: e.into_string(),
         }
     }
 
-    fn handle(&self, cf: Cf) -> Result<&ColumnFamily, StoreError> {
+    pub(crate) fn handle(&self, cf: Cf) -> Result<&ColumnFamily, StoreError> {
         self.db
             .cf_handle(cf.name())
             .ok_or_else(|| StoreError::Rocks {
