@@ -1,7 +1,9 @@
 //! Cluster membership with real `engram` processes: three nodes on loopback
-//! converge, agree on placement, detect a `kill -9`, re-place after the
-//! grace period, and take the restarted node back; the advertise-address
-//! refusal, run inside a private network namespace (no route leaves it).
+//! converge, agree on placement, form one metadata group (one leader, one
+//! cluster id), detect a `kill -9`, re-place after the grace period, and
+//! take the restarted node back; the advertise-address refusal, run inside
+//! a private network namespace (no route leaves it); seeds without metadata
+//! voters are refused.
 
 mod common;
 
@@ -27,7 +29,7 @@ fn free_udp_port() -> u16 {
         .port()
 }
 
-fn start_node(dir: &Path, id: &str, port: u16, seeds: &str) -> Server {
+fn node_env(id: &str, port: u16, seeds: &str) -> Vec<(String, String)> {
     let env = [
         ("ENGRAM_CLUSTER__ENABLED", "true".to_string()),
         ("ENGRAM_NODE_ID", id.to_string()),
@@ -36,6 +38,13 @@ fn start_node(dir: &Path, id: &str, port: u16, seeds: &str) -> Server {
             format!("127.0.0.1:{port}"),
         ),
         ("ENGRAM_CLUSTER_SEEDS", seeds.to_string()),
+        ("ENGRAM_METADATA_VOTERS", "node-0,node-1,node-2".into()),
+        ("ENGRAM_CLUSTER__NETWORK__PEER_BIND", "127.0.0.1:0".into()),
+        ("ENGRAM_CLUSTER__METADATA__HEARTBEAT_MS", "100".into()),
+        (
+            "ENGRAM_CLUSTER__METADATA__ELECTION_TIMEOUT_MS",
+            "600".into(),
+        ),
         ("ENGRAM_CLUSTER__ZONE", format!("zone-{id}")),
         (
             "ENGRAM_CLUSTER__SWIM__PROBE_PERIOD_MS",
@@ -61,13 +70,16 @@ fn start_node(dir: &Path, id: &str, port: u16, seeds: &str) -> Server {
             "[\"agent-1\", \"agent-2\", \"agent-3\", \"agent-4\"]".into(),
         ),
     ];
+    env.iter()
+        .map(|(k, v)| (k.to_string(), v.clone()))
+        .collect()
+}
+
+fn start_node(dir: &Path, id: &str, port: u16, seeds: &str) -> Server {
     Server::start_with(
         dir,
         Options {
-            env: env
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.clone()))
-                .collect(),
+            env: node_env(id, port, seeds),
             ..Options::default()
         },
     )
@@ -100,6 +112,33 @@ fn wait_until(what: &str, limit: Duration, mut ok: impl FnMut() -> bool) -> Dura
         );
         std::thread::sleep(Duration::from_millis(50));
     }
+}
+
+/// The metadata group as `s` reports it: (cluster id, leader, voters,
+/// registered nodes).
+fn metadata(s: &Server) -> (String, Option<String>, usize, usize) {
+    let h = health(s);
+    let m = &h["metadata"];
+    (
+        m["cluster_id"].as_str().unwrap_or_default().to_string(),
+        m["leader"].as_str().map(String::from),
+        m["voters"].as_array().map_or(0, Vec::len),
+        m["registered_nodes"].as_array().map_or(0, Vec::len),
+    )
+}
+
+/// Every node of `nodes` knows the same leader (not `except`) and cluster
+/// id, with 3 voters and 3 registered nodes; returns the leader.
+fn one_metadata_group(nodes: &[&Server], except: Option<&str>) -> Option<(String, String)> {
+    let seen: Vec<_> = nodes.iter().map(|n| metadata(n)).collect();
+    let (id, leader, _, _) = seen.first()?.clone();
+    let leader = leader?;
+    (!id.is_empty()
+        && except != Some(leader.as_str())
+        && seen
+            .iter()
+            .all(|m| m.0 == id && m.1.as_deref() == Some(leader.as_str()) && m.2 == 3 && m.3 == 3))
+    .then_some((id, leader))
 }
 
 /// Every node sees node-0, node-1 and node-2 alive.
@@ -150,6 +189,18 @@ fn three_nodes_converge_detect_kill9_replace_and_readmit() {
     wait_until("placement over 3 nodes", Duration::from_secs(10), || {
         nodes.iter().all(|n| placed(&health(n)).len() == 3)
     });
+    // One metadata group: every node knows the same leader and cluster id,
+    // and all three registered.
+    let mut group = None;
+    let formed = wait_until("one metadata group", Duration::from_secs(20), || {
+        group = one_metadata_group(&nodes.iter().collect::<Vec<_>>(), None);
+        group.is_some()
+    });
+    let (cluster_id, first_leader) = group.expect("metadata group");
+    println!(
+        "cluster: metadata group formed (leader {first_leader}, cluster id {cluster_id}) {:?} after the first spawn ({formed:?} after convergence)",
+        t0.elapsed()
+    );
     let h0 = health(&nodes[0]);
     assert_eq!(h0["enabled"], true);
     assert_eq!(h0["status"], "healthy", "{h0:#}");
@@ -207,6 +258,17 @@ fn three_nodes_converge_detect_kill9_replace_and_readmit() {
     assert_eq!(grpc_health.members.len(), 3);
     assert_eq!(grpc_health.replication_factor, 2);
     assert_eq!(grpc_health.spaces.len(), 5);
+    let grpc_meta = grpc_health.metadata.expect("metadata status");
+    assert_eq!(grpc_meta.cluster_id, cluster_id);
+    assert_eq!(grpc_meta.voters.len(), 3);
+    assert!(
+        !grpc_health
+            .node
+            .as_ref()
+            .expect("node")
+            .peer_addr
+            .is_empty()
+    );
 
     // 2. kill -9 node-2: the others mark it down within the suspicion time
     // (plus one probe cycle), then re-place its partitions after the grace.
@@ -255,6 +317,25 @@ fn three_nodes_converge_detect_kill9_replace_and_readmit() {
                 .contains(&json!("node-2"))
         );
     }
+    // The two live voters keep (or elect) a leader other than node-2.
+    let mut regrouped = None;
+    let elected = wait_until(
+        "a metadata leader among node-0 and node-1",
+        Duration::from_secs(20),
+        || {
+            let m: Vec<_> = nodes[..2].iter().map(metadata).collect();
+            regrouped = m[0].1.clone().filter(|l| {
+                l != "node-2"
+                    && m.iter()
+                        .all(|x| x.0 == cluster_id && x.1.as_deref() == Some(l))
+            });
+            regrouped.is_some()
+        },
+    );
+    println!(
+        "cluster: metadata leader after killing node-2 (leader was {first_leader}): {} ({elected:?} after the re-placement)",
+        regrouped.unwrap_or_default()
+    );
     let metrics = nodes[0].get("/metrics").text();
     assert!(
         metrics.contains("engram_cluster_members{state=\"down\"} 1"),
@@ -291,8 +372,49 @@ fn three_nodes_converge_detect_kill9_replace_and_readmit() {
         h0["spaces"],
         "placement returns to the 3-node one"
     );
+    // The restarted node resumes its raft state (no second group): the
+    // same cluster id, one leader everywhere, from its new peer port.
+    wait_until(
+        "node-2 back in the metadata group",
+        Duration::from_secs(20),
+        || {
+            one_metadata_group(&nodes.iter().collect::<Vec<_>>(), None)
+                .is_some_and(|(id, _)| id == cluster_id)
+        },
+    );
 
-    // 4. A graceful stop is announced: peers see it down without waiting
+    // 4. node-2 comes back with an empty data directory: the group lists it
+    // as a voter and registered another storage id for it, so it lost its
+    // votes and acknowledged entries; it refuses to run and says what to do.
+    nodes[2].signal(libc::SIGTERM);
+    assert!(
+        nodes[2]
+            .wait_exit(Duration::from_secs(30))
+            .is_some_and(|s| s.success())
+    );
+    let wiped = tempfile::tempdir().expect("tempdir");
+    let out = Command::new("timeout")
+        .arg("60")
+        .arg(bin())
+        .args(["start", "--data-dir"])
+        .arg(wiped.path())
+        .args(["--http-port", "0", "--grpc-port", "0"])
+        .envs(node_env("node-2", ports[2], &seeds))
+        .env_remove("RUST_LOG")
+        .env_remove("XDG_CONFIG_HOME")
+        .output()
+        .expect("run engram");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && out.status.code() != Some(124),
+        "a wiped voter ran (or hung): {:?}\n{err}",
+        out.status
+    );
+    assert!(err.contains("has no raft state"), "{err}");
+    assert!(err.contains("old data directory"), "{err}");
+    println!("cluster: a wiped voter refused to start ({:?})", out.status);
+
+    // 5. A graceful stop is announced: peers see it down without waiting
     // for the suspicion timeout.
     nodes[1].signal(libc::SIGTERM);
     assert!(
@@ -314,6 +436,7 @@ fn a_standalone_node_reports_standalone() {
     assert_eq!(h["enabled"], false);
     assert_eq!(h["status"], "standalone");
     assert_eq!(h["members"], json!([]));
+    assert_eq!(h["metadata"], Value::Null);
     assert_eq!(h["spaces"][0]["space"], "default");
 }
 
@@ -343,6 +466,7 @@ fn wildcard_or_loopback_advertise_addresses_are_refused() {
                 ("ENGRAM_CLUSTER__NETWORK__SWIM_BIND", bind),
                 ("ENGRAM_CLUSTER_ADVERTISE_ADDR", advertise),
                 ("ENGRAM_CLUSTER_SEEDS", "192.0.2.10:7946"),
+                ("ENGRAM_METADATA_VOTERS", "node-x"),
             ],
         );
         assert_ne!(
@@ -383,7 +507,8 @@ fn wildcard_bind_without_advertise_fails_and_the_env_override_starts() {
     let dir = tempfile::tempdir().expect("tempdir");
     let common = format!(
         "ip link set lo up; export HOME={d} ENGRAM_CLUSTER__ENABLED=true ENGRAM_NODE_ID=node-x \
-         ENGRAM_CLUSTER__NETWORK__SWIM_BIND=0.0.0.0:7946 ENGRAM_CLUSTER_SEEDS=192.0.2.10:7946;",
+         ENGRAM_CLUSTER__NETWORK__SWIM_BIND=0.0.0.0:7946 ENGRAM_CLUSTER_SEEDS=192.0.2.10:7946 \
+         ENGRAM_METADATA_VOTERS=node-x;",
         d = dir.path().display()
     );
     // Without an advertise address: no interface routes to the seed, so
@@ -418,5 +543,39 @@ fn wildcard_bind_without_advertise_fails_and_the_env_override_starts() {
     assert!(
         out.contains("advertising the configured gossip address"),
         "{out}"
+    );
+}
+
+#[test]
+fn seeds_without_metadata_voters_are_refused() {
+    // Every node would form a metadata group of its own: refused before
+    // anything starts, naming the key and what to set.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path().to_str().expect("utf-8 path");
+    let (code, _, err) = run_cli(
+        &[
+            "start",
+            "--data-dir",
+            d,
+            "--http-port",
+            "0",
+            "--grpc-port",
+            "0",
+        ],
+        &[
+            ("ENGRAM_CLUSTER__ENABLED", "true"),
+            ("ENGRAM_NODE_ID", "node-0"),
+            ("ENGRAM_CLUSTER_SEEDS", "127.0.0.1:7946"),
+        ],
+    );
+    assert_ne!(code, 0, "started without voters: {err}");
+    assert!(err.contains("cluster.metadata.voters"), "{err}");
+    assert!(
+        err.contains("engram-0"),
+        "the message shows an example: {err}"
+    );
+    assert!(
+        std::fs::read_dir(d).map_or(0, |r| r.count()) == 0,
+        "nothing was created in the data directory"
     );
 }

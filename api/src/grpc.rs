@@ -446,6 +446,7 @@ fn member_pb(m: crate::model::ClusterMemberOut) -> pb::ClusterMember {
         gossip_addr: m.gossip_addr,
         http_addr: m.http_addr,
         grpc_addr: m.grpc_addr,
+        peer_addr: m.peer_addr,
         rack: m.rack,
         zone: m.zone,
         generation: m.generation,
@@ -489,6 +490,16 @@ impl pb::cluster_service_server::ClusterService for ClusterGrpc {
                             live_replicas: s.live_replicas,
                         })
                         .collect(),
+                    metadata: h.metadata.map(|m| pb::MetadataStatus {
+                        cluster_id: m.cluster_id,
+                        leader: m.leader.unwrap_or_default(),
+                        voters: m.voters,
+                        learners: m.learners,
+                        role: m.role.into(),
+                        term: m.term,
+                        applied_index: m.applied_index,
+                        registered_nodes: m.registered_nodes,
+                    }),
                 }))
             })
             .await

@@ -384,7 +384,16 @@ pub(crate) fn cluster_health_out(s: &AppState) -> ClusterHealthOut {
         .map(|g| g.space_names())
         .unwrap_or_default();
     match s.cluster() {
-        Some(c) => c.health(&spaces).into(),
+        Some(c) => {
+            let mut out: ClusterHealthOut = c.health(&spaces).into();
+            out.metadata = s.metadata().map(|m| m.status().into());
+            // No metadata leader: nothing that needs the group can change.
+            if out.status == "healthy" && out.metadata.as_ref().is_some_and(|m| m.leader.is_none())
+            {
+                out.status = "degraded";
+            }
+            out
+        }
         None => ClusterHealthOut::standalone(spaces),
     }
 }

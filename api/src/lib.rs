@@ -26,6 +26,7 @@ use std::time::{Duration, Instant};
 use axum::Router;
 use axum::http::StatusCode;
 use engram_cluster::Cluster;
+use engram_cluster::metadata::MetadataGroup;
 use engram_graph::Graph;
 
 pub use error::ApiError;
@@ -74,6 +75,8 @@ pub struct AppState {
     http: HttpMetrics,
     /// Cluster membership, when `cluster.enabled`.
     cluster: OnceLock<Arc<Cluster>>,
+    /// The metadata group, when `cluster.enabled` (after recovery).
+    metadata: OnceLock<MetadataGroup>,
 }
 
 impl AppState {
@@ -88,6 +91,7 @@ impl AppState {
             registry,
             http,
             cluster: OnceLock::new(),
+            metadata: OnceLock::new(),
         }))
     }
 
@@ -128,6 +132,16 @@ impl AppState {
     /// The cluster member, when clustering is enabled.
     pub fn cluster(&self) -> Option<&Arc<Cluster>> {
         self.cluster.get()
+    }
+
+    /// Hands the running metadata group to the API (once).
+    pub fn attach_metadata(&self, metadata: MetadataGroup) {
+        let _ = self.metadata.set(metadata);
+    }
+
+    /// The metadata group, when clustering is enabled and it started.
+    pub fn metadata(&self) -> Option<&MetadataGroup> {
+        self.metadata.get()
     }
 
     /// Marks the server ready (or not).

@@ -674,6 +674,47 @@ pub struct ClusterHealthOut {
     pub rebalance: Option<RebalanceOut>,
     /// Placement of every space this node knows.
     pub spaces: Vec<SpacePlacementOut>,
+    /// The metadata group as this node sees it (absent when standalone or
+    /// before storage recovered).
+    pub metadata: Option<MetadataOut>,
+}
+
+/// The metadata group (Raft) as one node sees it.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct MetadataOut {
+    /// Random id fixed when the group initialized the cluster (empty
+    /// before).
+    pub cluster_id: String,
+    /// Node id of the leader this node knows (absent: none known, e.g.
+    /// during an election or before the group formed).
+    pub leader: Option<String>,
+    /// Voters of the latest membership.
+    pub voters: Vec<String>,
+    /// Learners of the latest membership.
+    pub learners: Vec<String>,
+    /// `leader`, `follower`, `learner`, `candidate` or `shutdown`.
+    pub role: &'static str,
+    /// Current Raft term.
+    pub term: u64,
+    /// Index of the last entry applied to this node's copy.
+    pub applied_index: u64,
+    /// Nodes registered with the group.
+    pub registered_nodes: Vec<String>,
+}
+
+impl From<engram_cluster::metadata::MetadataStatus> for MetadataOut {
+    fn from(m: engram_cluster::metadata::MetadataStatus) -> Self {
+        MetadataOut {
+            cluster_id: m.cluster_id,
+            leader: m.leader,
+            voters: m.voters,
+            learners: m.learners,
+            role: m.role,
+            term: m.term,
+            applied_index: m.applied_index,
+            registered_nodes: m.registered_nodes,
+        }
+    }
 }
 
 /// One cluster member.
@@ -689,6 +730,8 @@ pub struct ClusterMemberOut {
     pub http_addr: String,
     /// Advertised gRPC address.
     pub grpc_addr: String,
+    /// Advertised peer address (TCP, node-to-node RPCs).
+    pub peer_addr: String,
     /// Rack (may be empty).
     pub rack: String,
     /// Zone (may be empty).
@@ -740,6 +783,7 @@ impl ClusterMemberOut {
             gossip_addr: i.gossip.to_string(),
             http_addr: i.http.to_string(),
             grpc_addr: i.grpc.to_string(),
+            peer_addr: i.peer.to_string(),
             rack: i.rack.clone(),
             zone: i.zone.clone(),
             generation: i.generation,
@@ -759,6 +803,7 @@ impl ClusterHealthOut {
             replication_factor: None,
             jump_buckets: None,
             rebalance: None,
+            metadata: None,
             spaces: spaces
                 .into_iter()
                 .map(|space| SpacePlacementOut {
@@ -810,6 +855,7 @@ impl From<engram_cluster::ClusterHealth> for ClusterHealthOut {
                     live_replicas: s.live_replicas as u32,
                 })
                 .collect(),
+            metadata: None,
         }
     }
 }

@@ -91,6 +91,7 @@ mod tests {
             gossip: a,
             http: a,
             grpc: a,
+            peer: a,
             rack: "r1".into(),
             zone: "z1".into(),
             generation: 7,

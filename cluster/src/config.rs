@@ -28,6 +28,35 @@ pub struct ClusterConfig {
     pub swim: SwimConfig,
     /// Placement of spaces on nodes.
     pub replication: ReplicationConfig,
+    /// The metadata group (Raft) that decides space uids and assignments.
+    pub metadata: MetadataConfig,
+}
+
+/// `[cluster.metadata]`: the metadata group.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetadataConfig {
+    /// Node ids of the group's voters, the same list on every node (3 or
+    /// 5; every other node is a learner). Empty: this node alone, only
+    /// without seeds. A bootstrap hint: once the group exists, changing it
+    /// does not change the group.
+    #[serde(deserialize_with = "seed_list")]
+    pub voters: Vec<String>,
+    /// How often the leader sends heartbeats.
+    pub heartbeat_ms: u64,
+    /// A follower that hears no leader for a random time between this and
+    /// twice this starts an election (above `heartbeat_ms`).
+    pub election_timeout_ms: u64,
+}
+
+impl Default for MetadataConfig {
+    fn default() -> Self {
+        MetadataConfig {
+            voters: Vec::new(),
+            heartbeat_ms: 250,
+            election_timeout_ms: 1000,
+        }
+    }
 }
 
 /// `[cluster.network]`.
@@ -45,6 +74,10 @@ pub struct NetworkConfig {
     /// whenever this node has no peers). A list, or one comma-separated string.
     #[serde(deserialize_with = "seed_list")]
     pub seeds: Vec<String>,
+    /// TCP address of the peer port: node-to-node RPCs (the metadata
+    /// group). Peers reach it at the advertised gossip address's IP and
+    /// this port. Never the client gRPC port.
+    pub peer_bind: SocketAddr,
 }
 
 /// `[cluster.swim]`: SWIM timings (LAN defaults).
@@ -103,6 +136,7 @@ impl Default for NetworkConfig {
             swim_bind: SocketAddr::from(([0, 0, 0, 0], 7946)),
             advertise_addr: String::new(),
             seeds: Vec::new(),
+            peer_bind: SocketAddr::from(([0, 0, 0, 0], 7947)),
         }
     }
 }
@@ -267,6 +301,42 @@ impl ClusterConfig {
                 "must be within 512..=65000",
             ));
         }
+        let m = &self.metadata;
+        if self.enabled && !self.network.seeds.is_empty() && m.voters.is_empty() {
+            return Err(invalid(
+                "cluster.metadata.voters",
+                "must list the metadata group's voters (the same 1, 3 or 5 node ids on every node, e.g. [\"engram-0\", \"engram-1\", \"engram-2\"]) when cluster.network.seeds is set: with an empty list every node would form a group of its own",
+            ));
+        }
+        for v in &m.voters {
+            if !valid_node_id(v) {
+                return Err(invalid(
+                    "cluster.metadata.voters",
+                    format!("{v:?} is not a valid node id"),
+                ));
+            }
+        }
+        let mut sorted: Vec<&String> = m.voters.iter().collect();
+        sorted.sort();
+        sorted.dedup();
+        if sorted.len() != m.voters.len() {
+            return Err(invalid("cluster.metadata.voters", "names a node twice"));
+        }
+        if m.voters.len() > 7 || (m.voters.len() > 1 && m.voters.len() % 2 == 0) {
+            return Err(invalid(
+                "cluster.metadata.voters",
+                format!(
+                    "lists {} voters; use 1, 3, 5 or 7 (an even count tolerates no more failures than one fewer)",
+                    m.voters.len()
+                ),
+            ));
+        }
+        if m.heartbeat_ms == 0 || m.election_timeout_ms <= m.heartbeat_ms {
+            return Err(invalid(
+                "cluster.metadata.election_timeout_ms",
+                "must be above cluster.metadata.heartbeat_ms (at least 1)",
+            ));
+        }
         let r = &self.replication;
         if !(1..=7).contains(&r.replication_factor) {
             return Err(invalid(
@@ -393,6 +463,29 @@ mod tests {
             (
                 "cluster.replication.zone_penalty",
                 Box::new(|c| c.replication.zone_penalty = f64::NAN),
+            ),
+            (
+                "cluster.metadata.voters",
+                Box::new(|c| {
+                    c.enabled = true;
+                    c.network.seeds = vec!["engram-0:7946".into()];
+                }),
+            ),
+            (
+                "cluster.metadata.voters",
+                Box::new(|c| c.metadata.voters = vec!["a".into(), "b".into()]),
+            ),
+            (
+                "cluster.metadata.voters",
+                Box::new(|c| c.metadata.voters = vec!["a".into(), "a".into(), "b".into()]),
+            ),
+            (
+                "cluster.metadata.voters",
+                Box::new(|c| c.metadata.voters = vec!["Not Valid".into()]),
+            ),
+            (
+                "cluster.metadata.election_timeout_ms",
+                Box::new(|c| c.metadata.election_timeout_ms = 100),
             ),
         ];
         for (key, set) in cases {

@@ -23,6 +23,8 @@ pub struct NodeIdentity {
     pub http: SocketAddr,
     /// Advertised gRPC address.
     pub grpc: SocketAddr,
+    /// Advertised peer address (TCP, node-to-node RPCs).
+    pub peer: SocketAddr,
     /// Rack (may be empty).
     pub rack: String,
     /// Zone (may be empty).
@@ -43,6 +45,7 @@ impl NodeIdentity {
             gossip,
             http: gossip,
             grpc: gossip,
+            peer: gossip,
             rack: String::new(),
             zone: String::new(),
             generation: 0,
@@ -92,6 +95,7 @@ mod tests {
             gossip: a,
             http: a,
             grpc: a,
+            peer: a,
             rack: String::new(),
             zone: String::new(),
             generation,

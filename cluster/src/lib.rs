@@ -15,6 +15,10 @@
 //!   set` by rendezvous with rack/zone penalties; changes applied only after
 //!   `rebalance_grace_ms` ([`placement::Rebalancer`]). Every node computes
 //!   the same placement from the same membership.
+//! - [`metadata`]: the metadata group (openraft) that decides the cluster
+//!   id, space uids and each space's epoch, primary and replica set; its
+//!   Raft log lives in `lsm`'s raft column families. Node-to-node RPCs run
+//!   on the peer port ([`peer`]).
 //! - [`codec`]: the gossip wire format; decoding arbitrary bytes is an error,
 //!   never a panic or a member with an invalid identity (fuzzed by
 //!   `fuzz/fuzz_targets/gossip_decode.rs`).
@@ -28,6 +32,8 @@ pub mod codec;
 pub mod config;
 pub mod identity;
 pub mod membership;
+pub mod metadata;
+pub mod peer;
 pub mod placement;
 
 use std::net::SocketAddr;

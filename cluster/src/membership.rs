@@ -143,6 +143,8 @@ pub struct StartOptions {
     pub http_port: u16,
     /// Port the gRPC listener actually bound.
     pub grpc_port: u16,
+    /// Port the peer listener actually bound.
+    pub peer_port: u16,
 }
 
 #[derive(Debug)]
@@ -370,6 +372,7 @@ impl Cluster {
             gossip,
             http: SocketAddr::new(gossip.ip(), opts.http_port),
             grpc: SocketAddr::new(gossip.ip(), opts.grpc_port),
+            peer: SocketAddr::new(gossip.ip(), opts.peer_port),
             rack: config.rack.clone(),
             zone: config.zone.clone(),
             generation: now_ms(),
@@ -434,6 +437,19 @@ impl Cluster {
     /// This node's current identity.
     pub fn me(&self) -> NodeIdentity {
         read(&self.shared.view).me.clone()
+    }
+
+    /// The advertised peer address of the member called `node` (this node
+    /// included), unless it is down or unknown.
+    pub fn peer_addr(&self, node: &str) -> Option<SocketAddr> {
+        let v = read(&self.shared.view);
+        if v.me.node_id == node {
+            return Some(v.me.peer);
+        }
+        v.members
+            .iter()
+            .find(|m| m.identity.node_id == node && m.state != MemberState::Down)
+            .map(|m| m.identity.peer)
     }
 
     fn refresh_gauges(&self) {

@@ -22,6 +22,8 @@ fn config(node: &str, seeds: Vec<String>) -> ClusterConfig {
     c.replication.replication_factor = 2;
     c.replication.jump_buckets = 1024;
     c.replication.rebalance_grace_ms = 500;
+    // Required with seeds (membership alone does not start the group).
+    c.metadata.voters = vec!["a".into(), "b".into(), "c".into()];
     c
 }
 
@@ -31,6 +33,7 @@ async fn start(node: &str, seeds: Vec<String>) -> Cluster {
             config: config(node, seeds),
             http_port: 7432,
             grpc_port: 50051,
+            peer_port: 7947,
         },
         &prometheus::Registry::new(),
     )

@@ -328,6 +328,17 @@ async fn status(c: &Client, as_json: bool, origin: &str) -> Result<ExitCode> {
                     m["gossip_addr"].as_str().unwrap_or("")
                 );
             }
+            let meta = &cluster["metadata"];
+            if meta.is_object() {
+                println!(
+                    "  metadata  leader {}, {} voters, this node {}, term {}, applied {}",
+                    meta["leader"].as_str().unwrap_or("none known"),
+                    meta["voters"].as_array().map_or(0, Vec::len),
+                    meta["role"].as_str().unwrap_or("?"),
+                    meta["term"],
+                    meta["applied_index"]
+                );
+            }
         }
         for s in v["spaces"].as_array().into_iter().flatten() {
             println!(

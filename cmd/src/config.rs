@@ -9,7 +9,8 @@
 //! documents' short names are aliases: `ENGRAM_HTTP_PORT`, `ENGRAM_GRPC_PORT`,
 //! `ENGRAM_BIND`, `ENGRAM_CACHE_SIZE_MB`, `ENGRAM_LOG_FORMAT`, `ENGRAM_LOG_LEVEL`,
 //! `ENGRAM_NODE_ID`, `ENGRAM_CLUSTER_ADVERTISE_ADDR`, `ENGRAM_CLUSTER_SEEDS`
-//! (comma-separated `host:port`).
+//! (comma-separated `host:port`), `ENGRAM_METADATA_VOTERS` (comma-separated
+//! node ids).
 
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
@@ -42,6 +43,7 @@ const ALIASES: &[(&str, &str)] = &[
         "cluster.network.advertise_addr",
     ),
     ("ENGRAM_CLUSTER_SEEDS", "cluster.network.seeds"),
+    ("ENGRAM_METADATA_VOTERS", "cluster.metadata.voters"),
 ];
 
 /// The whole configuration (the shape of `config/default.toml`).

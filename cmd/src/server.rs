@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, anyhow};
 use engram_api::AppState;
 use engram_api::grpc::{ClusterGrpc, ClusterServiceServer, MemoryGrpc, MemoryServiceServer, pb};
+use engram_cluster::metadata::{MetadataGroup, MetadataOptions, RaftDisk};
 use engram_cluster::{Cluster, StartOptions};
 use engram_graph::{Background, Graph, OpenOptions};
 use prometheus::Registry;
@@ -84,6 +85,30 @@ fn raise_nofile_limit() -> u64 {
     lim.rlim_cur
 }
 
+/// The node's RocksDB store, for the metadata group's raft families.
+struct GraphDisk(Arc<Graph>);
+
+impl RaftDisk for GraphDisk {
+    fn store(&self) -> &engram_lsm::Store {
+        self.0.engine().store()
+    }
+}
+
+/// Options of the metadata group from `[cluster]`.
+fn metadata_options(config: &Config, cluster: &Cluster) -> MetadataOptions {
+    let me = cluster.me();
+    let c = &config.cluster;
+    let mut o = MetadataOptions::new(&me.node_id, &me.peer.to_string(), c.metadata.voters.clone());
+    o.replication_factor = u8::try_from(c.replication.replication_factor).unwrap_or(u8::MAX);
+    o.jump_buckets = c.replication.jump_buckets;
+    o.heartbeat = Duration::from_millis(c.metadata.heartbeat_ms);
+    o.election_timeout = (
+        Duration::from_millis(c.metadata.election_timeout_ms),
+        Duration::from_millis(c.metadata.election_timeout_ms.saturating_mul(2)),
+    );
+    o
+}
+
 /// Serves until a signal; returns the data directory's lock, which the
 /// caller releases only after every storage call has ended.
 async fn serve(config: Config, repair: bool) -> Result<DirLock> {
@@ -134,15 +159,32 @@ async fn serve(config: Config, repair: bool) -> Result<DirLock> {
         .context("registering process metrics")?;
     let state = AppState::starting(registry.clone()).context("registering HTTP metrics")?;
 
+    // The peer port (node-to-node RPCs) is bound before membership starts,
+    // so its port is gossiped.
+    let peer = if config.cluster.enabled {
+        let addr = config.cluster.network.peer_bind;
+        Some(TcpListener::bind(addr).await.map_err(|e| {
+            anyhow!(
+                "cannot listen for peers on {addr}: {e}; choose another address with the config key cluster.network.peer_bind"
+            )
+        })?)
+    } else {
+        None
+    };
     // Cluster membership starts before recovery: a bad advertise address
     // fails the start at once, and peers learn of this node while it
     // recovers (it is not ready, but it is alive).
     if config.cluster.enabled {
+        let peer_port = match &peer {
+            Some(l) => l.local_addr()?.port(),
+            None => 0,
+        };
         let cluster = Cluster::start(
             StartOptions {
                 config: config.cluster.clone(),
                 http_port: http_addr.port(),
                 grpc_port: grpc_addr.port(),
+                peer_port,
             },
             &registry,
         )
@@ -154,8 +196,12 @@ async fn serve(config: Config, repair: bool) -> Result<DirLock> {
     // Shutdown: `stop` flips on the first signal; `close` flips after
     // readiness is off, and only then do the listeners stop accepting.
     let (stop_tx, stop_rx) = watch::channel(false);
+    let stop_tx = Arc::new(stop_tx);
     let (close_tx, close_rx) = watch::channel(false);
-    tokio::spawn(signals(stop_tx));
+    tokio::spawn(signals(Arc::clone(&stop_tx)));
+    // Set when the node must not keep running (a metadata voter that lost
+    // its raft state): the shutdown runs, then the start fails with it.
+    let fatal: Arc<std::sync::Mutex<Option<String>>> = Arc::default();
 
     // Connection caps sized so clients can never take the descriptors
     // storage needs (an exhausted fd table fails RocksDB's next file open).
@@ -279,6 +325,39 @@ async fn serve(config: Config, repair: bool) -> Result<DirLock> {
     };
     let graph = Arc::new(graph);
     state.attach(Arc::clone(&graph));
+
+    // The metadata group needs the store (its raft families) and the
+    // gossip view (peer addresses).
+    let mut peer_task = None;
+    if let (Some(cluster), Some(listener)) = (state.cluster().cloned(), peer) {
+        let disk: Arc<dyn RaftDisk> = Arc::new(GraphDisk(Arc::clone(&graph)));
+        let opts = metadata_options(&config, &cluster);
+        let group = MetadataGroup::start(opts, disk, cluster)
+            .await
+            .map_err(|e| anyhow!("starting the metadata group: {e}"))?;
+        state.attach_metadata(group.clone());
+        let mut peer_rx = close_rx.clone();
+        peer_task = Some(tokio::spawn(engram_cluster::peer::serve(
+            listener,
+            group.clone(),
+            async move {
+                let _ = peer_rx.wait_for(|s| *s).await;
+            },
+        )));
+        let (fatal, stop_tx) = (Arc::clone(&fatal), Arc::clone(&stop_tx));
+        tokio::spawn(async move {
+            match group.bootstrap().await {
+                Ok(b) => tracing::info!(bootstrap = ?b, "metadata group joined"),
+                Err(e) => {
+                    tracing::error!(error = %e, "metadata group: this node must not run");
+                    if let Ok(mut f) = fatal.lock() {
+                        *f = Some(e.to_string());
+                    }
+                    let _ = stop_tx.send(true);
+                }
+            }
+        });
+    }
     tracing::info!(
         replayed = report.replayed,
         applied_lsn = report.applied_after,
@@ -339,6 +418,12 @@ async fn serve(config: Config, repair: bool) -> Result<DirLock> {
         .set_not_serving::<MemoryServiceServer<MemoryGrpc>>()
         .await;
     let _ = close_tx.send(true);
+    if let Some(metadata) = state.metadata() {
+        metadata.shutdown().await;
+    }
+    if let Some(task) = peer_task {
+        let _ = tokio::time::timeout(Duration::from_secs(2), task).await;
+    }
     if let Some(cluster) = state.cluster() {
         // Peers mark this node down now instead of after the suspicion timeout.
         cluster.leave().await;
@@ -392,11 +477,15 @@ async fn serve(config: Config, repair: bool) -> Result<DirLock> {
     })
     .await
     .context("final flush task failed")?;
+    let fatal = fatal.lock().ok().and_then(|f| f.clone());
+    if let Some(message) = fatal {
+        return Err(anyhow!(message));
+    }
     Ok(lock)
 }
 
 /// Sets the stop flag on the first SIGTERM/SIGINT; exits on the second.
-async fn signals(stop: watch::Sender<bool>) {
+async fn signals(stop: Arc<watch::Sender<bool>>) {
     use tokio::signal::unix::{SignalKind, signal};
     let (Ok(mut term), Ok(mut int)) = (
         signal(SignalKind::terminate()),

@@ -26,6 +26,7 @@ fuzz_target!(|data: &[u8]| {
         gossip: addr,
         http: addr,
         grpc: addr,
+        peer: addr,
         rack: String::new(),
         zone: String::new(),
         generation: 1,

@@ -214,10 +214,27 @@ map value. Null values are skipped.
 {{- end -}}
 
 {{/*
+The metadata group's voters (pod names <fullname>-<ordinal>): metadataVoters
+when set, else pod 0 below 3 replicas and pods 0-2 from 3 on. A list.
+*/}}
+{{- define "engram.metadataVoters" -}}
+{{- $fullname := include "engram.fullname" . -}}
+{{- if .Values.metadataVoters -}}
+{{- toJson .Values.metadataVoters -}}
+{{- else if lt (int .Values.replicaCount) 3 -}}
+{{- toJson (list (printf "%s-0" $fullname)) -}}
+{{- else -}}
+{{- toJson (list (printf "%s-0" $fullname) (printf "%s-1" $fullname) (printf "%s-2" $fullname)) -}}
+{{- end -}}
+{{- end }}
+
+{{/*
 engram.toml from .Values.config. data_dir and server.bind/http_port/grpc_port
 are never written: the container's arguments set them (the schema refuses
 them too). With cluster.enabled and no cluster.network.seeds, the seed is the
-headless Service (engram.clusterSeed). Works on a copy: .Values is left alone.
+headless Service (engram.clusterSeed); with cluster.enabled and no
+cluster.metadata.voters, the voters are engram.metadataVoters. Works on a
+copy: .Values is left alone.
 */}}
 {{- define "engram.configToml" -}}
 {{- $cfg := omit (deepCopy (.Values.config | default dict)) "data_dir" -}}
@@ -235,6 +252,14 @@ headless Service (engram.clusterSeed). Works on a copy: .Values is left alone.
 {{- $_ := set $network "seeds" (list (include "engram.clusterSeed" .)) -}}
 {{- end -}}
 {{- $_ := set $cluster "network" $network -}}
+{{- $metadata := get $cluster "metadata" -}}
+{{- if not (kindIs "map" $metadata) -}}
+{{- $metadata = dict -}}
+{{- end -}}
+{{- if not (hasKey $metadata "voters") -}}
+{{- $_ := set $metadata "voters" (include "engram.metadataVoters" . | fromJsonArray) -}}
+{{- end -}}
+{{- $_ := set $cluster "metadata" $metadata -}}
 {{- end -}}
 {{- end -}}
 {{- include "engram.toml.table" (dict "path" "" "table" $cfg) | trim -}}

@@ -1,0 +1,792 @@
+//! The metadata group: a small Raft group (openraft 0.9.25) that every
+//! node follows and that decides what must never fork — the cluster's
+//! identity, space uids, and each space's epoch, primary and replica set
+//! (design §4, review F2).
+//!
+//! - Voters are a static list, the same on every node (`[cluster.metadata]
+//!   voters`; empty = this node alone); every other node is a learner that
+//!   the leader adds. The list is a bootstrap hint: a pristine voter asks
+//!   every other voter ([`network::probe`]) and initializes only when all
+//!   answer "pristine"; any answer of "initialized" means it waits to be
+//!   added, and a voter the running group still lists whose raft state is
+//!   gone refuses to start ([`MetadataError::VoterWiped`]).
+//! - The log and vote live in the node's RocksDB (`lsm`'s raft families,
+//!   synced writes); the state machine ([`state::MetaState`]) is in memory,
+//!   restored from its last snapshot plus the committed log.
+//! - The leader proposes `InitCluster` with a random cluster id once; peer
+//!   messages carry it and receivers refuse another one.
+//! - Any node can [`MetadataGroup::propose`]: it forwards to the leader over
+//!   the peer port (one hop) and returns the state machine's outcome.
+
+pub mod network;
+pub mod service;
+pub mod state;
+pub mod storage;
+pub mod types;
+
+/// Generated peer protocol (`cluster/proto/peer.proto`).
+pub mod pb {
+    #![allow(missing_docs, clippy::all)]
+    tonic::include_proto!("engram.peer.v1");
+}
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use openraft::error::{ClientWriteError, InitializeError, RaftError};
+use openraft::{Config, ServerState, SnapshotPolicy};
+use serde::{Deserialize, Serialize};
+use tokio::task::JoinHandle;
+
+pub use network::PeerResolver;
+pub use pb::metadata_service_server::MetadataServiceServer;
+pub use service::MetadataPeerService;
+pub use state::{Command, MetaState, Outcome, Rejection, SpaceMeta};
+pub use storage::RaftDisk;
+pub use types::{MetaNode, RaftId, raft_id};
+
+use network::{Network, Sender, probe, propose_remote};
+use storage::{LogStore, Shared, StateMachine, is_pristine, storage_id};
+use types::MetaRaft;
+
+/// How a node takes part in the metadata group.
+#[derive(Debug, Clone)]
+pub struct MetadataOptions {
+    /// This node's name.
+    pub node: String,
+    /// `host:port` other nodes reach this node's peer port at.
+    pub peer_addr: String,
+    /// Voter names, the same list on every node; empty = this node alone.
+    pub voters: Vec<String>,
+    /// Copies of every space (fixed when the cluster is initialized).
+    pub replication_factor: u8,
+    /// Partitions (fixed when the cluster is initialized).
+    pub jump_buckets: u32,
+    /// Leader heartbeat interval.
+    pub heartbeat: Duration,
+    /// Election timeout range (a follower that hears nothing for a random
+    /// time in it starts an election).
+    pub election_timeout: (Duration, Duration),
+    /// A snapshot is taken after this many applied entries.
+    pub snapshot_every: u64,
+    /// Entries kept in the log below the last snapshot (a follower that
+    /// lags by more gets the snapshot).
+    pub keep_after_snapshot: u64,
+    /// Bound on one peer call and on connecting.
+    pub rpc_timeout: Duration,
+    /// How long [`MetadataGroup::propose`] keeps retrying without a leader.
+    pub propose_timeout: Duration,
+}
+
+impl MetadataOptions {
+    /// Production timings for `node` reachable at `peer_addr`.
+    pub fn new(node: &str, peer_addr: &str, voters: Vec<String>) -> MetadataOptions {
+        MetadataOptions {
+            node: node.to_string(),
+            peer_addr: peer_addr.to_string(),
+            voters,
+            replication_factor: 3,
+            jump_buckets: 16_384,
+            heartbeat: Duration::from_millis(250),
+            election_timeout: (Duration::from_millis(1000), Duration::from_millis(2000)),
+            snapshot_every: 1000,
+            keep_after_snapshot: 100,
+            rpc_timeout: Duration::from_secs(2),
+            propose_timeout: Duration::from_secs(10),
+        }
+    }
+
+    /// The voter list in effect (this node alone when empty).
+    pub fn effective_voters(&self) -> Vec<String> {
+        if self.voters.is_empty() {
+            vec![self.node.clone()]
+        } else {
+            self.voters.clone()
+        }
+    }
+}
+
+/// A proposal's result: the log index it was committed at and what the
+/// state machine made of it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Proposed {
+    /// Log index.
+    pub index: u64,
+    /// Outcome.
+    pub outcome: Outcome,
+}
+
+/// Why a forwarded proposal was not run.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+pub enum ProposeError {
+    /// The receiver does not lead (any more).
+    #[error("not the metadata leader (leader: {leader:?})")]
+    NotLeader {
+        /// The leader it knows of.
+        leader: Option<String>,
+    },
+    /// Raft failed.
+    #[error("{0}")]
+    Failed(String),
+}
+
+/// The group as one node sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MetadataStatus {
+    /// Cluster id (empty before `InitCluster`).
+    pub cluster_id: String,
+    /// The leader this node knows.
+    pub leader: Option<String>,
+    /// Voters of the latest membership.
+    pub voters: Vec<String>,
+    /// Learners of the latest membership.
+    pub learners: Vec<String>,
+    /// This node's Raft role.
+    pub role: &'static str,
+    /// Current term.
+    pub term: u64,
+    /// Last applied index.
+    pub applied_index: u64,
+    /// Registered nodes.
+    pub registered_nodes: Vec<String>,
+}
+
+/// The cluster's gossip view resolves peer addresses.
+impl PeerResolver for crate::Cluster {
+    fn peer_addr(&self, node: &str) -> Option<String> {
+        crate::Cluster::peer_addr(self, node).map(|a| a.to_string())
+    }
+}
+
+/// What [`MetadataGroup::bootstrap`] found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Bootstrap {
+    /// The node already had raft state; Raft resumes from it.
+    Resumed,
+    /// This node initialized the group (with every other voter pristine).
+    Initialized,
+    /// Another voter is initialized: this node waits to be added.
+    Joining,
+    /// Not a voter: waits to be added as a learner.
+    Learner,
+}
+
+/// Errors of the metadata group.
+#[derive(Debug, thiserror::Error)]
+pub enum MetadataError {
+    /// Raft storage failed.
+    #[error("metadata storage: {0}")]
+    Storage(String),
+    /// openraft refused or failed.
+    #[error("metadata group: {0}")]
+    Raft(String),
+    /// A configured voter has no raft state although the running group
+    /// lists it.
+    #[error(
+        "metadata voter {node} has no raft state (wiped or new disk?) but the running group lists it as a voter ({voters:?}) and registered another data directory for it; start it with its old data directory: a voter that lost its state must not vote again (it may have voted and acknowledged entries it no longer holds)"
+    )]
+    VoterWiped {
+        /// This node.
+        node: String,
+        /// The group's voters as a peer reported them.
+        voters: Vec<String>,
+    },
+    /// No leader answered in time.
+    #[error("the metadata group has no leader (waited {waited_ms} ms): {last}")]
+    NoLeader {
+        /// How long.
+        waited_ms: u128,
+        /// Last error seen.
+        last: String,
+    },
+    /// Options are not usable.
+    #[error("metadata options: {0}")]
+    Options(String),
+}
+
+struct Inner {
+    raft: MetaRaft,
+    shared: Arc<Shared>,
+    sender: Sender,
+    resolver: Arc<dyn PeerResolver>,
+    disk: Arc<dyn RaftDisk>,
+    opts: MetadataOptions,
+    storage_id: String,
+    pristine_at_start: bool,
+    tasks: std::sync::Mutex<Vec<JoinHandle<()>>>,
+}
+
+/// A node's handle on the metadata group; cheap to clone.
+#[derive(Clone)]
+pub struct MetadataGroup {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for MetadataGroup {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MetadataGroup")
+            .field("node", &self.inner.opts.node)
+            .finish_non_exhaustive()
+    }
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+impl MetadataGroup {
+    /// Opens the group's storage on `disk` and starts Raft. Serve
+    /// [`MetadataGroup::service`] on the peer port, then call
+    /// [`MetadataGroup::bootstrap`].
+    pub async fn start(
+        opts: MetadataOptions,
+        disk: Arc<dyn RaftDisk>,
+        resolver: Arc<dyn PeerResolver>,
+    ) -> Result<MetadataGroup, MetadataError> {
+        if opts.node.is_empty() {
+            return Err(MetadataError::Options("the node name is empty".into()));
+        }
+        let voters = opts.effective_voters();
+        let mut ids: Vec<RaftId> = voters.iter().map(|v| raft_id(v)).collect();
+        ids.sort_unstable();
+        ids.dedup();
+        if ids.len() != voters.len() {
+            return Err(MetadataError::Options(format!(
+                "voters {voters:?} name a node twice (or two names hash alike)"
+            )));
+        }
+        let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+        let config = Config {
+            cluster_name: "engram-metadata".into(),
+            heartbeat_interval: ms(opts.heartbeat),
+            election_timeout_min: ms(opts.election_timeout.0),
+            election_timeout_max: ms(opts.election_timeout.1),
+            install_snapshot_timeout: ms(opts.rpc_timeout),
+            snapshot_policy: SnapshotPolicy::LogsSinceLast(opts.snapshot_every.max(1)),
+            max_in_snapshot_log_to_keep: opts.keep_after_snapshot,
+            ..Config::default()
+        }
+        .validate()
+        .map_err(|e| MetadataError::Options(e.to_string()))?;
+        let pristine_at_start =
+            is_pristine(disk.as_ref()).map_err(|e| MetadataError::Storage(e.to_string()))?;
+        let storage_id =
+            storage_id(disk.as_ref()).map_err(|e| MetadataError::Storage(e.to_string()))?;
+        let sm =
+            StateMachine::open(disk.clone()).map_err(|e| MetadataError::Storage(e.to_string()))?;
+        let shared = sm.shared();
+        let cluster_id = shared.read(|a| {
+            a.state
+                .cluster
+                .as_ref()
+                .map(|c| c.cluster_id.clone())
+                .unwrap_or_default()
+        });
+        let sender = Sender {
+            me: opts.node.clone(),
+            cluster_id: Arc::new(RwLock::new(cluster_id)),
+        };
+        let network = Network {
+            sender: sender.clone(),
+            resolver: resolver.clone(),
+            connect_timeout: opts.rpc_timeout,
+        };
+        let raft = MetaRaft::new(
+            raft_id(&opts.node),
+            Arc::new(config),
+            network,
+            LogStore::new(disk.clone()),
+            sm,
+        )
+        .await
+        .map_err(|e| MetadataError::Raft(e.to_string()))?;
+        let group = MetadataGroup {
+            inner: Arc::new(Inner {
+                raft,
+                shared,
+                sender,
+                resolver,
+                disk,
+                opts,
+                storage_id,
+                pristine_at_start,
+                tasks: std::sync::Mutex::new(Vec::new()),
+            }),
+        };
+        group.spawn(group.clone().follow_cluster_id());
+        group.spawn(group.clone().init_cluster_when_leading());
+        group.spawn(group.clone().add_learners_when_leading());
+        Ok(group)
+    }
+
+    fn spawn(&self, f: impl std::future::Future<Output = ()> + Send + 'static) {
+        let handle = tokio::spawn(f);
+        match self.inner.tasks.lock() {
+            Ok(mut t) => t.push(handle),
+            Err(p) => p.into_inner().push(handle),
+        }
+    }
+
+    /// Keeps the cluster id in outgoing headers equal to the applied one.
+    async fn follow_cluster_id(self) {
+        let mut rx = self.inner.shared.subscribe();
+        loop {
+            let id = self.inner.shared.read(|a| {
+                a.state
+                    .cluster
+                    .as_ref()
+                    .map(|c| c.cluster_id.clone())
+                    .unwrap_or_default()
+            });
+            match self.inner.sender.cluster_id.write() {
+                Ok(mut g) => *g = id,
+                Err(p) => *p.into_inner() = id,
+            }
+            if rx.changed().await.is_err() {
+                return;
+            }
+        }
+    }
+
+    /// On the leader: proposes `InitCluster` once if the state has none.
+    async fn init_cluster_when_leading(self) {
+        let mut metrics = self.inner.raft.metrics();
+        let me = raft_id(&self.inner.opts.node);
+        loop {
+            let leading = {
+                let m = metrics.borrow();
+                m.state == ServerState::Leader && m.current_leader == Some(me)
+            };
+            let initialized = self.inner.shared.read(|a| a.state.cluster.is_some());
+            if leading && !initialized {
+                let cmd = Command::InitCluster {
+                    cluster_id: format!("{:032x}", rand::random::<u128>()),
+                    replication_factor: self.inner.opts.replication_factor,
+                    jump_buckets: self.inner.opts.jump_buckets,
+                    created_at_ms: now_ms(),
+                };
+                match self.inner.raft.client_write(cmd).await {
+                    Ok(r) => {
+                        tracing::info!(index = r.log_id.index, outcome = ?r.data, "metadata: cluster initialized")
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "metadata: cannot initialize the cluster yet")
+                    }
+                }
+                continue;
+            }
+            if metrics.changed().await.is_err() {
+                return;
+            }
+        }
+    }
+
+    /// Registers this node (name, raft id, storage id) once the cluster is
+    /// initialized, and again whenever the registered storage id is not
+    /// this data directory's.
+    async fn register(self) {
+        let mut rx = self.inner.shared.subscribe();
+        let me = self.inner.opts.node.clone();
+        // A new learner's own copy is empty until the leader adds it, so
+        // the first proposal cannot wait for it to show the cluster.
+        let mut proposed = false;
+        loop {
+            let registered = self
+                .inner
+                .shared
+                .read(|a| a.state.nodes.get(&me).map(|n| n.storage_id.clone()));
+            let needed = match registered {
+                Some(id) => id != self.inner.storage_id,
+                None => !proposed,
+            };
+            if needed {
+                let cmd = Command::RegisterNode {
+                    name: me.clone(),
+                    raft_id: raft_id(&me),
+                    storage_id: self.inner.storage_id.clone(),
+                };
+                match self.propose(cmd).await {
+                    Ok(Proposed {
+                        outcome: Outcome::Done,
+                        index,
+                    }) => {
+                        tracing::info!(index, "metadata: node registered");
+                        proposed = true;
+                    }
+                    Ok(p) => {
+                        tracing::debug!(outcome = ?p.outcome, "metadata: registration refused; retrying");
+                        tokio::time::sleep(Duration::from_millis(500)).await;
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "metadata: cannot register this node yet");
+                        tokio::time::sleep(Duration::from_millis(500)).await;
+                    }
+                }
+                continue;
+            }
+            tokio::select! {
+                r = rx.changed() => if r.is_err() { return },
+                _ = tokio::time::sleep(Duration::from_secs(5)) => {}
+            }
+        }
+    }
+
+    /// This data directory's storage id.
+    pub fn storage_id(&self) -> &str {
+        &self.inner.storage_id
+    }
+
+    /// The gRPC service to serve on the peer port.
+    pub fn service(&self) -> MetadataServiceServer<MetadataPeerService> {
+        MetadataServiceServer::new(MetadataPeerService {
+            raft: self.inner.raft.clone(),
+            sender: self.inner.sender.clone(),
+            shared: self.inner.shared.clone(),
+            disk: self.inner.disk.clone(),
+        })
+    }
+
+    /// Decides whether this node initializes the group (design §4 and
+    /// review F2). Waits — logging who it waits for — until every other
+    /// voter answers, so run it in a task; an error means this node must
+    /// not start.
+    pub async fn bootstrap(&self) -> Result<Bootstrap, MetadataError> {
+        let outcome = self.decide_bootstrap().await?;
+        // Registration waits for the decision: a wiped voter must not
+        // replace its registration before it noticed.
+        self.spawn(self.clone().register());
+        Ok(outcome)
+    }
+
+    async fn decide_bootstrap(&self) -> Result<Bootstrap, MetadataError> {
+        let inner = &self.inner;
+        if !inner.pristine_at_start {
+            return Ok(Bootstrap::Resumed);
+        }
+        let voters = inner.opts.effective_voters();
+        if !voters.contains(&inner.opts.node) {
+            return Ok(Bootstrap::Learner);
+        }
+        let mut last_log = Instant::now();
+        loop {
+            let mut pristine = 0;
+            let mut missing = Vec::new();
+            for v in voters.iter().filter(|v| **v != inner.opts.node) {
+                let Some(addr) = inner.resolver.peer_addr(v) else {
+                    missing.push(format!("{v}: address unknown"));
+                    continue;
+                };
+                match probe(&inner.sender, v, &addr, inner.opts.rpc_timeout).await {
+                    Ok(r) if r.initialized => {
+                        // The running group registered this node with
+                        // another data directory: it lost its raft state
+                        // (its votes and acknowledged entries).
+                        if r.voters.contains(&inner.opts.node)
+                            && !r.asker_storage_id.is_empty()
+                            && r.asker_storage_id != inner.storage_id
+                        {
+                            return Err(MetadataError::VoterWiped {
+                                node: inner.opts.node.clone(),
+                                voters: r.voters,
+                            });
+                        }
+                        // Never registered: it never took part (a slower
+                        // start than the voter that initialized), so it
+                        // joins with its empty store.
+                        if self.raft_initialized().await {
+                            return Ok(Bootstrap::Initialized);
+                        }
+                        return Ok(Bootstrap::Joining);
+                    }
+                    Ok(_) => pristine += 1,
+                    Err(e) => missing.push(e.0),
+                }
+            }
+            if missing.is_empty() && pristine + 1 == voters.len() {
+                return self.initialize(&voters).await;
+            }
+            if self.raft_initialized().await {
+                // Another voter initialized and already reached us.
+                return Ok(Bootstrap::Joining);
+            }
+            if last_log.elapsed() >= Duration::from_secs(10) {
+                tracing::warn!(waiting_for = ?missing, "metadata: waiting for every voter before initializing");
+                last_log = Instant::now();
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    async fn raft_initialized(&self) -> bool {
+        self.inner.raft.is_initialized().await.unwrap_or(false)
+    }
+
+    async fn initialize(&self, voters: &[String]) -> Result<Bootstrap, MetadataError> {
+        let inner = &self.inner;
+        let mut nodes = BTreeMap::new();
+        for v in voters {
+            let addr = if *v == inner.opts.node {
+                inner.opts.peer_addr.clone()
+            } else {
+                inner.resolver.peer_addr(v).unwrap_or_default()
+            };
+            nodes.insert(
+                raft_id(v),
+                MetaNode {
+                    name: v.clone(),
+                    peer_addr: addr,
+                },
+            );
+        }
+        match inner.raft.initialize(nodes).await {
+            Ok(()) => Ok(Bootstrap::Initialized),
+            // Another voter's messages arrived first: same membership.
+            Err(RaftError::APIError(InitializeError::NotAllowed(_))) => Ok(Bootstrap::Joining),
+            Err(e) => Err(MetadataError::Raft(e.to_string())),
+        }
+    }
+
+    /// Proposes `command` through the leader (forwarded over the peer port
+    /// when this node does not lead) and returns its outcome. Retries while
+    /// there is no leader, up to `propose_timeout`.
+    pub async fn propose(&self, command: Command) -> Result<Proposed, MetadataError> {
+        let inner = &self.inner;
+        let started = Instant::now();
+        let mut last = String::from("no leader yet");
+        while started.elapsed() < inner.opts.propose_timeout {
+            match inner.raft.client_write(command.clone()).await {
+                Ok(r) => {
+                    return Ok(Proposed {
+                        index: r.log_id.index,
+                        outcome: r.data,
+                    });
+                }
+                Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
+                    // A node not in the membership yet (a new learner)
+                    // knows no leader: ask the voters, who name it.
+                    let mut targets: Vec<String> = match f.leader_node {
+                        Some(node) => vec![node.name],
+                        None => inner
+                            .opts
+                            .effective_voters()
+                            .into_iter()
+                            .filter(|v| *v != inner.opts.node)
+                            .collect(),
+                    };
+                    let mut tried = 0;
+                    while let Some(target) = targets.pop() {
+                        tried += 1;
+                        if tried > 8 {
+                            break;
+                        }
+                        match self.forward(&target, &command).await {
+                            Ok(Ok(p)) => return Ok(p),
+                            Ok(Err(ProposeError::NotLeader { leader })) => {
+                                last = format!("{target} does not lead (leader: {leader:?})");
+                                if let Some(l) = leader
+                                    && l != target
+                                {
+                                    targets.push(l);
+                                }
+                            }
+                            Ok(Err(ProposeError::Failed(e))) => return Err(MetadataError::Raft(e)),
+                            Err(e) => last = e,
+                        }
+                    }
+                }
+                Err(e) => return Err(MetadataError::Raft(e.to_string())),
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        Err(MetadataError::NoLeader {
+            waited_ms: started.elapsed().as_millis(),
+            last,
+        })
+    }
+
+    /// Sends `command` to `target`'s `Propose`; `Err` is a transport error.
+    async fn forward(
+        &self,
+        target: &str,
+        command: &Command,
+    ) -> Result<Result<Proposed, ProposeError>, String> {
+        let inner = &self.inner;
+        let Some(addr) = inner.resolver.peer_addr(target) else {
+            return Err(format!("{target}: peer address unknown"));
+        };
+        let json = serde_json::to_vec(command).map_err(|e| e.to_string())?;
+        let bytes = propose_remote(&inner.sender, target, &addr, json, inner.opts.rpc_timeout)
+            .await
+            .map_err(|e| e.0)?;
+        serde_json::from_slice::<Result<Proposed, ProposeError>>(&bytes)
+            .map_err(|e| format!("undecodable answer from {target}: {e}"))
+    }
+
+    /// On the leader: adds every registered node that is not a member yet
+    /// as a learner (once; openraft keeps replicating to it).
+    async fn add_learners_when_leading(self) {
+        let mut applied = self.inner.shared.subscribe();
+        let mut metrics = self.inner.raft.metrics();
+        loop {
+            if self.is_leader() {
+                let (voters, learners) = self.members();
+                let missing: Vec<String> = self.inner.shared.read(|a| {
+                    a.state
+                        .nodes
+                        .keys()
+                        .filter(|n| !voters.contains(n) && !learners.contains(n))
+                        .cloned()
+                        .collect()
+                });
+                for node in missing {
+                    let Some(addr) = self.inner.resolver.peer_addr(&node) else {
+                        continue;
+                    };
+                    let added = self
+                        .inner
+                        .raft
+                        .add_learner(
+                            raft_id(&node),
+                            MetaNode {
+                                name: node.clone(),
+                                peer_addr: addr,
+                            },
+                            false,
+                        )
+                        .await;
+                    match added {
+                        Ok(_) => tracing::info!(%node, "metadata: learner added"),
+                        Err(e) => {
+                            tracing::warn!(%node, error = %e, "metadata: cannot add learner yet")
+                        }
+                    }
+                }
+            }
+            tokio::select! {
+                r = applied.changed() => if r.is_err() { return },
+                r = metrics.changed() => if r.is_err() { return },
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            }
+        }
+    }
+
+    /// Adds `node` (reachable at its gossiped peer address) as a learner.
+    /// Only on the leader; returns once the learner caught up.
+    pub async fn add_learner(&self, node: &str) -> Result<(), MetadataError> {
+        let addr = self.inner.resolver.peer_addr(node).unwrap_or_default();
+        self.inner
+            .raft
+            .add_learner(
+                raft_id(node),
+                MetaNode {
+                    name: node.to_string(),
+                    peer_addr: addr,
+                },
+                true,
+            )
+            .await
+            .map(|_| ())
+            .map_err(|e| MetadataError::Raft(e.to_string()))
+    }
+
+    /// A copy of the applied state.
+    pub fn state(&self) -> MetaState {
+        self.inner.shared.read(|a| a.state.clone())
+    }
+
+    /// Index of the last applied entry (0 before any).
+    pub fn applied_index(&self) -> u64 {
+        self.inner
+            .shared
+            .read(|a| a.last_applied.map_or(0, |l| l.index))
+    }
+
+    /// The leader's name, if this node knows one.
+    pub fn leader(&self) -> Option<String> {
+        let m = self.inner.raft.metrics();
+        let m = m.borrow();
+        let leader = m.current_leader?;
+        m.membership_config
+            .membership()
+            .get_node(&leader)
+            .map(|n| n.name.clone())
+    }
+
+    /// Voters and learners of the latest membership, by name.
+    pub fn members(&self) -> (Vec<String>, Vec<String>) {
+        let m = self.inner.raft.metrics();
+        let m = m.borrow();
+        let mem = m.membership_config.membership();
+        let name = |id: RaftId| mem.get_node(&id).map(|n| n.name.clone());
+        let voters = mem.voter_ids().filter_map(name).collect();
+        let learners = mem.learner_ids().filter_map(name).collect();
+        (voters, learners)
+    }
+
+    /// What `/cluster/health` shows of the group.
+    pub fn status(&self) -> MetadataStatus {
+        let (cluster_id, applied_index, registered_nodes) = self.inner.shared.read(|a| {
+            (
+                a.state
+                    .cluster
+                    .as_ref()
+                    .map(|c| c.cluster_id.clone())
+                    .unwrap_or_default(),
+                a.last_applied.map_or(0, |l| l.index),
+                a.state.nodes.keys().cloned().collect(),
+            )
+        });
+        let (voters, learners) = self.members();
+        let (role, term) = {
+            let m = self.inner.raft.metrics();
+            let m = m.borrow();
+            let role = match m.state {
+                ServerState::Leader => "leader",
+                ServerState::Follower => "follower",
+                ServerState::Learner => "learner",
+                ServerState::Candidate => "candidate",
+                ServerState::Shutdown => "shutdown",
+            };
+            (role, m.current_term)
+        };
+        MetadataStatus {
+            cluster_id,
+            leader: self.leader(),
+            voters,
+            learners,
+            role,
+            term,
+            applied_index,
+            registered_nodes,
+        }
+    }
+
+    /// Is this node the leader?
+    pub fn is_leader(&self) -> bool {
+        let m = self.inner.raft.metrics();
+        let m = m.borrow();
+        m.state == ServerState::Leader
+    }
+
+    /// This node's name.
+    pub fn node(&self) -> &str {
+        &self.inner.opts.node
+    }
+
+    /// Stops Raft and the group's tasks.
+    pub async fn shutdown(&self) {
+        let tasks = match self.inner.tasks.lock() {
+            Ok(mut t) => std::mem::take(&mut *t),
+            Err(p) => std::mem::take(&mut *p.into_inner()),
+        };
+        for t in tasks {
+            t.abort();
+        }
+        if let Err(e) = self.inner.raft.shutdown().await {
+            tracing::warn!(error = %e, "metadata: raft did not shut down cleanly");
+        }
+    }
+}
