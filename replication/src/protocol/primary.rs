@@ -14,7 +14,11 @@
 //!   earlier epoch is reported committed on the strength of this epoch's
 //!   copies alone;
 //! - an ack or refusal naming a higher epoch deposes this primary
-//!   ([`Deposed`]): every waiting write is then of unknown outcome.
+//!   ([`Deposed`]): every waiting write is then of unknown outcome; so does
+//!   `PrimaryRestarted` (its epoch belongs to an earlier process);
+//! - refusals and acks count only for the session they name (a delayed one
+//!   of an older session changes nothing), and an ack ends the wait for the
+//!   batch in flight only if it answers that batch.
 
 use std::collections::BTreeMap;
 
@@ -234,12 +238,20 @@ impl PrimarySpace {
         self.advance_commit();
     }
 
-    /// The replica refused handshake or batch with `refusal`.
-    pub fn refused(&mut self, node: &str, refusal: &Refusal) -> Result<(), Deposed> {
+    /// The replica refused the handshake or batch of session `nonce` with
+    /// `refusal`. A higher promise, or a promise naming another process at
+    /// this epoch, deposes this primary whatever the session; any other
+    /// refusal counts only for the current session.
+    pub fn refused(&mut self, node: &str, nonce: u64, refusal: &Refusal) -> Result<(), Deposed> {
         match refusal {
             Refusal::StaleEpoch { promised } if *promised > self.epoch => {
                 return Err(Deposed {
                     promised: *promised,
+                });
+            }
+            Refusal::PrimaryRestarted => {
+                return Err(Deposed {
+                    promised: self.epoch,
                 });
             }
             _ => {}
@@ -247,6 +259,13 @@ impl PrimarySpace {
         let Some(p) = self.peer_mut(node) else {
             return Ok(());
         };
+        let current = match &p.progress {
+            Progress::Handshaking { nonce } | Progress::Streaming { nonce, .. } => Some(*nonce),
+            Progress::Probe | Progress::NeedSnapshot { .. } => None,
+        };
+        if current != Some(nonce) {
+            return Ok(()); // about an older session
+        }
         p.durable_seq = 0;
         p.progress = match refusal {
             Refusal::Diverged { at } => Progress::NeedSnapshot {
@@ -319,8 +338,11 @@ impl PrimarySpace {
         if ack.nonce != *nonce || ack.promised != epoch {
             return Ok(());
         }
-        if let Some(sent) = inflight.take() {
-            *next_seq = (*next_seq).max(sent + 1);
+        // Only the answer to the batch in flight ends its wait (a
+        // duplicated ack of an earlier batch does not).
+        if *inflight == Some(ack.batch_last) {
+            *inflight = None;
+            *next_seq = (*next_seq).max(ack.batch_last + 1);
         }
         // A replica never syncs what it was not sent.
         p.durable_seq = p.durable_seq.max(ack.durable_seq.min(last_seq));
@@ -478,7 +500,7 @@ mod tests {
                 let last = r.appended(&a).expect("appended");
                 r.synced(last);
             }
-            let ack = r.ack(p.epoch, b.nonce).expect("ack");
+            let ack = r.ack(p.epoch, b.nonce, b.last).expect("ack");
             p.acked(node, &ack).expect("not deposed");
         }
     }
@@ -560,6 +582,7 @@ mod tests {
                 durable_seq: 6,
                 promised: 2,
                 nonce: n,
+                batch_last: 6,
             },
         )
         .expect("ack");
@@ -587,6 +610,7 @@ mod tests {
                 durable_seq: 1,
                 promised: 1,
                 nonce: old,
+                batch_last: 1,
             },
         )
         .expect("ignored");
@@ -597,17 +621,79 @@ mod tests {
                 &Ack {
                     durable_seq: 1,
                     promised: 2,
-                    nonce: batch.nonce
+                    nonce: batch.nonce,
+                    batch_last: batch.last,
                 }
             ),
             Err(Deposed { promised: 2 })
         );
         assert_eq!(
-            p.refused("c", &Refusal::StaleEpoch { promised: 3 }),
+            p.refused("c", 0, &Refusal::StaleEpoch { promised: 3 }),
             Err(Deposed { promised: 3 })
         );
-        assert_eq!(p.refused("c", &Refusal::Diverged { at: 4 }), Ok(()));
+        assert_eq!(
+            p.refused("c", 0, &Refusal::PrimaryRestarted),
+            Err(Deposed { promised: 1 }),
+            "its epoch belongs to an earlier process"
+        );
+        // A refusal of another session than c's current one changes nothing.
+        let c_nonce = p.handshake("c").expect("peer").nonce;
+        assert_eq!(
+            p.refused("c", c_nonce + 100, &Refusal::Diverged { at: 4 }),
+            Ok(())
+        );
+        assert_eq!(
+            p.peers[1].progress,
+            Progress::Handshaking { nonce: c_nonce }
+        );
+        assert_eq!(
+            p.refused("c", c_nonce, &Refusal::Diverged { at: 4 }),
+            Ok(())
+        );
         assert_eq!(p.peers[1].progress, Progress::NeedSnapshot { need: 3 });
+    }
+
+    #[test]
+    fn only_the_ack_of_the_batch_in_flight_ends_its_wait() {
+        let mut p = primary(3, &["b"]);
+        for _ in 0..6 {
+            let s = p.append();
+            p.synced(s);
+        }
+        let n = p.handshake("b").expect("peer").nonce;
+        p.handshake_ok("b", n, 1, 0);
+        let first = p.next_batch("b", 2).expect("batch");
+        assert_eq!((first.first, first.last), (1, 2));
+        p.acked(
+            "b",
+            &Ack {
+                durable_seq: 2,
+                promised: 1,
+                nonce: n,
+                batch_last: 2,
+            },
+        )
+        .expect("ack");
+        let second = p.next_batch("b", 2).expect("batch");
+        assert_eq!((second.first, second.last), (3, 4));
+        // A duplicate of the first ack arrives: the second batch is still
+        // in flight (nothing new is planned), though the copy count holds.
+        p.acked(
+            "b",
+            &Ack {
+                durable_seq: 2,
+                promised: 1,
+                nonce: n,
+                batch_last: 2,
+            },
+        )
+        .expect("ack");
+        assert_eq!(
+            p.next_batch("b", 2),
+            None,
+            "the second batch is still in flight: 5..=6 must wait"
+        );
+        assert_eq!(p.peers[0].durable_seq, 2);
     }
 
     #[test]

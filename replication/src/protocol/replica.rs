@@ -8,8 +8,10 @@
 //! the adapter writes it (synced) and only then sends the answer.
 //!
 //! Rules from the design review that live here:
-//! - a handshake at the promised epoch from another incarnation of the
-//!   primary is refused (a restarted primary needs a new epoch: rule 1);
+//! - a handshake at the promised epoch from another process than the one
+//!   the promise names is refused (a restarted primary needs a new epoch:
+//!   rule 1); the promised process is persisted with the promise, so this
+//!   holds across the replica's restarts and after a fence;
 //! - a fence persists the higher promise and ends the session, and the
 //!   adapter runs batches under the per-space lock in read mode and
 //!   handshakes and fences in write mode, so no batch of the old epoch is
@@ -71,10 +73,13 @@ pub enum Refusal {
 /// Durable work an answer waits for.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Persist {
-    /// The promise and history (one synced metadata write).
+    /// The promise, the process it names and the history (one synced
+    /// metadata write).
     Promise {
         /// Promised epoch.
         epoch: u64,
+        /// The primary (or fencing candidate) the promise is for.
+        to: Incarnation,
         /// History after the change.
         history: History,
     },
@@ -135,6 +140,9 @@ pub struct Ack {
     pub promised: u64,
     /// The session it belongs to.
     pub nonce: u64,
+    /// Last sequence number of the batch it answers: a duplicated old ack
+    /// must not end the wait for the batch in flight.
+    pub batch_last: u64,
 }
 
 /// One space on a replica.
@@ -142,6 +150,9 @@ pub struct Ack {
 pub struct ReplicaSpace {
     /// Highest epoch promised (persisted).
     pub promised: u64,
+    /// The process that promise is for (persisted with it): only it may
+    /// handshake at `promised`.
+    pub promised_to: Option<Incarnation>,
     /// Which epoch wrote which records here (persisted with them).
     pub history: History,
     /// Last sequence number appended (synced or not).
@@ -158,6 +169,7 @@ impl ReplicaSpace {
     pub fn restarted(&self) -> ReplicaSpace {
         ReplicaSpace {
             promised: self.promised,
+            promised_to: self.promised_to.clone(),
             // Entries are synced before their records, so a crash can leave
             // one whose records are gone; comparisons ignore an epoch with
             // no record here, and the next handshake's adopt drops it.
@@ -185,10 +197,7 @@ impl ReplicaSpace {
                 promised: self.promised,
             });
         }
-        if let Some(s) = &self.session
-            && s.epoch == epoch
-            && s.primary != primary
-        {
+        if epoch == self.promised && self.promised_to.as_ref().is_some_and(|p| *p != primary) {
             return Err(Refusal::PrimaryRestarted);
         }
         match self
@@ -200,16 +209,18 @@ impl ReplicaSpace {
             Catchup::Diverged { at } => Err(Refusal::Diverged { at }),
             Catchup::Stream { from } => {
                 self.promised = epoch;
+                self.promised_to = Some(primary.clone());
                 self.history.adopt(primary_history, self.last_seq);
                 self.session = Some(Session {
                     epoch,
-                    primary,
+                    primary: primary.clone(),
                     nonce,
                 });
                 Ok((
                     from,
                     Persist::Promise {
                         epoch,
+                        to: primary,
                         history: self.history.clone(),
                     },
                 ))
@@ -317,10 +328,10 @@ impl ReplicaSpace {
         self.durable_seq = self.durable_seq.max(seq.min(self.last_seq));
     }
 
-    /// The acknowledgement for a batch of session `nonce` at `epoch`: `OK`
-    /// with what is synced, unless the promise moved meanwhile (then the
-    /// stale-epoch refusal, never an `OK`).
-    pub fn ack(&self, epoch: u64, nonce: u64) -> Result<Ack, Refusal> {
+    /// The acknowledgement for the batch ending at `batch_last` of session
+    /// `nonce` at `epoch`: `OK` with what is synced, unless the promise
+    /// moved meanwhile (then the stale-epoch refusal, never an `OK`).
+    pub fn ack(&self, epoch: u64, nonce: u64, batch_last: u64) -> Result<Ack, Refusal> {
         if self.promised != epoch || self.session.as_ref().is_none_or(|s| s.nonce != nonce) {
             return Err(Refusal::StaleEpoch {
                 promised: self.promised,
@@ -330,18 +341,26 @@ impl ReplicaSpace {
             durable_seq: self.durable_seq,
             promised: self.promised,
             nonce,
+            batch_last,
         })
     }
 
-    /// A fence for `epoch` by a promoting primary: persist the promise,
-    /// end the session, report what is synced.
-    pub fn fence(&mut self, epoch: u64) -> Result<(FenceAnswer, Persist), Refusal> {
-        if epoch <= self.promised {
+    /// A fence for `epoch` by `candidate`, a promoting primary: persist the
+    /// promise (naming it), end the session, report what is synced. The
+    /// same fence again (a lost answer) is answered again.
+    pub fn fence(
+        &mut self,
+        epoch: u64,
+        candidate: Incarnation,
+    ) -> Result<(FenceAnswer, Persist), Refusal> {
+        let repeated = epoch == self.promised && self.promised_to.as_ref() == Some(&candidate);
+        if epoch < self.promised || (epoch == self.promised && !repeated) {
             return Err(Refusal::StaleEpoch {
                 promised: self.promised,
             });
         }
         self.promised = epoch;
+        self.promised_to = Some(candidate.clone());
         self.session = None;
         let answer = FenceAnswer {
             promised: epoch,
@@ -352,6 +371,7 @@ impl ReplicaSpace {
             answer,
             Persist::Promise {
                 epoch,
+                to: candidate,
                 history: self.history.clone(),
             },
         ))
@@ -413,11 +433,12 @@ mod tests {
     fn batches_append_in_order_and_duplicates_are_acked_again() {
         let mut r = in_session(3);
         assert_eq!(
-            r.ack(1, 42),
+            r.ack(1, 42, 3),
             Ok(Ack {
                 durable_seq: 3,
                 promised: 1,
-                nonce: 42
+                nonce: 42,
+                batch_last: 3,
             })
         );
         assert_eq!(r.batch(&header(1, 42, 1, 2, 3)), Ok(None), "a duplicate");
@@ -470,23 +491,39 @@ mod tests {
             .expect("append");
         let last = r.appended(&a).expect("appended");
         r.synced(last);
-        let (answer, persist) = r.fence(2).expect("fence");
+        let (answer, persist) = r.fence(2, p("b", 1)).expect("fence");
         assert_eq!((answer.promised, answer.durable_seq), (2, 4));
         assert_eq!(
             persist,
             Persist::Promise {
                 epoch: 2,
+                to: p("b", 1),
                 history: hist(&[(1, 1)])
             }
         );
-        assert_eq!(r.ack(1, 42), Err(Refusal::StaleEpoch { promised: 2 }));
+        assert_eq!(r.ack(1, 42, 4), Err(Refusal::StaleEpoch { promised: 2 }));
         assert_eq!(
             r.batch(&header(1, 42, 1, 5, 5)),
             Err(Refusal::StaleEpoch { promised: 2 })
         );
+        // The same fence again (its answer was lost) is answered again; a
+        // fence for the same epoch by another candidate is refused.
+        assert_eq!(r.fence(2, p("b", 1)).map(|x| x.0), Ok(answer));
         assert_eq!(
-            r.fence(2).map(|x| x.0),
+            r.fence(2, p("c", 1)).map(|x| x.0),
             Err(Refusal::StaleEpoch { promised: 2 })
+        );
+        // Only the candidate the promise names may handshake at epoch 2,
+        // also after this replica restarts.
+        assert_eq!(
+            r.restarted()
+                .handshake(2, p("c", 1), 5, &hist(&[(1, 1), (2, 5)]), 4),
+            Err(Refusal::PrimaryRestarted)
+        );
+        assert!(
+            r.restarted()
+                .handshake(2, p("b", 1), 5, &hist(&[(1, 1), (2, 5)]), 4)
+                .is_ok()
         );
         assert!(matches!(
             r.handshake(1, p("a", 7), 42, &hist(&[(1, 1)]), 9),
@@ -530,10 +567,14 @@ mod tests {
         );
         // The same process may handshake again (a lost connection).
         assert!(r.handshake(1, p("a", 7), 51, &hist(&[(1, 1)]), 3).is_ok());
-        // After the replica restarts it no longer knows the session: the
-        // promise alone cannot tell, so the primary's metadata epoch must.
+        // After the replica restarts the session is gone, but the promise
+        // names the process: still refused; a new epoch is accepted.
         let mut again = r.restarted();
         assert!(again.session.is_none());
+        assert_eq!(
+            again.handshake(1, p("a", 8), 52, &hist(&[(1, 1)]), 3),
+            Err(Refusal::PrimaryRestarted)
+        );
         assert!(
             again
                 .handshake(2, p("a", 8), 60, &hist(&[(1, 1), (2, 4)]), 4)
@@ -551,7 +592,7 @@ mod tests {
         r.appended(&a).expect("appended");
         assert_eq!((r.last_seq, r.durable_seq), (6, 3));
         assert_eq!(
-            r.ack(1, 42).map(|a| a.durable_seq),
+            r.ack(1, 42, 6).map(|a| a.durable_seq),
             Ok(3),
             "only synced records are acked"
         );

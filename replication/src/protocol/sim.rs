@@ -7,10 +7,11 @@
 //! `cargo test` runs `ENGRAM_SIM_SEEDS` seeds (default 500); a failure
 //! names its seed, and `ENGRAM_SIM_SEED=<seed>` replays exactly that one.
 //!
-//! What is modelled: a replica appends, syncs and acknowledges a batch as
-//! one step (the adapter holds the space's lock from the check to the ack,
-//! so a crash leaves either nothing or the synced batch); the primary syncs
-//! its WAL in separate steps, so a crash loses its unsynced tail.
+//! What is modelled: a replica appends a batch in one step and syncs its
+//! WAL in another (group commit), answering the batches that waited only
+//! then, so a crash loses its unsynced tail and those answers; the primary
+//! syncs its WAL in separate steps too, so a crash loses its unsynced tail.
+//! Not yet: fences, divergence and snapshots (failover, the next issue).
 
 use std::collections::BTreeSet;
 
@@ -38,7 +39,10 @@ enum Msg {
         from: u64,
         durable: u64,
     },
-    Refused(Refusal),
+    Refused {
+        nonce: u64,
+        refusal: Refusal,
+    },
     Batch(BatchHeader, Vec<Rec>),
     Ack(Ack),
 }
@@ -58,6 +62,9 @@ struct Node {
     replica: ReplicaSpace,
     /// What this node ever reported synced (acks, handshake answers).
     reported: u64,
+    /// Batches appended but not answered yet: the ack waits for the next
+    /// sync of this replica's WAL (reply to, epoch, nonce, batch's last).
+    pending: Vec<(usize, u64, u64, u64)>,
 }
 
 struct Sim {
@@ -90,6 +97,7 @@ impl Sim {
                     up: true,
                     replica: ReplicaSpace::default(),
                     reported: 0,
+                    pending: Vec::new(),
                 })
                 .collect(),
             names,
@@ -140,10 +148,14 @@ impl Sim {
         self.steps += 1;
         let roll = self.rng.random_range(0..100);
         match roll {
-            0..=39 => self.deliver_one(),
-            40..=54 => self.client_write(),
-            55..=64 => self.primary_sync(),
-            65..=79 => self.primary_timer(),
+            0..=37 => self.deliver_one(),
+            38..=51 => self.client_write(),
+            52..=59 => self.primary_sync(),
+            60..=66 => {
+                let i = self.rng.random_range(1..RF);
+                self.replica_sync(i);
+            }
+            67..=79 => self.primary_timer(),
             80..=83 => self.drop_one(),
             84..=86 => self.duplicate_one(),
             87..=90 => self.crash_or_restart(),
@@ -210,6 +222,33 @@ impl Sim {
             p.synced(d);
         }
         self.release();
+    }
+
+    /// Replica `i` syncs its WAL, then answers the batches waiting for it
+    /// (an `OK` only if the promise did not move meanwhile).
+    fn replica_sync(&mut self, i: usize) {
+        let node = &mut self.nodes[i];
+        if !node.up {
+            return;
+        }
+        node.durable = node.log.len();
+        node.replica.synced(node.durable as u64);
+        let mut answers = Vec::new();
+        for (to, epoch, nonce, batch_last) in std::mem::take(&mut node.pending) {
+            let answer = match node.replica.ack(epoch, nonce, batch_last) {
+                Ok(ack) => {
+                    // I8: no OK below the promise it was built under.
+                    assert_eq!(ack.promised, epoch);
+                    node.reported = node.reported.max(ack.durable_seq);
+                    Msg::Ack(ack)
+                }
+                Err(refusal) => Msg::Refused { nonce, refusal },
+            };
+            answers.push((to, answer));
+        }
+        for (to, answer) in answers {
+            self.send(i, to, answer);
+        }
     }
 
     fn release(&mut self) {
@@ -332,16 +371,20 @@ impl Sim {
                         }
                     }
                     Ok(other) => panic!("a handshake persists a promise, not {other:?}"),
-                    Err(r) => Msg::Refused(r),
+                    Err(refusal) => Msg::Refused { nonce, refusal },
                 };
                 self.send(to, from, answer);
             }
             Msg::Batch(header, records) => {
                 let before = node.replica.clone();
-                let answer = match node.replica.batch(&header) {
-                    Err(r) => {
+                match node.replica.batch(&header) {
+                    Err(refusal) => {
                         assert_eq!(node.replica, before, "a refusal changes nothing");
-                        Msg::Refused(r)
+                        let answer = Msg::Refused {
+                            nonce: header.nonce,
+                            refusal,
+                        };
+                        self.send(to, from, answer);
                     }
                     Ok(maybe) => {
                         if let Some(append) = maybe {
@@ -357,22 +400,14 @@ impl Sim {
                                 .expect("checked under the lock");
                             node.log.extend_from_slice(&records[skip as usize..]);
                             assert_eq!(node.log.len() as u64, last);
-                            // Appended, synced and acked under one lock.
-                            node.durable = node.log.len();
-                            node.replica.synced(last);
                         }
-                        match node.replica.ack(header.epoch, header.nonce) {
-                            Ok(ack) => {
-                                // I8: no OK below the promise it was built under.
-                                assert_eq!(ack.promised, header.epoch);
-                                node.reported = node.reported.max(ack.durable_seq);
-                                Msg::Ack(ack)
-                            }
-                            Err(r) => Msg::Refused(r),
-                        }
+                        // Appended, not synced: the answer waits for this
+                        // replica's next WAL sync (a crash first loses the
+                        // tail and the answer).
+                        node.pending
+                            .push((from, header.epoch, header.nonce, header.last_seq));
                     }
-                };
-                self.send(to, from, answer);
+                }
             }
             other => panic!("a replica got {other:?}"),
         }
@@ -392,7 +427,7 @@ impl Sim {
                 p.handshake_ok(&name, nonce, f, durable);
                 Ok(())
             }
-            Msg::Refused(r) => p.refused(&name, &r),
+            Msg::Refused { nonce, refusal } => p.refused(&name, nonce, &refusal),
             Msg::Ack(a) => p.acked(&name, &a),
             other => panic!("the primary got {other:?}"),
         };
@@ -409,6 +444,7 @@ impl Sim {
             let node = &mut self.nodes[i];
             node.up = false;
             node.log.truncate(node.durable);
+            node.pending.clear();
             node.replica = node.replica.restarted();
             if i == 0 {
                 self.primary = None;
@@ -516,10 +552,14 @@ impl Sim {
             self.primary_sync();
             for t in 1..RF {
                 self.tick(t, false);
+                self.replica_sync(t);
             }
             while !self.net.is_empty() {
                 self.deliver_one();
                 self.check();
+                for t in 1..RF {
+                    self.replica_sync(t);
+                }
             }
             let d = self.nodes[0].durable;
             let all = self.nodes.iter().all(|n| n.durable == d);
