@@ -10,6 +10,7 @@
 //! | `meta` | `0x03` space(4) | episode id(16): where the space's last consolidation run stopped |
 //! | `meta` | `0x04` space(4) | u64 BE: LSN of the last record that erased content of the space and is not purged yet ([`crate::Store::purge`]) |
 //! | `meta` | `0x05` space(4) | the space's figures (counts) while its indexes are not in memory (opaque, owned by the graph; written directly, not through the WAL) |
+//! | `meta` | `0x06` space(4) | the space's replication state: cluster uid, promise, epoch history (opaque, owned by the replication layer; synced, not through the WAL) |
 //! | `episodes` | space(4) id(16) | episode record |
 //! | `edges` | space(4) from(16) to(16) | edge record |
 //! | `terms` | space(4) term length(2, BE) term(UTF-8) id(16) | posting value |
@@ -31,6 +32,7 @@ const SPACE_RECORD: u8 = 0x02;
 const CONSOLIDATION_CURSOR: u8 = 0x03;
 const PURGE_DUE: u8 = 0x04;
 const SPACE_FIGURES: u8 = 0x05;
+const REPLICA_STATE: u8 = 0x06;
 
 /// Space ids must stay below this so that `space + 1` bounds a range delete.
 pub const MAX_SPACE_ID: SpaceId = u32::MAX - 1;
@@ -72,6 +74,16 @@ pub(crate) fn space_figures(space: SpaceId) -> [u8; 5] {
     k
 }
 
+pub(crate) fn replica_state(space: SpaceId) -> [u8; 5] {
+    let mut k = [REPLICA_STATE, 0, 0, 0, 0];
+    k[1..].copy_from_slice(&space.to_be_bytes());
+    k
+}
+
+pub(crate) fn meta_prefix_replica_state() -> [u8; 1] {
+    [REPLICA_STATE]
+}
+
 pub(crate) fn meta_prefix_purge_due() -> [u8; 1] {
     [PURGE_DUE]
 }
@@ -84,7 +96,7 @@ pub(crate) fn meta_prefix_spaces() -> [u8; 1] {
     [SPACE_RECORD]
 }
 
-/// Space id of a `0x01`/`0x02`/`0x03`/`0x04`/`0x05` meta key.
+/// Space id of a `0x01` to `0x06` meta key.
 pub(crate) fn meta_space(key: &[u8]) -> Option<SpaceId> {
     let b: [u8; 4] = key.get(1..5)?.try_into().ok()?;
     Some(SpaceId::from_be_bytes(b))

@@ -42,6 +42,7 @@ mod error;
 pub mod keys;
 pub mod mutation;
 mod raft;
+mod replica;
 mod store;
 
 pub use config::StoreConfig;

@@ -22,7 +22,7 @@ fn index_key(index: u64) -> [u8; 8] {
 }
 
 impl Store {
-    fn synced(&self) -> WriteOptions {
+    pub(crate) fn synced(&self) -> WriteOptions {
         let mut o = WriteOptions::default();
         o.set_sync(true);
         o

@@ -533,7 +533,7 @@ impl Store {
             .collect()
     }
 
-    fn scan_prefix<'a>(
+    pub(crate) fn scan_prefix<'a>(
         &'a self,
         cf: Cf,
         prefix: &[u8],

@@ -1,4 +1,4 @@
-//! The metadata group's Raft storage against a real RocksDB.
+//! The metadata group's Raft storage and the per-space replication state against a real RocksDB.
 
 use engram_lsm::{Mutation, Operation, Store, StoreConfig};
 
@@ -80,4 +80,36 @@ fn raft_families_hold_no_space_data_and_space_writes_do_not_touch_them() {
     s.flush().expect("flush");
     assert_eq!(s.raft_entries(0, 10).expect("read"), entries(1..3));
     assert_eq!(s.episode(1, &[7; 16]).expect("episode"), None);
+}
+
+#[test]
+fn replica_states_are_kept_per_space_until_deleted_and_survive_drop_and_reopen() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    {
+        let s = open(dir.path());
+        assert_eq!(s.replica_states().expect("scan"), vec![]);
+        s.put_replica_state(3, b"three").expect("put");
+        s.put_replica_state(1, b"one").expect("put");
+        s.put_replica_state(1, b"one again").expect("put");
+        assert_eq!(s.replica_state(2).expect("get"), None);
+        // Dropping the space's data keeps its replication state.
+        s.apply(&[Operation {
+            lsn: 1,
+            space: 3,
+            seq: 1,
+            mutations: vec![Mutation::DropSpace],
+        }])
+        .expect("drop");
+        assert!(s.put_replica_state(u32::MAX, b"x").is_err(), "reserved id");
+    }
+    let s = open(dir.path());
+    assert_eq!(
+        s.replica_states().expect("scan"),
+        vec![(1, b"one again".to_vec()), (3, b"three".to_vec())]
+    );
+    s.delete_replica_state(3).expect("delete");
+    assert_eq!(s.replica_state(3).expect("get"), None);
+    assert_eq!(s.replica_states().expect("scan").len(), 1);
+    // Space records and applied sequences do not show up here.
+    assert!(s.spaces().expect("spaces").is_empty());
 }

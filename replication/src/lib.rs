@@ -7,8 +7,10 @@
 //! - [`chunk`]: snapshot chunks, runs of key/value pairs of one column
 //!   family, checksummed and compressed the same way;
 //! - [`compress`]: the bounded zstd helpers both use;
-//! - [`protocol`]: the protocol's pure state machines (so far: epoch
-//!   histories and the handshake's divergence check).
+//! - [`protocol`]: the protocol's pure state machines (epoch histories,
+//!   the replica and primary sides of a space) and their simulator;
+//! - [`state`]: what a node persists per replicated space (uid, promise,
+//!   history), encoded so that damage is an error, never a panic.
 //!
 //! Every decoder reads untrusted bytes from the network: it never panics,
 //! uses memory bounded by its configured limit (a few times it, never what a
@@ -20,8 +22,10 @@ pub mod codec;
 pub mod compress;
 mod error;
 pub mod protocol;
+pub mod state;
 
 pub use chunk::{ChunkLimits, SnapshotChunk};
 pub use codec::{Batch, BatchLimits, EncodeOptions, Record};
 pub use compress::Compression;
 pub use error::CodecError;
+pub use state::SpaceReplicaState;
