@@ -1,15 +1,18 @@
-//! Generates the peer gRPC code from `proto/peer.proto`, with the vendored
-//! `protoc` unless `PROTOC` names another one.
+//! Generates the peer gRPC code from `proto/peer.proto` (feature
+//! `metadata`), with the vendored `protoc` unless `PROTOC` names another one.
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    println!("cargo:rerun-if-changed=proto/peer.proto");
-    println!("cargo:rerun-if-env-changed=PROTOC");
-    if std::env::var_os("PROTOC").is_none() {
-        let protoc = protoc_bin_vendored::protoc_bin_path()?;
-        // SAFETY: a build script is single-threaded; nothing reads the
-        // environment concurrently.
-        unsafe { std::env::set_var("PROTOC", protoc) };
+    #[cfg(feature = "metadata")]
+    {
+        println!("cargo:rerun-if-changed=proto/peer.proto");
+        println!("cargo:rerun-if-env-changed=PROTOC");
+        if std::env::var_os("PROTOC").is_none() {
+            let protoc = protoc_bin_vendored::protoc_bin_path()?;
+            // SAFETY: a build script is single-threaded; nothing reads the
+            // environment concurrently.
+            unsafe { std::env::set_var("PROTOC", protoc) };
+        }
+        tonic_prost_build::configure().compile_protos(&["proto/peer.proto"], &["proto"])?;
     }
-    tonic_prost_build::configure().compile_protos(&["proto/peer.proto"], &["proto"])?;
     Ok(())
 }

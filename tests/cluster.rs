@@ -338,6 +338,21 @@ fn three_nodes_converge_detect_kill9_replace_and_readmit() {
     );
     let metrics = nodes[0].get("/metrics").text();
     assert!(
+        metrics.contains("engram_metadata_has_leader 1"),
+        "{metrics}"
+    );
+    let applied = metrics
+        .lines()
+        .find(|l| l.starts_with("engram_metadata_proposals_total{outcome=\"applied\"}"))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse::<f64>().ok())
+        .unwrap_or(0.0);
+    assert!(
+        applied >= 1.0,
+        "node-0 registered itself through a proposal: {metrics}"
+    );
+    assert!(metrics.contains("engram_metadata_proposal_seconds_bucket"));
+    assert!(
         metrics.contains("engram_cluster_members{state=\"down\"} 1"),
         "{metrics}"
     );

@@ -10,7 +10,7 @@ use std::collections::BTreeSet;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{Server, repo, try_request};
+use common::{Options, Server, repo, try_request};
 use serde_json::{Value, json};
 
 fn promtool(args: &[&str]) {
@@ -129,7 +129,24 @@ fn get_json(addr: std::net::SocketAddr, path: &str) -> Option<Value> {
 #[test]
 fn a_real_prometheus_scrapes_engram_and_evaluates_every_alert() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let s = Server::start(&dir.path().join("data"));
+    // A one-node cluster, so the cluster and metadata-group families the
+    // dashboard and the rules use are exported too.
+    let cluster_env = [
+        ("ENGRAM_CLUSTER__ENABLED", "true"),
+        ("ENGRAM_NODE_ID", "monitoring-0"),
+        ("ENGRAM_CLUSTER__NETWORK__SWIM_BIND", "127.0.0.1:0"),
+        ("ENGRAM_CLUSTER__NETWORK__PEER_BIND", "127.0.0.1:0"),
+    ];
+    let s = Server::start_with(
+        &dir.path().join("data"),
+        Options {
+            env: cluster_env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            ..Options::default()
+        },
+    );
     // Some traffic, so histograms and counters have series.
     for i in 0..5 {
         let r = s.post(
@@ -249,7 +266,7 @@ fn a_real_prometheus_scrapes_engram_and_evaluates_every_alert() {
         );
         std::thread::sleep(Duration::from_millis(250));
     };
-    assert_eq!(rules.len(), 10, "alerts.yml has 10 rules");
+    assert_eq!(rules.len(), 11, "alerts.yml has 11 rules");
     // Each alert's expression references only exported metrics, and the
     // healthy server fires none of them.
     for r in &rules {

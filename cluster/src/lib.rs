@@ -18,7 +18,8 @@
 //! - [`metadata`]: the metadata group (openraft) that decides the cluster
 //!   id, space uids and each space's epoch, primary and replica set; its
 //!   Raft log lives in `lsm`'s raft column families. Node-to-node RPCs run
-//!   on the peer port ([`peer`]).
+//!   on the peer port (`peer`). Feature `metadata` (default); without it
+//!   the crate does not depend on RocksDB (the fuzz crate builds it so).
 //! - [`codec`]: the gossip wire format; decoding arbitrary bytes is an error,
 //!   never a panic or a member with an invalid identity (fuzzed by
 //!   `fuzz/fuzz_targets/gossip_decode.rs`).
@@ -32,7 +33,9 @@ pub mod codec;
 pub mod config;
 pub mod identity;
 pub mod membership;
+#[cfg(feature = "metadata")]
 pub mod metadata;
+#[cfg(feature = "metadata")]
 pub mod peer;
 pub mod placement;
 

@@ -106,7 +106,8 @@ async fn start(
 ) -> Result<(Node, JoinHandle<Result<Bootstrap, MetadataError>>), MetadataError> {
     let addr = listener.local_addr().expect("addr").to_string();
     let disk: Arc<dyn RaftDisk> = open_store(dir);
-    let group = MetadataGroup::start(options(name, &addr, voters), disk, book.clone()).await?;
+    let group =
+        MetadataGroup::start(options(name, &addr, voters), disk, book.clone(), None).await?;
     let (stop, stopped) = oneshot::channel::<()>();
     let server = tokio::spawn({
         let group = group.clone();

@@ -332,7 +332,7 @@ async fn serve(config: Config, repair: bool) -> Result<DirLock> {
     if let (Some(cluster), Some(listener)) = (state.cluster().cloned(), peer) {
         let disk: Arc<dyn RaftDisk> = Arc::new(GraphDisk(Arc::clone(&graph)));
         let opts = metadata_options(&config, &cluster);
-        let group = MetadataGroup::start(opts, disk, cluster)
+        let group = MetadataGroup::start(opts, disk, cluster, Some(&registry))
             .await
             .map_err(|e| anyhow!("starting the metadata group: {e}"))?;
         state.attach_metadata(group.clone());

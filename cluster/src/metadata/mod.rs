@@ -18,10 +18,13 @@
 //! - Any node can [`MetadataGroup::propose`]: it forwards to the leader over
 //!   the peer port (one hop) and returns the state machine's outcome.
 
+mod bootstrap;
+pub mod metrics;
 pub mod network;
 pub mod service;
 pub mod state;
 pub mod storage;
+mod tasks;
 pub mod types;
 
 /// Generated peer protocol (`cluster/proto/peer.proto`).
@@ -30,11 +33,10 @@ pub mod pb {
     tonic::include_proto!("engram.peer.v1");
 }
 
-use std::collections::BTreeMap;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
-use openraft::error::{ClientWriteError, InitializeError, RaftError};
+use openraft::error::{ClientWriteError, RaftError};
 use openraft::{Config, ServerState, SnapshotPolicy};
 use serde::{Deserialize, Serialize};
 use tokio::task::JoinHandle;
@@ -46,7 +48,7 @@ pub use state::{Command, MetaState, Outcome, Rejection, SpaceMeta};
 pub use storage::RaftDisk;
 pub use types::{MetaNode, RaftId, raft_id};
 
-use network::{Network, Sender, probe, propose_remote};
+use network::{Network, Sender, propose_remote};
 use storage::{LogStore, Shared, StateMachine, is_pristine, storage_id};
 use types::MetaRaft;
 
@@ -212,6 +214,7 @@ struct Inner {
     resolver: Arc<dyn PeerResolver>,
     disk: Arc<dyn RaftDisk>,
     opts: MetadataOptions,
+    metrics: metrics::Metrics,
     storage_id: String,
     pristine_at_start: bool,
     tasks: std::sync::Mutex<Vec<JoinHandle<()>>>,
@@ -245,7 +248,10 @@ impl MetadataGroup {
         opts: MetadataOptions,
         disk: Arc<dyn RaftDisk>,
         resolver: Arc<dyn PeerResolver>,
+        registry: Option<&prometheus::Registry>,
     ) -> Result<MetadataGroup, MetadataError> {
+        let metrics = metrics::Metrics::new(registry)
+            .map_err(|e| MetadataError::Options(format!("registering metrics: {e}")))?;
         if opts.node.is_empty() {
             return Err(MetadataError::Options("the node name is empty".into()));
         }
@@ -311,6 +317,7 @@ impl MetadataGroup {
                 resolver,
                 disk,
                 opts,
+                metrics,
                 storage_id,
                 pristine_at_start,
                 tasks: std::sync::Mutex::new(Vec::new()),
@@ -319,6 +326,7 @@ impl MetadataGroup {
         group.spawn(group.clone().follow_cluster_id());
         group.spawn(group.clone().init_cluster_when_leading());
         group.spawn(group.clone().add_learners_when_leading());
+        group.spawn(group.clone().update_gauges());
         Ok(group)
     }
 
@@ -327,110 +335,6 @@ impl MetadataGroup {
         match self.inner.tasks.lock() {
             Ok(mut t) => t.push(handle),
             Err(p) => p.into_inner().push(handle),
-        }
-    }
-
-    /// Keeps the cluster id in outgoing headers equal to the applied one.
-    async fn follow_cluster_id(self) {
-        let mut rx = self.inner.shared.subscribe();
-        loop {
-            let id = self.inner.shared.read(|a| {
-                a.state
-                    .cluster
-                    .as_ref()
-                    .map(|c| c.cluster_id.clone())
-                    .unwrap_or_default()
-            });
-            match self.inner.sender.cluster_id.write() {
-                Ok(mut g) => *g = id,
-                Err(p) => *p.into_inner() = id,
-            }
-            if rx.changed().await.is_err() {
-                return;
-            }
-        }
-    }
-
-    /// On the leader: proposes `InitCluster` once if the state has none.
-    async fn init_cluster_when_leading(self) {
-        let mut metrics = self.inner.raft.metrics();
-        let me = raft_id(&self.inner.opts.node);
-        loop {
-            let leading = {
-                let m = metrics.borrow();
-                m.state == ServerState::Leader && m.current_leader == Some(me)
-            };
-            let initialized = self.inner.shared.read(|a| a.state.cluster.is_some());
-            if leading && !initialized {
-                let cmd = Command::InitCluster {
-                    cluster_id: format!("{:032x}", rand::random::<u128>()),
-                    replication_factor: self.inner.opts.replication_factor,
-                    jump_buckets: self.inner.opts.jump_buckets,
-                    created_at_ms: now_ms(),
-                };
-                match self.inner.raft.client_write(cmd).await {
-                    Ok(r) => {
-                        tracing::info!(index = r.log_id.index, outcome = ?r.data, "metadata: cluster initialized")
-                    }
-                    Err(e) => {
-                        tracing::warn!(error = %e, "metadata: cannot initialize the cluster yet")
-                    }
-                }
-                continue;
-            }
-            if metrics.changed().await.is_err() {
-                return;
-            }
-        }
-    }
-
-    /// Registers this node (name, raft id, storage id) once the cluster is
-    /// initialized, and again whenever the registered storage id is not
-    /// this data directory's.
-    async fn register(self) {
-        let mut rx = self.inner.shared.subscribe();
-        let me = self.inner.opts.node.clone();
-        // A new learner's own copy is empty until the leader adds it, so
-        // the first proposal cannot wait for it to show the cluster.
-        let mut proposed = false;
-        loop {
-            let registered = self
-                .inner
-                .shared
-                .read(|a| a.state.nodes.get(&me).map(|n| n.storage_id.clone()));
-            let needed = match registered {
-                Some(id) => id != self.inner.storage_id,
-                None => !proposed,
-            };
-            if needed {
-                let cmd = Command::RegisterNode {
-                    name: me.clone(),
-                    raft_id: raft_id(&me),
-                    storage_id: self.inner.storage_id.clone(),
-                };
-                match self.propose(cmd).await {
-                    Ok(Proposed {
-                        outcome: Outcome::Done,
-                        index,
-                    }) => {
-                        tracing::info!(index, "metadata: node registered");
-                        proposed = true;
-                    }
-                    Ok(p) => {
-                        tracing::debug!(outcome = ?p.outcome, "metadata: registration refused; retrying");
-                        tokio::time::sleep(Duration::from_millis(500)).await;
-                    }
-                    Err(e) => {
-                        tracing::warn!(error = %e, "metadata: cannot register this node yet");
-                        tokio::time::sleep(Duration::from_millis(500)).await;
-                    }
-                }
-                continue;
-            }
-            tokio::select! {
-                r = rx.changed() => if r.is_err() { return },
-                _ = tokio::time::sleep(Duration::from_secs(5)) => {}
-            }
         }
     }
 
@@ -449,110 +353,27 @@ impl MetadataGroup {
         })
     }
 
-    /// Decides whether this node initializes the group (design §4 and
-    /// review F2). Waits — logging who it waits for — until every other
-    /// voter answers, so run it in a task; an error means this node must
-    /// not start.
-    pub async fn bootstrap(&self) -> Result<Bootstrap, MetadataError> {
-        let outcome = self.decide_bootstrap().await?;
-        // Registration waits for the decision: a wiped voter must not
-        // replace its registration before it noticed.
-        self.spawn(self.clone().register());
-        Ok(outcome)
-    }
-
-    async fn decide_bootstrap(&self) -> Result<Bootstrap, MetadataError> {
-        let inner = &self.inner;
-        if !inner.pristine_at_start {
-            return Ok(Bootstrap::Resumed);
-        }
-        let voters = inner.opts.effective_voters();
-        if !voters.contains(&inner.opts.node) {
-            return Ok(Bootstrap::Learner);
-        }
-        let mut last_log = Instant::now();
-        loop {
-            let mut pristine = 0;
-            let mut missing = Vec::new();
-            for v in voters.iter().filter(|v| **v != inner.opts.node) {
-                let Some(addr) = inner.resolver.peer_addr(v) else {
-                    missing.push(format!("{v}: address unknown"));
-                    continue;
-                };
-                match probe(&inner.sender, v, &addr, inner.opts.rpc_timeout).await {
-                    Ok(r) if r.initialized => {
-                        // The running group registered this node with
-                        // another data directory: it lost its raft state
-                        // (its votes and acknowledged entries).
-                        if r.voters.contains(&inner.opts.node)
-                            && !r.asker_storage_id.is_empty()
-                            && r.asker_storage_id != inner.storage_id
-                        {
-                            return Err(MetadataError::VoterWiped {
-                                node: inner.opts.node.clone(),
-                                voters: r.voters,
-                            });
-                        }
-                        // Never registered: it never took part (a slower
-                        // start than the voter that initialized), so it
-                        // joins with its empty store.
-                        if self.raft_initialized().await {
-                            return Ok(Bootstrap::Initialized);
-                        }
-                        return Ok(Bootstrap::Joining);
-                    }
-                    Ok(_) => pristine += 1,
-                    Err(e) => missing.push(e.0),
-                }
-            }
-            if missing.is_empty() && pristine + 1 == voters.len() {
-                return self.initialize(&voters).await;
-            }
-            if self.raft_initialized().await {
-                // Another voter initialized and already reached us.
-                return Ok(Bootstrap::Joining);
-            }
-            if last_log.elapsed() >= Duration::from_secs(10) {
-                tracing::warn!(waiting_for = ?missing, "metadata: waiting for every voter before initializing");
-                last_log = Instant::now();
-            }
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-    }
-
-    async fn raft_initialized(&self) -> bool {
-        self.inner.raft.is_initialized().await.unwrap_or(false)
-    }
-
-    async fn initialize(&self, voters: &[String]) -> Result<Bootstrap, MetadataError> {
-        let inner = &self.inner;
-        let mut nodes = BTreeMap::new();
-        for v in voters {
-            let addr = if *v == inner.opts.node {
-                inner.opts.peer_addr.clone()
-            } else {
-                inner.resolver.peer_addr(v).unwrap_or_default()
-            };
-            nodes.insert(
-                raft_id(v),
-                MetaNode {
-                    name: v.clone(),
-                    peer_addr: addr,
-                },
-            );
-        }
-        match inner.raft.initialize(nodes).await {
-            Ok(()) => Ok(Bootstrap::Initialized),
-            // Another voter's messages arrived first: same membership.
-            Err(RaftError::APIError(InitializeError::NotAllowed(_))) => Ok(Bootstrap::Joining),
-            Err(e) => Err(MetadataError::Raft(e.to_string())),
-        }
-    }
-
     /// Proposes `command` through the leader (forwarded over the peer port
     /// when this node does not lead) and returns its outcome. Retries while
     /// there is no leader, up to `propose_timeout`.
     pub async fn propose(&self, command: Command) -> Result<Proposed, MetadataError> {
+        let started = Instant::now();
+        let result = self.propose_once(command).await;
+        let m = &self.inner.metrics;
+        m.proposal_seconds.observe(started.elapsed().as_secs_f64());
+        let outcome = match &result {
+            Ok(Proposed {
+                outcome: Outcome::Rejected(_),
+                ..
+            }) => "rejected",
+            Ok(_) => "applied",
+            Err(_) => "failed",
+        };
+        m.proposals.with_label_values(&[outcome]).inc();
+        result
+    }
+
+    async fn propose_once(&self, command: Command) -> Result<Proposed, MetadataError> {
         let inner = &self.inner;
         let started = Instant::now();
         let mut last = String::from("no leader yet");
@@ -623,54 +444,6 @@ impl MetadataGroup {
             .map_err(|e| e.0)?;
         serde_json::from_slice::<Result<Proposed, ProposeError>>(&bytes)
             .map_err(|e| format!("undecodable answer from {target}: {e}"))
-    }
-
-    /// On the leader: adds every registered node that is not a member yet
-    /// as a learner (once; openraft keeps replicating to it).
-    async fn add_learners_when_leading(self) {
-        let mut applied = self.inner.shared.subscribe();
-        let mut metrics = self.inner.raft.metrics();
-        loop {
-            if self.is_leader() {
-                let (voters, learners) = self.members();
-                let missing: Vec<String> = self.inner.shared.read(|a| {
-                    a.state
-                        .nodes
-                        .keys()
-                        .filter(|n| !voters.contains(n) && !learners.contains(n))
-                        .cloned()
-                        .collect()
-                });
-                for node in missing {
-                    let Some(addr) = self.inner.resolver.peer_addr(&node) else {
-                        continue;
-                    };
-                    let added = self
-                        .inner
-                        .raft
-                        .add_learner(
-                            raft_id(&node),
-                            MetaNode {
-                                name: node.clone(),
-                                peer_addr: addr,
-                            },
-                            false,
-                        )
-                        .await;
-                    match added {
-                        Ok(_) => tracing::info!(%node, "metadata: learner added"),
-                        Err(e) => {
-                            tracing::warn!(%node, error = %e, "metadata: cannot add learner yet")
-                        }
-                    }
-                }
-            }
-            tokio::select! {
-                r = applied.changed() => if r.is_err() { return },
-                r = metrics.changed() => if r.is_err() { return },
-                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-            }
-        }
     }
 
     /// Adds `node` (reachable at its gossiped peer address) as a learner.
