@@ -383,17 +383,38 @@ async fn three_voters_elect_forward_survive_the_leader_and_feed_a_learner() {
     // running group lists it and registered another data directory.
     back.kill().await;
     let wiped = tempfile::tempdir().expect("tempdir");
-    let l = rebind(&book, fl).await;
-    let (w, boot) = start(fl, wiped.path(), l, &voters, &book)
-        .await
-        .expect("start wiped");
-    let err = boot
-        .await
-        .expect("join")
-        .expect_err("wiped voter must refuse");
-    assert!(matches!(err, MetadataError::VoterWiped { .. }), "{err}");
-    assert!(err.to_string().contains("old data directory"), "{err}");
-    w.kill().await;
+    // Twice: the refusal must hold on the next start too (the leader's
+    // heartbeats reached the node meanwhile and must have been refused, so
+    // it never saved a vote or took an entry).
+    for attempt in 0..2 {
+        let l = rebind(&book, fl).await;
+        let (w, boot) = start(fl, wiped.path(), l, &voters, &book)
+            .await
+            .expect("start wiped");
+        // Give the leader's heartbeats time to knock.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let err = boot
+            .await
+            .expect("join")
+            .expect_err("wiped voter must refuse");
+        assert!(
+            matches!(err, MetadataError::VoterWiped { .. }),
+            "{attempt}: {err}"
+        );
+        assert!(err.to_string().contains("old data directory"), "{err}");
+        w.kill().await;
+        let disk = open_store(wiped.path());
+        assert_eq!(
+            disk.raft_get_state("vote").expect("read"),
+            None,
+            "{attempt}: it voted"
+        );
+        assert_eq!(
+            disk.raft_last_entry().expect("read"),
+            None,
+            "{attempt}: it took entries"
+        );
+    }
 
     d.kill().await;
     for (_, n) in nodes {
@@ -436,4 +457,35 @@ async fn a_single_voter_initializes_alone_and_resumes_after_restart() {
     })
     .await;
     n.kill().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn new_voters_with_different_voter_lists_refuse_to_initialize() {
+    let book = Arc::new(Book::default());
+    let (dx, dy) = (
+        tempfile::tempdir().expect("tempdir"),
+        tempfile::tempdir().expect("tempdir"),
+    );
+    let lx = bind(&book, "x").await;
+    let ly = bind(&book, "y").await;
+    // x lists x, y, z; y lists x, y, w: each would initialize another group.
+    let (x, bx) = start("x", dx.path(), lx, &["x", "y", "z"], &book)
+        .await
+        .expect("x");
+    let (y, by) = start("y", dy.path(), ly, &["x", "y", "w"], &book)
+        .await
+        .expect("y");
+    for boot in [bx, by] {
+        let err = tokio::time::timeout(Duration::from_secs(20), boot)
+            .await
+            .expect("decided in time")
+            .expect("join")
+            .expect_err("mismatched lists must refuse");
+        assert!(matches!(err, MetadataError::VoterMismatch { .. }), "{err}");
+        assert!(err.to_string().contains("same list on every node"), "{err}");
+    }
+    assert!(!x.group.is_leader() && !y.group.is_leader());
+    assert_eq!(x.group.state().cluster, None);
+    x.kill().await;
+    y.kill().await;
 }

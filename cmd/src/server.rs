@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, anyhow};
 use engram_api::AppState;
 use engram_api::grpc::{ClusterGrpc, ClusterServiceServer, MemoryGrpc, MemoryServiceServer, pb};
-use engram_cluster::metadata::{MetadataGroup, MetadataOptions, RaftDisk};
+use engram_cluster::metadata::{MetadataError, MetadataGroup, MetadataOptions, RaftDisk};
 use engram_cluster::{Cluster, StartOptions};
 use engram_graph::{Background, Graph, OpenOptions};
 use prometheus::Registry;
@@ -348,6 +348,7 @@ async fn serve(config: Config, repair: bool) -> Result<DirLock> {
         tokio::spawn(async move {
             match group.bootstrap().await {
                 Ok(b) => tracing::info!(bootstrap = ?b, "metadata group joined"),
+                Err(MetadataError::Stopped) => {}
                 Err(e) => {
                     tracing::error!(error = %e, "metadata group: this node must not run");
                     if let Ok(mut f) = fatal.lock() {

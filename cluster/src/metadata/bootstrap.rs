@@ -16,6 +16,10 @@ impl MetadataGroup {
     /// not start.
     pub async fn bootstrap(&self) -> Result<Bootstrap, MetadataError> {
         let outcome = self.decide_bootstrap().await?;
+        // Only now may Raft messages reach this node.
+        self.inner
+            .admitted
+            .store(true, std::sync::atomic::Ordering::SeqCst);
         // Registration waits for the decision: a wiped voter must not
         // replace its registration before it noticed.
         self.spawn(self.clone().register());
@@ -32,7 +36,16 @@ impl MetadataGroup {
             return Ok(Bootstrap::Learner);
         }
         let mut last_log = Instant::now();
+        let mut ours = voters.clone();
+        ours.sort();
         loop {
+            if self
+                .inner
+                .stopping
+                .load(std::sync::atomic::Ordering::SeqCst)
+            {
+                return Err(MetadataError::Stopped);
+            }
             let mut pristine = 0;
             let mut missing = Vec::new();
             for v in voters.iter().filter(|v| **v != inner.opts.node) {
@@ -62,7 +75,21 @@ impl MetadataGroup {
                         }
                         return Ok(Bootstrap::Joining);
                     }
-                    Ok(_) => pristine += 1,
+                    Ok(r) => {
+                        // Both new: initializing with different lists would
+                        // form two groups.
+                        let mut theirs = r.configured_voters.clone();
+                        theirs.sort();
+                        if !theirs.is_empty() && theirs != ours {
+                            return Err(MetadataError::VoterMismatch {
+                                node: inner.opts.node.clone(),
+                                ours,
+                                peer: v.clone(),
+                                theirs,
+                            });
+                        }
+                        pristine += 1
+                    }
                     Err(e) => missing.push(e.0),
                 }
             }

@@ -48,7 +48,7 @@ pub use state::{Command, MetaState, Outcome, Rejection, SpaceMeta};
 pub use storage::RaftDisk;
 pub use types::{MetaNode, RaftId, raft_id};
 
-use network::{Network, Sender, propose_remote};
+use network::{ForwardError, Network, Sender, propose_remote};
 use storage::{LogStore, Shared, StateMachine, is_pristine, storage_id};
 use types::MetaRaft;
 
@@ -205,6 +205,33 @@ pub enum MetadataError {
     /// Options are not usable.
     #[error("metadata options: {0}")]
     Options(String),
+    /// Two pristine voters are configured with different voter lists:
+    /// initializing would form two groups.
+    #[error(
+        "cluster.metadata.voters differs between nodes: this node ({node}) lists {ours:?}, {peer} lists {theirs:?}; set the same list on every node and start again"
+    )]
+    VoterMismatch {
+        /// This node.
+        node: String,
+        /// Its list.
+        ours: Vec<String>,
+        /// The other node.
+        peer: String,
+        /// Its list.
+        theirs: Vec<String>,
+    },
+    /// A proposal was sent but its outcome is not known (it may still
+    /// commit): the caller must check the state before retrying.
+    #[error("metadata proposal outcome unknown after {waited_ms} ms: {last}")]
+    OutcomeUnknown {
+        /// How long.
+        waited_ms: u128,
+        /// What happened.
+        last: String,
+    },
+    /// The group is shutting down.
+    #[error("the metadata group is shutting down")]
+    Stopped,
 }
 
 struct Inner {
@@ -217,6 +244,12 @@ struct Inner {
     metrics: metrics::Metrics,
     storage_id: String,
     pristine_at_start: bool,
+    /// Set once bootstrap decided this node may take part: until then the
+    /// peer service refuses Raft messages, so a node that must not run
+    /// (a wiped voter) never votes or takes entries.
+    admitted: Arc<std::sync::atomic::AtomicBool>,
+    /// Set by shutdown: bootstrap stops waiting.
+    stopping: std::sync::atomic::AtomicBool,
     tasks: std::sync::Mutex<Vec<JoinHandle<()>>>,
 }
 
@@ -272,6 +305,9 @@ impl MetadataGroup {
             election_timeout_max: ms(opts.election_timeout.1),
             install_snapshot_timeout: ms(opts.rpc_timeout),
             snapshot_policy: SnapshotPolicy::LogsSinceLast(opts.snapshot_every.max(1)),
+            // Snapshot chunks travel as JSON (bytes become numbers, about
+            // 3.5 times larger): keep a chunk well below the message limit.
+            snapshot_max_chunk_size: network::SNAPSHOT_CHUNK_BYTES,
             max_in_snapshot_log_to_keep: opts.keep_after_snapshot,
             ..Config::default()
         }
@@ -320,6 +356,8 @@ impl MetadataGroup {
                 metrics,
                 storage_id,
                 pristine_at_start,
+                admitted: Arc::new(std::sync::atomic::AtomicBool::new(false)),
+                stopping: std::sync::atomic::AtomicBool::new(false),
                 tasks: std::sync::Mutex::new(Vec::new()),
             }),
         };
@@ -350,7 +388,11 @@ impl MetadataGroup {
             sender: self.inner.sender.clone(),
             shared: self.inner.shared.clone(),
             disk: self.inner.disk.clone(),
+            admitted: self.inner.admitted.clone(),
+            voters: self.inner.opts.effective_voters(),
         })
+        .max_decoding_message_size(network::MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(network::MAX_MESSAGE_BYTES)
     }
 
     /// Proposes `command` through the leader (forwarded over the peer port
@@ -373,19 +415,56 @@ impl MetadataGroup {
         result
     }
 
+    /// Sends `command` to `target`'s `Propose` within `within`.
+    async fn forward(
+        &self,
+        target: &str,
+        command: &Command,
+        within: Duration,
+    ) -> Result<Result<Proposed, ProposeError>, ForwardError> {
+        let inner = &self.inner;
+        let Some(addr) = inner.resolver.peer_addr(target) else {
+            return Err(ForwardError::NotSent(format!(
+                "{target}: peer address unknown"
+            )));
+        };
+        let json = serde_json::to_vec(command).map_err(|e| ForwardError::NotSent(e.to_string()))?;
+        let bytes = propose_remote(&inner.sender, target, &addr, json, within).await?;
+        serde_json::from_slice::<Result<Proposed, ProposeError>>(&bytes)
+            .map_err(|e| ForwardError::Unknown(format!("undecodable answer from {target}: {e}")))
+    }
+
+    /// One proposal, bounded by `propose_timeout`: retried only while it
+    /// certainly did not reach a leader (no leader known, refused by a
+    /// non-leader, connection failed). A proposal that may have been
+    /// delivered and timed out is [`MetadataError::OutcomeUnknown`], never
+    /// sent twice.
     async fn propose_once(&self, command: Command) -> Result<Proposed, MetadataError> {
         let inner = &self.inner;
         let started = Instant::now();
+        let deadline = started + inner.opts.propose_timeout;
         let mut last = String::from("no leader yet");
-        while started.elapsed() < inner.opts.propose_timeout {
-            match inner.raft.client_write(command.clone()).await {
-                Ok(r) => {
+        let unknown = |last: String| MetadataError::OutcomeUnknown {
+            waited_ms: started.elapsed().as_millis(),
+            last,
+        };
+        while Instant::now() < deadline {
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            let local =
+                tokio::time::timeout(remaining, inner.raft.client_write(command.clone())).await;
+            match local {
+                Err(_) => {
+                    return Err(unknown(
+                        "not committed in time by this node, the leader".into(),
+                    ));
+                }
+                Ok(Ok(r)) => {
                     return Ok(Proposed {
                         index: r.log_id.index,
                         outcome: r.data,
                     });
                 }
-                Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
+                Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f)))) => {
                     // A node not in the membership yet (a new learner)
                     // knows no leader: ask the voters, who name it.
                     let mut targets: Vec<String> = match f.leader_node {
@@ -400,10 +479,13 @@ impl MetadataGroup {
                     let mut tried = 0;
                     while let Some(target) = targets.pop() {
                         tried += 1;
-                        if tried > 8 {
+                        let remaining = deadline.saturating_duration_since(Instant::now());
+                        if tried > 8 || remaining.is_zero() {
                             break;
                         }
-                        match self.forward(&target, &command).await {
+                        let within =
+                            remaining.min(inner.opts.rpc_timeout.max(Duration::from_secs(5)));
+                        match self.forward(&target, &command, within).await {
                             Ok(Ok(p)) => return Ok(p),
                             Ok(Err(ProposeError::NotLeader { leader })) => {
                                 last = format!("{target} does not lead (leader: {leader:?})");
@@ -414,11 +496,12 @@ impl MetadataGroup {
                                 }
                             }
                             Ok(Err(ProposeError::Failed(e))) => return Err(MetadataError::Raft(e)),
-                            Err(e) => last = e,
+                            Err(ForwardError::NotSent(e)) => last = e,
+                            Err(ForwardError::Unknown(e)) => return Err(unknown(e)),
                         }
                     }
                 }
-                Err(e) => return Err(MetadataError::Raft(e.to_string())),
+                Ok(Err(e)) => return Err(MetadataError::Raft(e.to_string())),
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
@@ -426,24 +509,6 @@ impl MetadataGroup {
             waited_ms: started.elapsed().as_millis(),
             last,
         })
-    }
-
-    /// Sends `command` to `target`'s `Propose`; `Err` is a transport error.
-    async fn forward(
-        &self,
-        target: &str,
-        command: &Command,
-    ) -> Result<Result<Proposed, ProposeError>, String> {
-        let inner = &self.inner;
-        let Some(addr) = inner.resolver.peer_addr(target) else {
-            return Err(format!("{target}: peer address unknown"));
-        };
-        let json = serde_json::to_vec(command).map_err(|e| e.to_string())?;
-        let bytes = propose_remote(&inner.sender, target, &addr, json, inner.opts.rpc_timeout)
-            .await
-            .map_err(|e| e.0)?;
-        serde_json::from_slice::<Result<Proposed, ProposeError>>(&bytes)
-            .map_err(|e| format!("undecodable answer from {target}: {e}"))
     }
 
     /// Adds `node` (reachable at its gossiped peer address) as a learner.
@@ -551,6 +616,9 @@ impl MetadataGroup {
 
     /// Stops Raft and the group's tasks.
     pub async fn shutdown(&self) {
+        self.inner
+            .stopping
+            .store(true, std::sync::atomic::Ordering::SeqCst);
         let tasks = match self.inner.tasks.lock() {
             Ok(mut t) => std::mem::take(&mut *t),
             Err(p) => std::mem::take(&mut *p.into_inner()),

@@ -29,6 +29,27 @@ pub trait PeerResolver: Send + Sync + 'static {
     fn peer_addr(&self, node: &str) -> Option<String>;
 }
 
+/// Largest peer message either side sends or accepts.
+pub const MAX_MESSAGE_BYTES: usize = 16 * 1024 * 1024;
+/// Snapshot chunk size: JSON turns bytes into numbers (up to 4 characters
+/// each), so a chunk stays far below [`MAX_MESSAGE_BYTES`].
+pub const SNAPSHOT_CHUNK_BYTES: u64 = 512 * 1024;
+
+fn client(channel: Channel) -> MetadataServiceClient<Channel> {
+    MetadataServiceClient::new(channel)
+        .max_decoding_message_size(MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_MESSAGE_BYTES)
+}
+
+/// Why a forwarded proposal got no answer.
+#[derive(Debug)]
+pub(crate) enum ForwardError {
+    /// It was certainly not delivered (no connection): safe to retry.
+    NotSent(String),
+    /// It may have been delivered and may still commit.
+    Unknown(String),
+}
+
 /// A failure of a peer call, as text for openraft's error wrappers.
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
@@ -115,7 +136,7 @@ impl Connection {
         {
             return Ok(c.clone());
         }
-        let c = MetadataServiceClient::new(channel(&addr, self.net.connect_timeout)?);
+        let c = client(channel(&addr, self.net.connect_timeout)?);
         self.client = Some((addr, c.clone()));
         Ok(c)
     }
@@ -213,7 +234,7 @@ pub(crate) async fn probe(
     addr: &str,
     timeout: Duration,
 ) -> Result<ProbeReply, PeerCallError> {
-    let mut client = MetadataServiceClient::new(channel(addr, timeout)?);
+    let mut client = client(channel(addr, timeout)?);
     let mut request = tonic::Request::new(ProbeRequest {
         header: Some(sender.header(to)),
     });
@@ -232,8 +253,8 @@ pub(crate) async fn propose_remote(
     addr: &str,
     json: Vec<u8>,
     timeout: Duration,
-) -> Result<Vec<u8>, PeerCallError> {
-    let mut client = MetadataServiceClient::new(channel(addr, timeout)?);
+) -> Result<Vec<u8>, ForwardError> {
+    let mut client = client(channel(addr, timeout).map_err(|e| ForwardError::NotSent(e.0))?);
     let mut request = tonic::Request::new(RaftPayload {
         header: Some(sender.header(to)),
         json,
@@ -243,5 +264,16 @@ pub(crate) async fn propose_remote(
         .propose(request)
         .await
         .map(|r| r.into_inner().json)
-        .map_err(|s| PeerCallError(format!("{to} ({addr}): {}", s.message())))
+        .map_err(|s| {
+            let text = format!("{to} ({addr}): {}", s.message());
+            match s.code() {
+                // Refused before it ran (connection failed, or the peer
+                // refused the message as misaddressed or undecodable).
+                tonic::Code::Unavailable
+                | tonic::Code::FailedPrecondition
+                | tonic::Code::InvalidArgument
+                | tonic::Code::PermissionDenied => ForwardError::NotSent(text),
+                _ => ForwardError::Unknown(text),
+            }
+        })
 }

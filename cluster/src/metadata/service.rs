@@ -25,6 +25,10 @@ pub struct MetadataPeerService {
     pub(crate) sender: Sender,
     pub(crate) shared: Arc<Shared>,
     pub(crate) disk: Arc<dyn RaftDisk>,
+    /// Raft messages are refused until bootstrap admitted this node.
+    pub(crate) admitted: Arc<std::sync::atomic::AtomicBool>,
+    /// This node's configured voters.
+    pub(crate) voters: Vec<String>,
 }
 
 fn decode<T: DeserializeOwned>(json: &[u8]) -> Result<T, Status> {
@@ -39,6 +43,19 @@ fn encode<T: Serialize>(value: &T) -> Result<Response<RaftPayload>, Status> {
 }
 
 impl MetadataPeerService {
+    /// Refuses Raft messages until bootstrap decided this node may take
+    /// part (a voter that lost its data must never vote or take entries).
+    fn admitted(&self) -> Result<(), Status> {
+        if self.admitted.load(std::sync::atomic::Ordering::SeqCst) {
+            Ok(())
+        } else {
+            Err(Status::unavailable(format!(
+                "node {:?} has not joined the metadata group yet (bootstrap in progress)",
+                self.sender.me
+            )))
+        }
+    }
+
     /// Refuses a message meant for another node or from another cluster.
     fn check(&self, header: Option<&PeerHeader>) -> Result<(), Status> {
         let Some(h) = header else {
@@ -69,6 +86,7 @@ impl MetadataService for MetadataPeerService {
     ) -> Result<Response<RaftPayload>, Status> {
         let p = request.into_inner();
         self.check(p.header.as_ref())?;
+        self.admitted()?;
         let rpc: AppendEntriesRequest<TypeConfig> = decode(&p.json)?;
         let result = self.raft.append_entries(rpc).await;
         encode(&result)
@@ -77,6 +95,7 @@ impl MetadataService for MetadataPeerService {
     async fn vote(&self, request: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
         let p = request.into_inner();
         self.check(p.header.as_ref())?;
+        self.admitted()?;
         let rpc: VoteRequest<RaftId> = decode(&p.json)?;
         let result = self.raft.vote(rpc).await;
         encode(&result)
@@ -88,6 +107,7 @@ impl MetadataService for MetadataPeerService {
     ) -> Result<Response<RaftPayload>, Status> {
         let p = request.into_inner();
         self.check(p.header.as_ref())?;
+        self.admitted()?;
         let rpc: InstallSnapshotRequest<TypeConfig> = decode(&p.json)?;
         let result: Result<_, RaftError<RaftId, InstallSnapshotError>> =
             self.raft.install_snapshot(rpc).await;
@@ -166,6 +186,7 @@ impl MetadataService for MetadataPeerService {
             cluster_id,
             voters,
             asker_storage_id,
+            configured_voters: self.voters.clone(),
         }))
     }
 }

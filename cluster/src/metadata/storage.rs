@@ -229,6 +229,29 @@ struct StoredSnapshot {
 pub struct Shared {
     applied: RwLock<Applied>,
     changed: watch::Sender<u64>,
+    /// Serialises writes of the stored snapshot (a build racing an install
+    /// must not put an older snapshot back).
+    snapshot_write: std::sync::Mutex<()>,
+}
+
+/// Stores `stored` as the current snapshot unless the one stored is as new
+/// or newer: the stored snapshot never goes back, so the log purged below
+/// it is never needed again after a restart.
+fn store_snapshot(
+    disk: &dyn RaftDisk,
+    shared: &Shared,
+    stored: &StoredSnapshot,
+) -> Result<(), StorageError> {
+    let _one = match shared.snapshot_write.lock() {
+        Ok(g) => g,
+        Err(p) => p.into_inner(),
+    };
+    if let Some(existing) = get_json::<StoredSnapshot>(disk, SNAPSHOT)?
+        && existing.meta.last_log_id >= stored.meta.last_log_id
+    {
+        return Ok(());
+    }
+    put_json(disk, SNAPSHOT, stored)
 }
 
 impl Shared {
@@ -300,6 +323,7 @@ impl StateMachine {
             shared: Arc::new(Shared {
                 applied: RwLock::new(applied),
                 changed,
+                snapshot_write: std::sync::Mutex::new(()),
             }),
         })
     }
@@ -334,7 +358,7 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
             meta: meta.clone(),
             data: data.clone(),
         };
-        put_json(self.disk.as_ref(), SNAPSHOT, &stored)?;
+        store_snapshot(self.disk.as_ref(), &self.shared, &stored)?;
         Ok(Snapshot {
             meta,
             snapshot: Box::new(Cursor::new(data)),
@@ -398,7 +422,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             meta: meta.clone(),
             data,
         };
-        put_json(self.disk.as_ref(), SNAPSHOT, &stored)?;
+        store_snapshot(self.disk.as_ref(), &self.shared, &stored)?;
         self.shared.replace(applied);
         Ok(())
     }

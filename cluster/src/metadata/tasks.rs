@@ -71,11 +71,18 @@ impl MetadataGroup {
                     created_at_ms: now_ms(),
                 };
                 match self.inner.raft.client_write(cmd).await {
+                    Ok(r) if r.data == Outcome::Done => {
+                        tracing::info!(index = r.log_id.index, "metadata: cluster initialized")
+                    }
                     Ok(r) => {
-                        tracing::info!(index = r.log_id.index, outcome = ?r.data, "metadata: cluster initialized")
+                        // Refused (bad parameters): retrying at once would
+                        // write a synced entry per loop.
+                        tracing::error!(outcome = ?r.data, "metadata: the cluster could not be initialized");
+                        tokio::time::sleep(Duration::from_secs(5)).await;
                     }
                     Err(e) => {
-                        tracing::warn!(error = %e, "metadata: cannot initialize the cluster yet")
+                        tracing::warn!(error = %e, "metadata: cannot initialize the cluster yet");
+                        tokio::time::sleep(Duration::from_millis(200)).await;
                     }
                 }
                 continue;
