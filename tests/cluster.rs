@@ -594,3 +594,83 @@ fn seeds_without_metadata_voters_are_refused() {
         "nothing was created in the data directory"
     );
 }
+
+#[test]
+fn a_restored_backup_forgets_the_metadata_group_it_was_taken_in() {
+    // A one-node cluster: its own metadata group, a cluster id.
+    let env = |id: &str| -> Vec<(String, String)> {
+        [
+            ("ENGRAM_CLUSTER__ENABLED", "true"),
+            ("ENGRAM_NODE_ID", id),
+            ("ENGRAM_CLUSTER__NETWORK__SWIM_BIND", "127.0.0.1:0"),
+            ("ENGRAM_CLUSTER__NETWORK__PEER_BIND", "127.0.0.1:0"),
+        ]
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+    };
+    let cluster_id = |s: &Server| {
+        let mut id = String::new();
+        wait_until("a cluster id", Duration::from_secs(20), || {
+            id = metadata(s).0;
+            !id.is_empty()
+        });
+        id
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut s = Server::start_with(
+        dir.path(),
+        Options {
+            env: env("solo"),
+            ..Options::default()
+        },
+    );
+    let before = cluster_id(&s);
+    let r = s.post("/api/v1/memories/remember", &json!({"content": "kept"}));
+    assert_eq!(r.status, 201);
+    let id = r.json()["id"].as_str().expect("id").to_owned();
+    let out = tempfile::tempdir().expect("tempdir");
+    let url = format!("http://{}", s.http);
+    let (code, stdout, err) = run_cli(
+        &[
+            "backup",
+            "--output",
+            out.path().to_str().expect("utf8"),
+            "--url",
+            &url,
+        ],
+        &[],
+    );
+    assert_eq!(code, 0, "{err}");
+    s.signal(libc::SIGTERM);
+    assert!(s.wait_exit(Duration::from_secs(30)).is_some());
+    let restored = tempfile::tempdir().expect("tempdir");
+    let target = restored.path().join("data");
+    let (code, _, err) = run_cli(
+        &[
+            "restore",
+            "--input",
+            stdout.trim(),
+            "--data-dir",
+            target.to_str().expect("utf8"),
+        ],
+        &[],
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("metadata-group state was cleared"), "{err}");
+    // Started again, it forms a new group (its old vote and log are gone)
+    // and still holds the data.
+    let s = Server::start_with(
+        &target,
+        Options {
+            env: env("solo"),
+            ..Options::default()
+        },
+    );
+    let after = cluster_id(&s);
+    assert_ne!(
+        after, before,
+        "the restored node resumed the backup's metadata group"
+    );
+    assert_eq!(s.get(&format!("/api/v1/memories/{id}")).status, 200);
+}

@@ -518,12 +518,22 @@ fn restore(input: &Path, data_dir: &Path, config: &Config) -> Result<()> {
         engram_graph::OpenOptions::default(),
     )
     .context("the restored data directory does not open")?;
+    // The backup's Raft vote, log and storage id belong to another time: a
+    // node that resumed them could vote twice in a term or acknowledge
+    // entries it no longer holds. Restored, it is a new member: alone (or
+    // with new peers) it forms a new metadata group; a voter of a running
+    // group refuses to start, as after a lost disk.
+    graph
+        .engine()
+        .store()
+        .raft_clear()
+        .context("clearing the backup's metadata-group state")?;
     let spaces = graph.spaces()?;
     let memories: usize = spaces.iter().map(|s| s.memories).sum();
     drop(graph);
     drop(lock);
     eprintln!(
-        "restored {} (backup of {}, applied LSN {}) into {}: {} spaces, {} memories",
+        "restored {} (backup of {}, applied LSN {}) into {}: {} spaces, {} memories; its metadata-group state was cleared (in a cluster it starts as a new member)",
         input.display(),
         manifest["created_at"].as_str().unwrap_or("?"),
         report.applied_after,

@@ -113,6 +113,22 @@ impl Store {
             .map_err(|e| self.err(e))
     }
 
+    /// Deletes the whole Raft log and every state value (synced): the node
+    /// no longer remembers any metadata group, vote or storage id. Used
+    /// when a backup is restored, whose votes and log belong to another
+    /// time.
+    pub fn raft_clear(&self) -> Result<(), StoreError> {
+        let log = self.handle(Cf::RaftLog)?;
+        let st = self.handle(Cf::RaftState)?;
+        let mut batch = WriteBatch::default();
+        batch.delete_range_cf(log, &index_key(0)[..], &PAST_LAST_INDEX[..]);
+        // State keys are short ASCII names.
+        batch.delete_range_cf(st, &b""[..], &[0xff_u8][..]);
+        self.db
+            .write_opt(batch, &self.synced())
+            .map_err(|e| self.err(e))
+    }
+
     /// Stores `value` under `key` in `raft_state` (synced).
     pub fn raft_put_state(&self, key: &str, value: &[u8]) -> Result<(), StoreError> {
         let cf = self.handle(Cf::RaftState)?;

@@ -47,6 +47,18 @@ fn log_entries_append_read_truncate_and_purge_and_survive_reopen() {
         Some(b"3".to_vec())
     );
     assert_eq!(s.raft_get_state("committed").expect("get"), None);
+    // Clearing forgets the log and every state value.
+    {
+        let c = tempfile::tempdir().expect("tempdir");
+        let s = open(c.path());
+        s.raft_append(&entries(1..5)).expect("append");
+        s.raft_put_state("vote", b"v").expect("vote");
+        s.raft_put_state("storage_id", b"id").expect("id");
+        s.raft_clear().expect("clear");
+        assert_eq!(s.raft_last_entry().expect("last"), None);
+        assert_eq!(s.raft_get_state("vote").expect("get"), None);
+        assert_eq!(s.raft_get_state("storage_id").expect("get"), None);
+    }
     // Purging everything leaves an empty log but keeps the state.
     s.raft_purge_to(u64::MAX, "purged", b"max")
         .expect("purge all");
