@@ -24,6 +24,7 @@ async fn memory_service_round_trip() {
 
     let space = c
         .create_space(pb::CreateSpaceRequest {
+            write_concern: String::new(),
             id: "agents".into(),
             embedding_dim: Some(2),
             hot_capacity: None,
@@ -58,6 +59,7 @@ async fn memory_service_round_trip() {
         .expect("remember")
         .into_inner();
     c.link(pb::LinkRequest {
+        write_concern: String::new(),
         space: "agents".into(),
         source: a.id.clone(),
         target: b.id.clone(),
@@ -121,6 +123,7 @@ async fn memory_service_round_trip() {
     assert_eq!(agents.memories, 2);
 
     c.consolidate(pb::ConsolidateRequest {
+        write_concern: String::new(),
         space: "agents".into(),
         threshold: Some(0.5),
     })
@@ -128,6 +131,7 @@ async fn memory_service_round_trip() {
     .expect("consolidate");
 
     c.forget(pb::ForgetRequest {
+        write_concern: String::new(),
         space: "agents".into(),
         id: a.id.clone(),
     })
@@ -231,6 +235,7 @@ async fn bad_grpc_input_gets_client_error_codes() {
     }
     let err = c
         .create_space(pb::CreateSpaceRequest {
+            write_concern: String::new(),
             id: "default".into(),
             ..Default::default()
         })
@@ -374,6 +379,7 @@ async fn space_metadata_selects_the_space_like_the_http_header() {
     let s = Server::start(dir.path());
     let mut c = client(&s).await;
     c.create_space(pb::CreateSpaceRequest {
+        write_concern: String::new(),
         id: "tenant".into(),
         embedding_dim: None,
         hot_capacity: None,

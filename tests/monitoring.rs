@@ -136,6 +136,7 @@ fn a_real_prometheus_scrapes_engram_and_evaluates_every_alert() {
         ("ENGRAM_NODE_ID", "monitoring-0"),
         ("ENGRAM_CLUSTER__NETWORK__SWIM_BIND", "127.0.0.1:0"),
         ("ENGRAM_CLUSTER__NETWORK__PEER_BIND", "127.0.0.1:0"),
+        ("ENGRAM_CLUSTER__REPLICATION__REPLICATION_FACTOR", "1"),
     ];
     let s = Server::start_with(
         &dir.path().join("data"),
@@ -147,6 +148,7 @@ fn a_real_prometheus_scrapes_engram_and_evaluates_every_alert() {
             ..Options::default()
         },
     );
+    common::wait_space_led(&s, "default", Duration::from_secs(20));
     // Some traffic, so histograms and counters have series.
     for i in 0..5 {
         let r = s.post(

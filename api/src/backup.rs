@@ -45,6 +45,7 @@ pub(crate) async fn backup(State(s): State<Arc<AppState>>) -> Result<Response, A
             status: StatusCode::SERVICE_UNAVAILABLE,
             code: "not_ready",
             message: "the server is starting or stopping".into(),
+            detail: None,
         });
     }
     let one = RUNNING

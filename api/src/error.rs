@@ -5,6 +5,7 @@ use axum::Json;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use engram_graph::GraphError;
+use engram_replication::node::ReplicationError;
 use serde_json::json;
 
 /// An error answered to a client.
@@ -16,6 +17,9 @@ pub struct ApiError {
     pub code: &'static str,
     /// Human-readable explanation.
     pub message: String,
+    /// More fields of the error object (a write whose outcome is unknown
+    /// carries its `sequence` and `"outcome": "unknown"`).
+    pub detail: Option<serde_json::Map<String, serde_json::Value>>,
 }
 
 impl ApiError {
@@ -25,6 +29,7 @@ impl ApiError {
             status: StatusCode::BAD_REQUEST,
             code,
             message: message.into(),
+            detail: None,
         }
     }
 
@@ -34,6 +39,7 @@ impl ApiError {
             status: StatusCode::NOT_FOUND,
             code,
             message: message.into(),
+            detail: None,
         }
     }
 
@@ -43,6 +49,17 @@ impl ApiError {
             status: StatusCode::INTERNAL_SERVER_ERROR,
             code: "internal_error",
             message: message.into(),
+            detail: None,
+        }
+    }
+
+    /// A 503 with `code`: retrying (soon, or elsewhere) can help.
+    pub fn unavailable(code: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            status: StatusCode::SERVICE_UNAVAILABLE,
+            code,
+            message: message.into(),
+            detail: None,
         }
     }
 }
@@ -66,6 +83,7 @@ impl From<GraphError> for ApiError {
             GraphError::SpaceUnavailable { .. } => {
                 (StatusCode::SERVICE_UNAVAILABLE, "space_unavailable")
             }
+            GraphError::NotPrimary { .. } => (StatusCode::SERVICE_UNAVAILABLE, "not_primary"),
         };
         // A damaged space was logged once when its load failed; every
         // request refused since then would only repeat that line.
@@ -76,13 +94,62 @@ impl From<GraphError> for ApiError {
             status,
             code,
             message,
+            detail: None,
         }
     }
 }
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = json!({"error": {"code": self.code, "message": self.message}});
-        (self.status, Json(body)).into_response()
+        let mut error = serde_json::Map::new();
+        error.insert("code".into(), json!(self.code));
+        error.insert("message".into(), json!(self.message));
+        if let Some(detail) = self.detail {
+            error.extend(detail);
+        }
+        let body = json!({ "error": error });
+        let retry = self.status == StatusCode::SERVICE_UNAVAILABLE
+            && matches!(
+                self.code,
+                "not_primary" | "no_primary" | "insufficient_replicas" | "metadata_unavailable"
+            );
+        let mut response = (self.status, Json(body)).into_response();
+        if retry {
+            response.headers_mut().insert(
+                axum::http::header::RETRY_AFTER,
+                axum::http::HeaderValue::from_static("1"),
+            );
+        }
+        response
+    }
+}
+
+impl From<ReplicationError> for ApiError {
+    fn from(e: ReplicationError) -> Self {
+        let message = e.to_string();
+        let unknown = |seq: u64| {
+            let mut m = serde_json::Map::new();
+            m.insert("sequence".into(), json!(seq));
+            m.insert("outcome".into(), json!("unknown"));
+            Some(m)
+        };
+        match e {
+            ReplicationError::Graph(g) => g.into(),
+            ReplicationError::Timeout { seq, .. } => Self {
+                detail: unknown(seq),
+                ..Self::unavailable("write_concern_timeout", message)
+            },
+            ReplicationError::RoleLost { seq, .. } => Self {
+                detail: unknown(seq),
+                ..Self::unavailable("write_outcome_unknown", message)
+            },
+            ReplicationError::Insufficient { .. } => {
+                Self::unavailable("insufficient_replicas", message)
+            }
+            ReplicationError::Storage(_) => {
+                tracing::error!(error = %message, "replication failed");
+                Self::unavailable("replication_unavailable", message)
+            }
+        }
     }
 }

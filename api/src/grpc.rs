@@ -12,6 +12,7 @@ use crate::model::{
     ConsolidateOut, CueBody, LinkBody, MemoryOut, RecalledOut, RememberBody, RememberOut, SpaceOut,
     SpreadBody,
 };
+use crate::replicated;
 use crate::task::blocking;
 use crate::{ApiError, AppState};
 
@@ -58,6 +59,18 @@ impl MemoryGrpc {
 
     fn graph(&self) -> Result<Arc<engram_graph::Graph>, Status> {
         Ok(self.state.graph()?)
+    }
+
+    /// A request's `write_concern` field ("" = the server's default).
+    fn concern(&self, name: &str) -> Result<engram_replication::protocol::Concern, Status> {
+        if name.is_empty() {
+            return Ok(self.state.default_concern());
+        }
+        replicated::parse_concern(name).ok_or_else(|| {
+            Status::invalid_argument(format!(
+                "write_concern {name:?} is not one of primary, quorum, all"
+            ))
+        })
     }
 
     /// Counts and times one call under its method name and status code.
@@ -176,6 +189,7 @@ impl MemoryGrpc {
         request: Request<pb::RememberRequest>,
     ) -> Result<Response<pb::RememberResponse>, Status> {
         let (space, r) = with_space(request)?;
+        let concern = self.concern(&r.write_concern)?;
         // The HTTP body's conversion, so both APIs validate alike.
         let req = RememberBody {
             content: r.content,
@@ -196,7 +210,12 @@ impl MemoryGrpc {
             dedupe: r.dedupe,
         }
         .into_request()?;
-        let out = RememberOut::from(remember_durably(self.graph()?, space, req).await?);
+        let graph = self.graph()?;
+        replicated::precheck(&self.state, &graph, &space, concern)?;
+        let done = remember_durably(graph.clone(), space.clone(), req).await?;
+        let seq = (done.sequence > 0).then_some(done.sequence);
+        replicated::hold(&self.state, &graph, &space, seq, concern).await?;
+        let out = RememberOut::from(done);
         Ok(Response::new(pb::RememberResponse {
             id: out.id,
             space: out.space,
@@ -276,8 +295,12 @@ impl MemoryGrpc {
         request: Request<pb::ForgetRequest>,
     ) -> Result<Response<pb::ForgetResponse>, Status> {
         let (space, r) = with_space(request)?;
+        let concern = self.concern(&r.write_concern)?;
         let graph = self.graph()?;
-        blocking(move || Ok(graph.forget(&space, &r.id)?)).await?;
+        replicated::precheck(&self.state, &graph, &space, concern)?;
+        let (g, sp) = (graph.clone(), space.clone());
+        blocking(move || Ok(g.forget(&sp, &r.id)?)).await?;
+        replicated::hold(&self.state, &graph, &space, None, concern).await?;
         Ok(Response::new(pb::ForgetResponse {}))
     }
 
@@ -286,9 +309,13 @@ impl MemoryGrpc {
         request: Request<pb::LinkRequest>,
     ) -> Result<Response<pb::LinkResponse>, Status> {
         let (space, r) = with_space(request)?;
+        let concern = self.concern(&r.write_concern)?;
         let graph = self.graph()?;
+        replicated::precheck(&self.state, &graph, &space, concern)?;
         let (from, to, weight) = (r.source.clone(), r.target.clone(), r.weight);
-        blocking(move || Ok(graph.link(&space, &from, &to, weight)?)).await?;
+        let (g, sp) = (graph.clone(), space.clone());
+        blocking(move || Ok(g.link(&sp, &from, &to, weight)?)).await?;
+        replicated::hold(&self.state, &graph, &space, None, concern).await?;
         Ok(Response::new(pb::LinkResponse {
             source: r.source,
             target: r.target,
@@ -301,11 +328,15 @@ impl MemoryGrpc {
         request: Request<pb::ConsolidateRequest>,
     ) -> Result<Response<pb::ConsolidateResponse>, Status> {
         let (space, r) = with_space(request)?;
+        let concern = self.concern(&r.write_concern)?;
         let graph = self.graph()?;
+        replicated::precheck(&self.state, &graph, &space, concern)?;
         let threshold = r
             .threshold
             .unwrap_or(graph.config().consolidation.threshold);
-        let rep = blocking(move || Ok(graph.consolidate(&space, threshold)?)).await?;
+        let (g, sp) = (graph.clone(), space.clone());
+        let rep = blocking(move || Ok(g.consolidate(&sp, threshold)?)).await?;
+        replicated::hold(&self.state, &graph, &space, None, concern).await?;
         let o = ConsolidateOut::new(rep, threshold);
         Ok(Response::new(pb::ConsolidateResponse {
             examined: o.examined as u64,
@@ -322,7 +353,17 @@ impl MemoryGrpc {
         request: Request<pb::CreateSpaceRequest>,
     ) -> Result<Response<pb::Space>, Status> {
         let r = request.into_inner();
+        let concern = self.concern(&r.write_concern)?;
         let graph = self.graph()?;
+        let settings = engram_cluster::metadata::SpaceSettings {
+            embedding_dim: r.embedding_dim,
+            hot_capacity: r.hot_capacity,
+        };
+        if let Some(stats) =
+            replicated::create_space(&self.state, &graph, &r.id, settings, concern).await?
+        {
+            return Ok(Response::new(space_pb(SpaceOut::from(&stats))));
+        }
         let stats = blocking(move || {
             let options = SpaceOptions {
                 embedding_dim: r.embedding_dim,
@@ -351,6 +392,9 @@ impl MemoryGrpc {
         request: Request<pb::DeleteSpaceRequest>,
     ) -> Result<Response<pb::DeleteSpaceResponse>, Status> {
         let r = request.into_inner();
+        if replicated::delete_space(&self.state, &r.id).await? {
+            return Ok(Response::new(pb::DeleteSpaceResponse {}));
+        }
         let graph = self.graph()?;
         blocking(move || Ok(graph.delete_space(&r.id)?)).await?;
         Ok(Response::new(pb::DeleteSpaceResponse {}))

@@ -120,6 +120,7 @@ pub(crate) async fn check_host(
                     "Host {:?} is not served here; add it to server.allowed_hosts (ENGRAM_SERVER__ALLOWED_HOSTS) if this server should answer to that name",
                     String::from_utf8_lossy(host.as_bytes())
                 ),
+                detail: None,
             }
             .into_response();
         }
@@ -150,6 +151,7 @@ pub(crate) fn require_json(headers: &HeaderMap) -> Result<(), ApiError> {
                 "the body must be JSON sent with Content-Type: application/json (got {})",
                 other.map_or_else(|| "no Content-Type".to_owned(), |t| format!("{t:?}"))
             ),
+            detail: None,
         }),
     }
 }

@@ -16,7 +16,7 @@ use utoipa::OpenApi;
 
 use crate::model::*;
 use crate::task::blocking;
-use crate::{ApiConfig, ApiError, AppState, VERSION, backup, guard, metrics};
+use crate::{ApiConfig, ApiError, AppState, VERSION, backup, forward, guard, metrics, replicated};
 
 type Shared = State<Arc<AppState>>;
 type QueryResult<T> = Result<Query<T>, QueryRejection>;
@@ -37,6 +37,7 @@ pub(crate) fn router(state: Arc<AppState>, config: &ApiConfig) -> Router {
             }),
         )
         .route("/cluster/health", get(cluster_health))
+        .route("/cluster/spaces/{space}/verify", post(verify_space))
         .route("/openapi.json", get(openapi_json))
         .route("/api/v1/memories/remember", post(remember))
         .route("/api/v1/memories/search", get(search))
@@ -49,6 +50,13 @@ pub(crate) fn router(state: Arc<AppState>, config: &ApiConfig) -> Router {
             "/api/v1/spaces/{space}",
             get(get_space).delete(delete_space),
         )
+        .layer(axum::middleware::from_fn_with_state(
+            Arc::new(forward::Forwarding {
+                state: Arc::clone(&state),
+                body_limit: config.body_limit_bytes,
+            }),
+            forward::route,
+        ))
         .layer(axum::middleware::from_fn_with_state(
             config.request_timeout,
             timeout,
@@ -91,6 +99,7 @@ pub(crate) fn router(state: Arc<AppState>, config: &ApiConfig) -> Router {
         ready,
         system_health,
         cluster_health,
+        verify_space,
         remember,
         search,
         recall,
@@ -157,6 +166,7 @@ fn method_not_allowed_error(method: &axum::http::Method, allow: Option<&str>) ->
         status: StatusCode::METHOD_NOT_ALLOWED,
         code: "method_not_allowed",
         message,
+        detail: None,
     }
 }
 
@@ -194,6 +204,7 @@ async fn timeout(
             status: StatusCode::REQUEST_TIMEOUT,
             code: "request_timeout",
             message: format!("the request took longer than {limit:?}"),
+            detail: None,
         }
         .into_response(),
     }
@@ -255,6 +266,7 @@ fn parse<T: DeserializeOwned>(
             "invalid_body"
         },
         message: e.body_text(),
+        detail: None,
     })?;
     serde_json::from_slice(&body)
         .map_err(|e| ApiError::bad_request("invalid_json", json_error_message(&e)))
@@ -304,6 +316,14 @@ fn json_term(expected: &str) -> &str {
 #[serde(deny_unknown_fields)]
 struct SpaceQuery {
     space: Option<String>,
+}
+
+/// The query of a write: its space and its write concern.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct WriteQuery {
+    space: Option<String>,
+    write_concern: Option<String>,
 }
 
 /// The request's space: header `X-Memory-Space` or query `space`. The
@@ -376,17 +396,113 @@ async fn cluster_health(State(s): Shared) -> Json<ClusterHealthOut> {
     Json(cluster_health_out(&s))
 }
 
+#[utoipa::path(post, path = "/cluster/spaces/{space}/verify", tag = "cluster",
+    params(("space" = String, Path, description = "Space name")),
+    responses(
+        (status = 200, description = "Every copy's applied sequence, memories and digest, and whether they agree", body = VerifyOut),
+        (status = 400, description = "Standalone node, or an invalid name", body = ErrorBody),
+        (status = 404, description = "Unknown space", body = ErrorBody)))]
+async fn verify_space(State(s): Shared, space: PathResult) -> Result<Json<VerifyOut>, ApiError> {
+    let space = path(space)?;
+    let (Some(metadata), Some(replicator)) = (s.metadata(), s.replicator()) else {
+        return Err(ApiError::bad_request(
+            "standalone",
+            "verify compares the copies of a replicated space; this node runs standalone",
+        ));
+    };
+    let Some(meta) = metadata.state().spaces.get(&space).cloned() else {
+        return Err(GraphError::SpaceNotFound(space).into());
+    };
+    let mut copies = Vec::new();
+    for node in &meta.replicas {
+        let copy = match replicator.peer_digest(node, meta.uid).await {
+            Ok(Some(d)) => CopyOut {
+                node: node.clone(),
+                found: true,
+                applied_seq: Some(d.applied_seq),
+                memories: Some(d.memories),
+                digest: Some(d.digest),
+                error: None,
+            },
+            Ok(None) => CopyOut {
+                node: node.clone(),
+                found: false,
+                applied_seq: None,
+                memories: None,
+                digest: None,
+                error: None,
+            },
+            Err(e) => CopyOut {
+                node: node.clone(),
+                found: false,
+                applied_seq: None,
+                memories: None,
+                digest: None,
+                error: Some(e.to_string()),
+            },
+        };
+        copies.push(copy);
+    }
+    let consistent = copies.iter().all(|c| c.found)
+        && copies
+            .windows(2)
+            .all(|w| w[0].digest == w[1].digest && w[0].applied_seq == w[1].applied_seq);
+    Ok(Json(VerifyOut {
+        space,
+        uid: meta.uid,
+        epoch: meta.epoch,
+        primary: meta.primary,
+        consistent,
+        copies,
+    }))
+}
+
 /// `/cluster/health`'s answer (shared with gRPC `GetClusterHealth`).
 pub(crate) fn cluster_health_out(s: &AppState) -> ClusterHealthOut {
     // Names only: listing must not load a space's indexes.
-    let spaces = s
+    let mut spaces = s
         .graph_if_open()
         .map(|g| g.space_names())
         .unwrap_or_default();
+    // In a cluster every space the metadata group holds, held here or not.
+    let committed = s.metadata().map(|m| m.state());
+    if let Some(state) = &committed {
+        spaces.extend(state.spaces.keys().cloned());
+        spaces.sort();
+        spaces.dedup();
+    }
     match s.cluster() {
         Some(c) => {
             let mut out: ClusterHealthOut = c.health(&spaces).into();
             out.metadata = s.metadata().map(|m| m.status().into());
+            if let Some(state) = &committed {
+                for p in &mut out.spaces {
+                    p.assignment = state.spaces.get(&p.space).map(|a| AssignmentOut {
+                        uid: a.uid,
+                        epoch: a.epoch,
+                        primary: a.primary.clone(),
+                        replicas: a.replicas.clone(),
+                        state: match a.state {
+                            engram_cluster::metadata::SpaceLifecycle::Active => "active",
+                            engram_cluster::metadata::SpaceLifecycle::Deleting => "deleting",
+                        },
+                    });
+                }
+            }
+            if let Some(r) = s.replicator() {
+                out.replication = r.status().iter().map(ReplicaLagOut::from).collect();
+                out.max_lag_records = out
+                    .replication
+                    .iter()
+                    .map(|r| r.lag_records)
+                    .max()
+                    .unwrap_or(0);
+                out.max_lag_seconds = out
+                    .replication
+                    .iter()
+                    .map(|r| r.lag_seconds)
+                    .fold(0.0, f64::max);
+            }
             // No metadata leader: nothing that needs the group can change.
             if out.status == "healthy" && out.metadata.as_ref().is_some_and(|m| m.leader.is_none())
             {
@@ -566,12 +682,20 @@ async fn system_health(State(s): Shared) -> Result<Response, ApiError> {
 async fn remember(
     State(s): Shared,
     headers: HeaderMap,
-    q: QueryResult<SpaceQuery>,
+    q: QueryResult<WriteQuery>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    let space = space_of(&headers, query(q)?.space)?;
+    let q = query(q)?;
+    let concern = replicated::concern_of(&s, &headers, q.write_concern.as_deref())?;
+    let space = space_of(&headers, q.space)?;
     let req = parse::<RememberBody>(&headers, body)?.into_request()?;
-    let r = remember_durably(s.graph()?, space, req).await?;
+    let graph = s.graph()?;
+    replicated::precheck(&s, &graph, &space, concern)?;
+    let r = remember_durably(graph.clone(), space.clone(), req).await?;
+    // A deduplicated answer names no write of its own: everything written
+    // to the space so far must hold.
+    let seq = (r.sequence > 0).then_some(r.sequence);
+    replicated::hold(&s, &graph, &space, seq, concern).await?;
     let status = if r.deduplicated {
         StatusCode::OK
     } else {
@@ -712,12 +836,17 @@ async fn forget(
     State(s): Shared,
     headers: HeaderMap,
     id: PathResult,
-    q: QueryResult<SpaceQuery>,
+    q: QueryResult<WriteQuery>,
 ) -> Result<StatusCode, ApiError> {
     let id = path(id)?;
-    let space = space_of(&headers, query(q)?.space)?;
+    let q = query(q)?;
+    let concern = replicated::concern_of(&s, &headers, q.write_concern.as_deref())?;
+    let space = space_of(&headers, q.space)?;
     let graph = s.graph()?;
-    blocking(move || Ok(graph.forget(&space, &id)?)).await?;
+    replicated::precheck(&s, &graph, &space, concern)?;
+    let (g, sp) = (graph.clone(), space.clone());
+    blocking(move || Ok(g.forget(&sp, &id)?)).await?;
+    replicated::hold(&s, &graph, &space, None, concern).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -738,15 +867,20 @@ async fn link(
     State(s): Shared,
     headers: HeaderMap,
     id: PathResult,
-    q: QueryResult<SpaceQuery>,
+    q: QueryResult<WriteQuery>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let id = path(id)?;
-    let space = space_of(&headers, query(q)?.space)?;
+    let q = query(q)?;
+    let concern = replicated::concern_of(&s, &headers, q.write_concern.as_deref())?;
+    let space = space_of(&headers, q.space)?;
     let l: LinkBody = parse(&headers, body)?;
     let graph = s.graph()?;
+    replicated::precheck(&s, &graph, &space, concern)?;
     let (from, to, weight) = (id.clone(), l.target.clone(), l.weight);
-    blocking(move || Ok(graph.link(&space, &from, &to, weight)?)).await?;
+    let (g, sp) = (graph.clone(), space.clone());
+    blocking(move || Ok(g.link(&sp, &from, &to, weight)?)).await?;
+    replicated::hold(&s, &graph, &space, None, concern).await?;
     let out = LinkOut {
         source: id,
         target: l.target,
@@ -770,19 +904,24 @@ async fn link(
 async fn consolidate(
     State(s): Shared,
     headers: HeaderMap,
-    q: QueryResult<SpaceQuery>,
+    q: QueryResult<WriteQuery>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<ConsolidateOut>, ApiError> {
-    let space = space_of(&headers, query(q)?.space)?;
+    let q = query(q)?;
+    let concern = replicated::concern_of(&s, &headers, q.write_concern.as_deref())?;
+    let space = space_of(&headers, q.space)?;
     let b: ConsolidateBody = match body {
         Ok(b) if b.is_empty() => ConsolidateBody::default(),
         other => parse(&headers, other)?,
     };
     let graph = s.graph()?;
+    replicated::precheck(&s, &graph, &space, concern)?;
     let threshold = b
         .threshold
         .unwrap_or(graph.config().consolidation.threshold);
-    let r = blocking(move || Ok(graph.consolidate(&space, threshold)?)).await?;
+    let (g, sp) = (graph.clone(), space.clone());
+    let r = blocking(move || Ok(g.consolidate(&sp, threshold)?)).await?;
+    replicated::hold(&s, &graph, &space, None, concern).await?;
     Ok(Json(ConsolidateOut::new(r, threshold)))
 }
 
@@ -810,10 +949,26 @@ async fn list_spaces(State(s): Shared) -> Result<Json<SpacesOut>, ApiError> {
 async fn create_space(
     State(s): Shared,
     headers: HeaderMap,
+    q: QueryResult<WriteQuery>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
+    let q = query(q)?;
+    if q.space.is_some() {
+        return Err(ApiError::bad_request(
+            "invalid_query",
+            "the space to create is named in the body (\"id\"), not in the query",
+        ));
+    }
+    let concern = replicated::concern_of(&s, &headers, q.write_concern.as_deref())?;
     let b: SpaceBody = parse(&headers, body)?;
     let graph = s.graph()?;
+    let settings = engram_cluster::metadata::SpaceSettings {
+        embedding_dim: b.embedding_dim,
+        hot_capacity: b.hot_capacity,
+    };
+    if let Some(stats) = replicated::create_space(&s, &graph, &b.id, settings, concern).await? {
+        return Ok((StatusCode::CREATED, Json(SpaceOut::from(&stats))).into_response());
+    }
     let stats = blocking(move || {
         let options = SpaceOptions {
             embedding_dim: b.embedding_dim,
@@ -849,6 +1004,9 @@ async fn get_space(State(s): Shared, space: PathResult) -> Result<Json<SpaceOut>
         (status = 503, description = "Starting", body = ErrorBody)))]
 async fn delete_space(State(s): Shared, space: PathResult) -> Result<StatusCode, ApiError> {
     let space = path(space)?;
+    if replicated::delete_space(&s, &space).await? {
+        return Ok(StatusCode::NO_CONTENT);
+    }
     let graph = s.graph()?;
     blocking(move || Ok(graph.delete_space(&space)?)).await?;
     Ok(StatusCode::NO_CONTENT)

@@ -12,11 +12,13 @@
 
 mod backup;
 mod error;
+mod forward;
 pub mod grpc;
 mod guard;
 mod http;
 mod metrics;
 pub mod model;
+pub mod replicated;
 mod task;
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -28,6 +30,8 @@ use axum::http::StatusCode;
 use engram_cluster::Cluster;
 use engram_cluster::metadata::MetadataGroup;
 use engram_graph::Graph;
+use engram_replication::node::Replicator;
+use engram_replication::protocol::Concern;
 
 pub use error::ApiError;
 pub use guard::HostPolicy;
@@ -77,6 +81,16 @@ pub struct AppState {
     cluster: OnceLock<Arc<Cluster>>,
     /// The metadata group, when `cluster.enabled` (after recovery).
     metadata: OnceLock<MetadataGroup>,
+    /// Replication, when `cluster.enabled` (after recovery).
+    replication: OnceLock<Replication>,
+}
+
+/// Replication as the API uses it (cluster mode).
+#[derive(Debug)]
+struct Replication {
+    replicator: Replicator,
+    default_concern: Concern,
+    write_timeout: Duration,
 }
 
 impl AppState {
@@ -92,6 +106,7 @@ impl AppState {
             http,
             cluster: OnceLock::new(),
             metadata: OnceLock::new(),
+            replication: OnceLock::new(),
         }))
     }
 
@@ -121,6 +136,7 @@ impl AppState {
             status: StatusCode::SERVICE_UNAVAILABLE,
             code: "starting",
             message: "storage recovery is still running; retry shortly".into(),
+            detail: None,
         })
     }
 
@@ -145,6 +161,40 @@ impl AppState {
     }
 
     /// Marks the server ready (or not).
+    /// Attaches replication: writes wait for their concern (`default`
+    /// unless the request names one) up to `write_timeout`.
+    pub fn attach_replicator(
+        &self,
+        replicator: Replicator,
+        default: Concern,
+        write_timeout: Duration,
+    ) {
+        let _ = self.replication.set(Replication {
+            replicator,
+            default_concern: default,
+            write_timeout,
+        });
+    }
+
+    /// Replication, in cluster mode.
+    pub fn replicator(&self) -> Option<&Replicator> {
+        self.replication.get().map(|r| &r.replicator)
+    }
+
+    /// The write concern of a request that names none.
+    pub(crate) fn default_concern(&self) -> Concern {
+        self.replication
+            .get()
+            .map_or(Concern::Primary, |r| r.default_concern)
+    }
+
+    /// How long a write waits for its concern.
+    pub(crate) fn write_timeout(&self) -> Duration {
+        self.replication
+            .get()
+            .map_or(Duration::from_secs(5), |r| r.write_timeout)
+    }
+
     pub fn set_ready(&self, ready: bool) {
         self.ready.store(ready, Ordering::SeqCst);
     }

@@ -677,6 +677,57 @@ pub struct ClusterHealthOut {
     /// The metadata group as this node sees it (absent when standalone or
     /// before storage recovered).
     pub metadata: Option<MetadataOut>,
+    /// Replication of the spaces this node leads: one entry per copy (the
+    /// primary's own first), as the primary sees it.
+    pub replication: Vec<ReplicaLagOut>,
+    /// Most records any copy lacks (0 when none lags or standalone).
+    pub max_lag_records: u64,
+    /// Age of the oldest record any copy lacks, in seconds.
+    pub max_lag_seconds: f64,
+}
+
+/// One copy of a space as its primary sees it.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ReplicaLagOut {
+    /// Space name.
+    pub space: String,
+    /// Node holding the copy.
+    pub replica: String,
+    /// `primary` or `replica`.
+    pub role: String,
+    /// `primary`, `in_sync`, `catching_up`, `connecting`, `stalled`,
+    /// `needs_snapshot` or `deposed`.
+    pub state: String,
+    /// Epoch of the space's assignment.
+    pub epoch: u64,
+    /// Last sequence number the primary wrote.
+    pub primary_seq: u64,
+    /// Last sequence number the copy holds durably.
+    pub replica_seq: u64,
+    /// `primary_seq - replica_seq`.
+    pub lag_records: u64,
+    /// Age of the oldest record the copy lacks, on the primary's clock
+    /// (0 when in sync).
+    pub lag_seconds: f64,
+    /// Why the copy is stalled, if it is.
+    pub detail: Option<String>,
+}
+
+impl From<&engram_replication::node::ReplicaStatus> for ReplicaLagOut {
+    fn from(r: &engram_replication::node::ReplicaStatus) -> Self {
+        ReplicaLagOut {
+            space: r.space.clone(),
+            replica: r.replica.clone(),
+            role: r.role.to_owned(),
+            state: r.state.clone(),
+            epoch: r.epoch,
+            primary_seq: r.primary_seq,
+            replica_seq: r.replica_seq,
+            lag_records: r.lag_records,
+            lag_seconds: r.lag_seconds,
+            detail: r.detail.clone(),
+        }
+    }
 }
 
 /// The metadata group (Raft) as one node sees it.
@@ -772,6 +823,59 @@ pub struct SpacePlacementOut {
     pub replicas: Vec<String>,
     /// Replicas alive or suspect.
     pub live_replicas: u32,
+    /// The committed assignment (cluster mode, once the metadata group
+    /// created the space): what serves it, beside the desired placement
+    /// above.
+    pub assignment: Option<AssignmentOut>,
+}
+
+/// `POST /cluster/spaces/{space}/verify`: every copy of a space compared.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct VerifyOut {
+    /// Space name.
+    pub space: String,
+    /// Its uid.
+    pub uid: u64,
+    /// Epoch of its assignment.
+    pub epoch: u64,
+    /// Its primary.
+    pub primary: String,
+    /// Every copy answered with the same applied sequence and digest.
+    pub consistent: bool,
+    /// One entry per member of the replica set.
+    pub copies: Vec<CopyOut>,
+}
+
+/// One copy in a [`VerifyOut`].
+#[derive(Debug, Serialize, ToSchema)]
+pub struct CopyOut {
+    /// Node.
+    pub node: String,
+    /// The node holds a copy.
+    pub found: bool,
+    /// Last sequence number applied to its store.
+    pub applied_seq: Option<u64>,
+    /// Memories in it.
+    pub memories: Option<u64>,
+    /// Digest over its contents (keys without the node-local space id).
+    pub digest: Option<String>,
+    /// Why the node could not be asked.
+    pub error: Option<String>,
+}
+
+/// A space's committed assignment in the metadata group.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct AssignmentOut {
+    /// Cluster-wide id (never reused).
+    pub uid: u64,
+    /// Epoch (every change of primary or replica set bumps it).
+    pub epoch: u64,
+    /// The node that takes its writes.
+    pub primary: String,
+    /// Every node holding a copy, the primary included.
+    pub replicas: Vec<String>,
+    /// `active` or `deleting`.
+    pub state: &'static str,
 }
 
 impl ClusterMemberOut {
@@ -804,6 +908,9 @@ impl ClusterHealthOut {
             jump_buckets: None,
             rebalance: None,
             metadata: None,
+            replication: Vec::new(),
+            max_lag_records: 0,
+            max_lag_seconds: 0.0,
             spaces: spaces
                 .into_iter()
                 .map(|space| SpacePlacementOut {
@@ -812,6 +919,7 @@ impl ClusterHealthOut {
                     primary: None,
                     replicas: Vec::new(),
                     live_replicas: 0,
+                    assignment: None,
                 })
                 .collect(),
         }
@@ -853,9 +961,13 @@ impl From<engram_cluster::ClusterHealth> for ClusterHealthOut {
                     primary: s.primary,
                     replicas: s.replicas,
                     live_replicas: s.live_replicas as u32,
+                    assignment: None,
                 })
                 .collect(),
             metadata: None,
+            replication: Vec::new(),
+            max_lag_records: 0,
+            max_lag_seconds: 0.0,
         }
     }
 }

@@ -128,6 +128,10 @@ pub struct ReplicationConfig {
     /// How long a membership change must hold before partitions move
     /// (a node that flaps within it moves nothing).
     pub rebalance_grace_ms: u64,
+    /// How long the metadata leader waits for `replication_factor`
+    /// registered nodes before it creates `default` and the bootstrap
+    /// spaces on fewer (ms).
+    pub bootstrap_wait_ms: u64,
 }
 
 impl Default for NetworkConfig {
@@ -167,6 +171,7 @@ impl Default for ReplicationConfig {
             rack_penalty: 1.0,
             zone_penalty: 2.0,
             rebalance_grace_ms: 30_000,
+            bootstrap_wait_ms: 30_000,
         }
     }
 }

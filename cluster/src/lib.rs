@@ -38,6 +38,8 @@ pub mod metadata;
 #[cfg(feature = "metadata")]
 pub mod peer;
 pub mod placement;
+#[cfg(feature = "metadata")]
+pub mod spaces;
 
 use std::net::SocketAddr;
 

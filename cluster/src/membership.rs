@@ -452,6 +452,30 @@ impl Cluster {
             .map(|m| m.identity.peer)
     }
 
+    /// The advertised identity of the member called `node` (this node
+    /// included), unless it is down or unknown.
+    pub fn identity_of(&self, node: &str) -> Option<NodeIdentity> {
+        let v = read(&self.shared.view);
+        if v.me.node_id == node {
+            return Some(v.me.clone());
+        }
+        v.members
+            .iter()
+            .find(|m| m.identity.node_id == node && m.state != MemberState::Down)
+            .map(|m| m.identity.clone())
+    }
+
+    /// The nodes placement currently spreads spaces over (after the
+    /// rebalance grace), with their zones and racks.
+    pub fn placed_nodes(&self) -> Vec<PlacementNode> {
+        read(&self.shared.view).placed.clone()
+    }
+
+    /// Placement parameters (`[cluster.replication]`).
+    pub fn placement_params(&self) -> PlacementParams {
+        self.shared.params
+    }
+
     fn refresh_gauges(&self) {
         let v = read(&self.shared.view);
         set_member_gauges(&self.shared.metrics, &v.members);

@@ -112,7 +112,7 @@ async fn start(
     let server = tokio::spawn({
         let group = group.clone();
         async move {
-            let _ = engram_cluster::peer::serve(listener, group, async {
+            let _ = engram_cluster::peer::serve(listener, group, None, async {
                 let _ = stopped.await;
             })
             .await;
@@ -175,6 +175,7 @@ fn create(name: &str) -> Command {
         name: name.into(),
         primary: "a".into(),
         replicas: vec!["a".into(), "b".into(), "c".into()],
+        options: Default::default(),
     }
 }
 

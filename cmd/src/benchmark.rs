@@ -258,6 +258,7 @@ impl Target {
                         c.forget(pb::ForgetRequest {
                             space: space.to_owned(),
                             id,
+                            write_concern: String::new(),
                         })
                         .await?;
                         Ok(None)
@@ -300,6 +301,7 @@ impl Target {
                         id: space.to_owned(),
                         embedding_dim: dim,
                         hot_capacity: None,
+                        write_concern: String::new(),
                     })
                     .await?;
                 }

@@ -18,6 +18,9 @@ use crate::{Cli, Command, ConfigAction, SpaceAction, SpaceTarget, Target};
 
 /// Exit code of `status` when the server cannot be reached.
 const UNREACHABLE: u8 = 3;
+/// `engram status`: ready, but some copy of a space lags beyond
+/// `[replication] lag_alert_records` or `lag_alert_seconds`.
+const LAGGING: u8 = 4;
 
 /// Runs the parsed command line.
 pub fn run(cli: Cli) -> Result<ExitCode> {
@@ -126,12 +129,17 @@ fn space_query(t: &SpaceTarget) -> String {
 async fn remote(command: Command, config: &Config, file: Option<&Path>) -> Result<ExitCode> {
     let timeout = Duration::from_secs(30);
     match command {
-        Command::Status { json, target } => {
+        Command::Status {
+            json,
+            ignore_lag,
+            target,
+        } => {
             let origin = url_origin(&target, file, config);
             status(
                 &client(&target, config, Duration::from_secs(5))?,
                 json,
                 &origin,
+                (!ignore_lag).then_some(&config.replication),
             )
             .await
         }
@@ -244,7 +252,12 @@ async fn remote(command: Command, config: &Config, file: Option<&Path>) -> Resul
 /// `origin` says where the URL came from ([`url_origin`]); an unreachable
 /// server's message names it, since the usual cause is a server started
 /// with other flags than the configuration `status` reads.
-async fn status(c: &Client, as_json: bool, origin: &str) -> Result<ExitCode> {
+async fn status(
+    c: &Client,
+    as_json: bool,
+    origin: &str,
+    alerts: Option<&crate::config::ReplicationSection>,
+) -> Result<ExitCode> {
     let (code, v) = match c.json(Method::GET, "/api/v1/system/health", None).await {
         Ok(r) => r,
         Err(e) if e.downcast_ref::<Unreachable>().is_some() => {
@@ -281,12 +294,27 @@ async fn status(c: &Client, as_json: bool, origin: &str) -> Result<ExitCode> {
         Ok((code, v)) if code.is_success() => v,
         _ => Value::Null,
     };
+    let max_lag_records = cluster["max_lag_records"].as_u64().unwrap_or(0);
+    let max_lag_seconds = cluster["max_lag_seconds"].as_f64().unwrap_or(0.0);
+    let lagging = alerts.is_some_and(|a| {
+        max_lag_records > a.lag_alert_records || max_lag_seconds > a.lag_alert_seconds as f64
+    });
     if as_json {
         let mut out = v.clone();
         if let Some(o) = out.as_object_mut() {
             o.insert("url".into(), json!(c.base()));
             o.insert("reachable".into(), json!(true));
-            o.insert("cluster".into(), cluster);
+            o.insert(
+                "replication".into(),
+                cluster
+                    .get("replication")
+                    .cloned()
+                    .unwrap_or_else(|| json!([])),
+            );
+            o.insert("max_lag_records".into(), json!(max_lag_records));
+            o.insert("max_lag_seconds".into(), json!(max_lag_seconds));
+            o.insert("lagging".into(), json!(lagging));
+            o.insert("cluster".into(), cluster.clone());
         }
         println!("{}", serde_json::to_string_pretty(&out)?);
     } else {
@@ -339,6 +367,30 @@ async fn status(c: &Client, as_json: bool, origin: &str) -> Result<ExitCode> {
                     meta["applied_index"]
                 );
             }
+            for r in cluster["replication"].as_array().into_iter().flatten() {
+                println!(
+                    "  replica {:<18} {:<16} {:<8} {:<11} epoch {} seq {}/{} lag {} records, {:.1} s{}",
+                    r["space"].as_str().unwrap_or(""),
+                    r["replica"].as_str().unwrap_or(""),
+                    r["role"].as_str().unwrap_or(""),
+                    r["state"].as_str().unwrap_or(""),
+                    r["epoch"],
+                    r["replica_seq"],
+                    r["primary_seq"],
+                    r["lag_records"],
+                    r["lag_seconds"].as_f64().unwrap_or(0.0),
+                    r["detail"]
+                        .as_str()
+                        .map(|d| format!(" ({d})"))
+                        .unwrap_or_default()
+                );
+            }
+            if let Some(a) = alerts.filter(|_| lagging) {
+                println!(
+                    "  LAGGING   a copy lacks {max_lag_records} records / {max_lag_seconds:.1} s (alert above {} records or {} s: [replication] lag_alert_records, lag_alert_seconds)",
+                    a.lag_alert_records, a.lag_alert_seconds
+                );
+            }
         }
         for s in v["spaces"].as_array().into_iter().flatten() {
             println!(
@@ -351,10 +403,12 @@ async fn status(c: &Client, as_json: bool, origin: &str) -> Result<ExitCode> {
             );
         }
     }
-    Ok(if ready {
-        ExitCode::SUCCESS
-    } else {
+    Ok(if !ready {
         ExitCode::FAILURE
+    } else if lagging {
+        ExitCode::from(LAGGING)
+    } else {
+        ExitCode::SUCCESS
     })
 }
 

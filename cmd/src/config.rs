@@ -26,6 +26,8 @@ use figment::Figment;
 use figment::providers::{Env, Format, Serialized, Toml};
 use serde::{Deserialize, Serialize};
 
+pub use crate::config_replication::ReplicationSection;
+
 /// Where a config file is looked for when `--config` is not given.
 pub const CONTAINER_CONFIG: &str = "/config/engram.toml";
 
@@ -64,6 +66,8 @@ pub struct Config {
     pub memory: MemorySection,
     /// Cluster membership and placement.
     pub cluster: ClusterConfig,
+    /// Replication of writes (cluster mode).
+    pub replication: ReplicationSection,
 }
 
 /// `[server]`.
@@ -326,6 +330,7 @@ impl Default for Config {
                 },
             },
             cluster: ClusterConfig::default(),
+            replication: ReplicationSection::default(),
         }
     }
 }
@@ -949,6 +954,7 @@ impl Config {
         }
         parse_fsync(&self.wal.fsync)?;
         self.cluster.validate()?;
+        self.replication.validate()?;
         tracing_subscriber::EnvFilter::try_new(&self.log.level).with_context(|| {
             format!(
                 "config key \"log.level\": {:?} is not a valid filter",
@@ -1018,6 +1024,8 @@ impl Config {
             },
             default_confidence: m.default_confidence,
             bootstrap_spaces: m.bootstrap_spaces.clone(),
+            // In a cluster the metadata group creates them on R nodes.
+            create_default_spaces: !self.cluster.enabled,
             stability_days: m.stability_days,
             temporal_weight: m.temporal_weight,
             ann: HnswParams {

@@ -6,6 +6,7 @@ mod benchmark;
 mod client;
 mod commands;
 mod config;
+mod config_replication;
 mod listener;
 mod lock;
 mod logging;
@@ -37,11 +38,17 @@ enum Command {
     /// Runs the server until SIGTERM or SIGINT.
     Start(StartArgs),
     /// Asks a server whether it is ready. Exit code 0: ready; 1: answering
-    /// but not ready or unhealthy; 3: unreachable.
+    /// but not ready or unhealthy; 3: unreachable; 4: ready, but a copy of a
+    /// space it leads lags beyond [replication] lag_alert_records or
+    /// lag_alert_seconds.
     Status {
         /// Print the server's JSON report.
         #[arg(long)]
         json: bool,
+        /// Exit 0 when ready even if a copy lags (for health checks, which
+        /// are about this node, not its replicas).
+        #[arg(long)]
+        ignore_lag: bool,
         #[command(flatten)]
         target: Target,
     },

@@ -17,8 +17,10 @@ use anyhow::{Context, Result, anyhow};
 use engram_api::AppState;
 use engram_api::grpc::{ClusterGrpc, ClusterServiceServer, MemoryGrpc, MemoryServiceServer, pb};
 use engram_cluster::metadata::{MetadataError, MetadataGroup, MetadataOptions, RaftDisk};
+use engram_cluster::spaces::SpacesOptions;
 use engram_cluster::{Cluster, StartOptions};
 use engram_graph::{Background, Graph, OpenOptions};
+use engram_replication::node::Replicator;
 use prometheus::Registry;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -329,17 +331,49 @@ async fn serve(config: Config, repair: bool) -> Result<DirLock> {
     // The metadata group needs the store (its raft families) and the
     // gossip view (peer addresses).
     let mut peer_task = None;
+    let mut spaces_task = None;
     if let (Some(cluster), Some(listener)) = (state.cluster().cloned(), peer) {
         let disk: Arc<dyn RaftDisk> = Arc::new(GraphDisk(Arc::clone(&graph)));
         let opts = metadata_options(&config, &cluster);
-        let group = MetadataGroup::start(opts, disk, cluster, Some(&registry))
+        let resolver: Arc<dyn engram_cluster::metadata::PeerResolver> = cluster.clone();
+        let group = MetadataGroup::start(opts, disk, resolver, Some(&registry))
             .await
             .map_err(|e| anyhow!("starting the metadata group: {e}"))?;
         state.attach_metadata(group.clone());
+        // Replication: the graph takes origin writes only for the spaces
+        // this node leads; the committed assignments say which.
+        let directory = Arc::new(engram_cluster::spaces::Directory::new(
+            Arc::clone(&cluster),
+            group.clone(),
+        ));
+        let replicator = Replicator::start(
+            &cluster.me().node_id,
+            Arc::clone(&graph),
+            config.replication.replicator(),
+            directory,
+            Some(&registry),
+        )
+        .map_err(|e| anyhow!("starting replication: {e}"))?;
+        state.attach_replicator(
+            replicator.clone(),
+            config.replication.concern()?,
+            config.replication.write_timeout(),
+        );
+        spaces_task = Some(engram_cluster::spaces::spawn(
+            group.clone(),
+            Arc::clone(&cluster),
+            replicator.clone(),
+            SpacesOptions {
+                bootstrap_spaces: config.memory.bootstrap_spaces.clone(),
+                bootstrap_wait: Duration::from_millis(config.cluster.replication.bootstrap_wait_ms),
+            },
+            close_rx.clone(),
+        ));
         let mut peer_rx = close_rx.clone();
         peer_task = Some(tokio::spawn(engram_cluster::peer::serve(
             listener,
             group.clone(),
+            Some(replicator),
             async move {
                 let _ = peer_rx.wait_for(|s| *s).await;
             },
@@ -419,6 +453,12 @@ async fn serve(config: Config, repair: bool) -> Result<DirLock> {
         .set_not_serving::<MemoryServiceServer<MemoryGrpc>>()
         .await;
     let _ = close_tx.send(true);
+    if let Some(task) = spaces_task {
+        let _ = tokio::time::timeout(Duration::from_secs(2), task).await;
+    }
+    if let Some(r) = state.replicator() {
+        r.shutdown();
+    }
     if let Some(metadata) = state.metadata() {
         metadata.shutdown().await;
     }

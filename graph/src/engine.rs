@@ -172,6 +172,11 @@ pub struct AppendedRecord<'a> {
 pub trait AppendObserver: Send + Sync {
     /// `record` was just appended.
     fn appended(&self, record: &AppendedRecord<'_>);
+
+    /// Every record through `lsn` is durable (and applied unless applies
+    /// are refused). Called on the WAL writer thread after each group
+    /// commit: it must return at once (wake someone, never wait).
+    fn committed(&self, _lsn: u64) {}
 }
 
 /// What recovery found and did at open.
@@ -253,7 +258,6 @@ pub struct Engine {
     /// which holds the commit hook and with it a reference to `core`.
     wal: Wal,
     core: Arc<Core>,
-    observer: OnceLock<Arc<dyn AppendObserver>>,
 }
 
 /// The engine's state that the WAL writer thread's commit hook shares
@@ -279,6 +283,8 @@ struct Core {
     metrics: EngineMetrics,
     /// Erased content waiting to be purged from the files.
     purge: purge::Purge,
+    /// Sees every appended record and every group commit.
+    observer: OnceLock<Arc<dyn AppendObserver>>,
 }
 
 impl Drop for Engine {
@@ -306,6 +312,13 @@ impl Core {
     /// apply (logged, the engine degraded or failed) and reach the writers
     /// through their own [`Engine::apply_durable`].
     fn on_commit(&self, committed: u64) {
+        self.apply_on_commit(committed);
+        if let Some(observer) = self.observer.get() {
+            observer.committed(committed);
+        }
+    }
+
+    fn apply_on_commit(&self, committed: u64) {
         if self.degradation.at(degraded::Stage::Apply) {
             return;
         }
@@ -571,17 +584,11 @@ impl Engine {
             release_interval: config.wal_release_interval.max(1),
             metrics,
             purge,
+            observer: OnceLock::new(),
         });
         let hook = Arc::clone(&core);
         wal.on_commit(Box::new(move |committed| hook.on_commit(committed)));
-        Ok((
-            Engine {
-                wal,
-                core,
-                observer: OnceLock::new(),
-            },
-            report,
-        ))
+        Ok((Engine { wal, core }, report))
     }
 
     /// Appends `mutations` for `space` to the WAL as one record of `kind`,
@@ -640,7 +647,7 @@ impl Engine {
     /// Sets the observer of every appended record; `false` (and nothing
     /// changes) when one is set already.
     pub fn set_observer(&self, observer: Arc<dyn AppendObserver>) -> bool {
-        self.observer.set(observer).is_ok()
+        self.core.observer.set(observer).is_ok()
     }
 
     /// Appends under the order lock: at the space's next sequence number,
@@ -677,7 +684,7 @@ impl Engine {
             .wal
             .append(RecordHeader { space, seq, kind }, payload)?;
         order.next_seq.insert(space, seq + 1);
-        if let Some(observer) = self.observer.get() {
+        if let Some(observer) = self.core.observer.get() {
             observer.appended(&AppendedRecord {
                 space,
                 lsn: ticket.lsn(),

@@ -84,6 +84,6 @@ pub use memory::{
     Begun, ConsolidationConfig, ConsolidationReport, Cue, DEFAULT_LINK_WEIGHT, DEFAULT_SPACE,
     Graph, GraphConfig, GraphError, Limits, LinkSpec, Memory, PendingRemember, QuickBegin,
     QuickFinish, Recalled, RememberRequest, Remembered, SnapshotReport, SpaceOptions, SpaceStats,
-    Via, kind, valid_space_name,
+    Via, WriteAuthority, kind, valid_space_name,
 };
 pub use memory::{DamagedSpace, WarmUpReport};

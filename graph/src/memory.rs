@@ -26,6 +26,7 @@ mod forget;
 mod link;
 mod read;
 mod remember;
+mod replicated;
 mod residency;
 mod snapshots;
 mod spaces;
@@ -39,6 +40,7 @@ use types::invalid;
 
 pub use consolidate::ConsolidationReport;
 pub use remember::{Begun, PendingRemember, QuickBegin, QuickFinish};
+pub use replicated::WriteAuthority;
 pub use spaces::{DamagedSpace, WarmUpReport};
 pub use types::{
     ConsolidationConfig, Cue, GraphConfig, GraphError, Limits, LinkSpec, Memory, Recalled,
@@ -63,6 +65,9 @@ pub mod kind {
     pub const CONSOLIDATE: u8 = 7;
     /// Idle memories moved to the cold tier.
     pub const ARCHIVE: u8 = 8;
+    /// The first record of a primary's epoch (no mutations): replicas
+    /// learn where the epoch starts, and quorums count from it.
+    pub const EPOCH_START: u8 = 9;
 }
 
 /// Name of the space that always exists.
@@ -622,6 +627,8 @@ pub struct Graph {
     clock: Arc<AtomicU64>,
     /// Index memory metrics (see the `residency` module).
     residency: residency::Metrics,
+    /// Who may originate writes (cluster mode; see the `replicated` module).
+    authority: std::sync::OnceLock<Arc<dyn WriteAuthority>>,
 }
 
 impl Graph {
@@ -673,10 +680,15 @@ impl Graph {
             unreadable,
             clock: Arc::new(AtomicU64::new(0)),
             residency,
+            authority: std::sync::OnceLock::new(),
             config,
         };
-        let mut wanted = vec![DEFAULT_SPACE.to_owned()];
-        wanted.extend(graph.config.bootstrap_spaces.iter().cloned());
+        // In a cluster the metadata group creates them (on R nodes at once).
+        let mut wanted = Vec::new();
+        if graph.config.create_default_spaces {
+            wanted.push(DEFAULT_SPACE.to_owned());
+            wanted.extend(graph.config.bootstrap_spaces.iter().cloned());
+        }
         for name in wanted {
             if !read(&graph.spaces).contains_key(&name) {
                 if !graph.unreadable.is_empty() {
@@ -702,6 +714,7 @@ impl Graph {
         wal_kind: u8,
         mutations: Vec<Mutation>,
     ) -> Result<crate::Committed, GraphError> {
+        self.admit(space)?;
         let alive = read(&space.alive);
         if !*alive {
             return Err(GraphError::SpaceNotFound(space.record.name.clone()));

@@ -21,6 +21,8 @@ pub mod chunk;
 pub mod codec;
 pub mod compress;
 mod error;
+#[cfg(feature = "node")]
+pub mod node;
 pub mod protocol;
 pub mod state;
 

@@ -347,3 +347,35 @@ pub fn run_cli(args: &[&str], env: &[(&str, &str)]) -> (i32, String, String) {
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
 }
+
+/// Waits until some node of `s`'s cluster leads `space`, as `s` sees it:
+/// this node's `/cluster/health` shows the space's committed assignment,
+/// and the primary (when it is this node) lists itself in `replication`.
+/// In a cluster `default` is created by the metadata group a moment after
+/// the node is ready.
+#[allow(dead_code)]
+pub fn wait_space_led(s: &Server, space: &str, limit: Duration) {
+    let start = Instant::now();
+    loop {
+        let h = s.get("/cluster/health").json();
+        let primary = h["spaces"]
+            .as_array()
+            .and_then(|a| a.iter().find(|p| p["space"] == space))
+            .and_then(|p| p["assignment"]["primary"].as_str().map(str::to_owned));
+        let me = h["node"]["node_id"].as_str().unwrap_or("").to_owned();
+        let led_here = h["replication"].as_array().is_some_and(|r| {
+            r.iter()
+                .any(|e| e["space"] == space && e["role"] == "primary" && e["state"] == "primary")
+        });
+        if let Some(p) = primary {
+            if p != me || led_here {
+                return;
+            }
+        }
+        assert!(
+            start.elapsed() < limit,
+            "space {space} not led after {limit:?}: {h}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}

@@ -44,7 +44,9 @@ use tokio::task::JoinHandle;
 pub use network::PeerResolver;
 pub use pb::metadata_service_server::MetadataServiceServer;
 pub use service::MetadataPeerService;
-pub use state::{Command, MetaState, Outcome, Rejection, SpaceMeta};
+pub use state::{
+    Command, EpochReason, MetaState, Outcome, Rejection, SpaceLifecycle, SpaceMeta, SpaceSettings,
+};
 pub use storage::RaftDisk;
 pub use types::{MetaNode, RaftId, raft_id};
 

@@ -52,6 +52,20 @@ pub enum EpochReason {
     HandOver,
     /// The replica set changed.
     SetChange,
+    /// The primary restarted: epochs are single-use, so the new process
+    /// leads a new one.
+    PrimaryRestarted,
+}
+
+/// What a space is created with (the same on every copy).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SpaceSettings {
+    /// Embedding dimension (none: the space refuses embeddings).
+    #[serde(default)]
+    pub embedding_dim: Option<u32>,
+    /// Hot-tier capacity (none: each node's default).
+    #[serde(default)]
+    pub hot_capacity: Option<u32>,
 }
 
 /// The committed assignment of one space.
@@ -72,6 +86,9 @@ pub struct SpaceMeta {
     pub state: SpaceLifecycle,
     /// Why the epoch last changed.
     pub reason: EpochReason,
+    /// What it was created with.
+    #[serde(default)]
+    pub options: SpaceSettings,
 }
 
 /// A deleted space, remembered so nodes that missed the deletion drop
@@ -131,6 +148,9 @@ pub enum Command {
         primary: String,
         /// Replica set, primary included.
         replicas: Vec<String>,
+        /// Options every copy is created with.
+        #[serde(default)]
+        options: SpaceSettings,
     },
     /// Start deleting a space (only the incarnation `expect_uid`).
     DeleteSpace {
@@ -330,6 +350,7 @@ impl MetaState {
                 name,
                 primary,
                 replicas,
+                options,
             } => {
                 if name.is_empty() {
                     return Err(Rejection::Invalid("a space name is empty".into()));
@@ -348,6 +369,7 @@ impl MetaState {
                     replicas,
                     state: SpaceLifecycle::Active,
                     reason: EpochReason::Created,
+                    options,
                 };
                 self.spaces.insert(name, space.clone());
                 Ok(Outcome::Space(space))
@@ -427,6 +449,7 @@ mod tests {
             name: name.into(),
             primary: "b".into(),
             replicas: vec!["b".into(), "a".into(), "c".into()],
+            options: SpaceSettings::default(),
         }
     }
 
@@ -537,6 +560,7 @@ mod tests {
                 name: "s".into(),
                 primary,
                 replicas,
+                options: SpaceSettings::default(),
             });
             assert!(
                 matches!(out, Outcome::Rejected(Rejection::Invalid(_))),

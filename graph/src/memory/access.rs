@@ -36,6 +36,11 @@ impl Graph {
             let Some(space) = by_id.get(&sid) else {
                 continue; // deleted since
             };
+            // A replica's copy is written only by its primary: reads served
+            // here are not counted (statistics, never data).
+            if self.admit(space).is_err() {
+                continue;
+            }
             // An unloaded space has nothing pending: the unload flushed it
             // (see the `residency` module).
             let Some(resident) = space.resident() else {

@@ -162,6 +162,7 @@ impl Graph {
             ));
         }
         let space = self.space(space_name)?;
+        self.admit(&space)?;
         self.consolidate_space(
             &space,
             threshold,

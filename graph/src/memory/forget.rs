@@ -15,6 +15,7 @@ impl Graph {
     pub fn forget(&self, space_name: &str, id: &str) -> Result<(), GraphError> {
         let _writing = self.gate.enter()?;
         let space = self.space(space_name)?;
+        self.admit(&space)?;
         let held = self.state(&space)?;
         let st: &RwLock<SpaceState> = &held;
         let eid = parse_id(id)?;

@@ -15,6 +15,7 @@ impl Graph {
     ) -> Result<(), GraphError> {
         let _writing = self.gate.enter()?;
         let space = self.space(space_name)?;
+        self.admit(&space)?;
         let held = self.state(&space)?;
         let st: &RwLock<SpaceState> = &held;
         let (f, t) = (parse_id(from)?, parse_id(to)?);

@@ -217,6 +217,7 @@ impl Graph {
     ) -> Result<Remembered, GraphError> {
         let _writing = self.gate.enter()?;
         let space = self.space(space_name)?;
+        self.admit(&space)?;
         let held = self.state(&space)?;
         let st: &RwLock<SpaceState> = &held;
         let (draft, confidence, stored_at_ms) =
@@ -258,6 +259,7 @@ impl Graph {
     ) -> Result<Begun, GraphError> {
         let writing = self.gate.enter()?;
         let space = self.space(space_name)?;
+        self.admit(&space)?;
         let held = self.state(&space)?;
         let (draft, _, _) = match self.remember_draft(&space, &mut Access::Lock(&held), req)? {
             Draft::Existing(found) => return Ok(Begun::Done(found)),
@@ -306,6 +308,7 @@ impl Graph {
         }
         let writing = self.gate.enter()?;
         let space = self.space(space_name)?;
+        self.admit(&space)?;
         let Some(held) = self.state_if_loaded(&space) else {
             return Ok(QuickBegin::Blocked(req));
         };

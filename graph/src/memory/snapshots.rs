@@ -17,7 +17,9 @@ impl Graph {
                     space.record.embedding_dim,
                     &self.config,
                 )?;
-                if !orphans.is_empty() {
+                // A replica leaves them to its primary, whose own cleanup
+                // reaches it as a record.
+                if !orphans.is_empty() && self.admit(space).is_ok() {
                     tracing::info!(space = %space.record.name, count = orphans.len(), "removing entries of forgotten memories left by a crash");
                     self.submit(space, kind::FORGET, orphans)?;
                 }

@@ -146,6 +146,12 @@ impl Graph {
                 report.loaded += 1;
                 continue;
             }
+            // A copy this node may not write (a replica's, in a cluster)
+            // stays unloaded: its primary's records would make its indexes
+            // stale at once.
+            if self.authority.get().is_some() && self.admit(&space).is_err() {
+                continue;
+            }
             if budget > 0 && total >= budget {
                 report.left_unloaded += 1;
                 // Its figures now (counted from the store once if a crash
@@ -306,6 +312,7 @@ impl Graph {
         let _writing = self.gate.enter()?;
         let _ddl = lock(&self.ddl);
         let space = self.space(name)?;
+        self.admit(&space)?;
         {
             // Waits for writes in flight to this space; later ones see it gone.
             let mut alive = write(&space.alive);

@@ -69,6 +69,9 @@ pub struct GraphConfig {
     pub default_confidence: f32,
     /// Spaces created at start if missing (besides `default`).
     pub bootstrap_spaces: Vec<String>,
+    /// Whether `default` and `bootstrap_spaces` are created at open
+    /// (standalone: yes; in a cluster the metadata group creates them).
+    pub create_default_spaces: bool,
     /// Stability of the forgetting curve in days (default 7): a memory keeps
     /// half its confidence after 27 × stability days.
     pub stability_days: f64,
@@ -212,6 +215,7 @@ impl Default for GraphConfig {
             limits: Limits::default(),
             default_confidence: 0.7,
             bootstrap_spaces: Vec::new(),
+            create_default_spaces: true,
             stability_days: 7.0,
             temporal_weight: 0.7,
             ann: HnswParams::default(),
@@ -300,6 +304,18 @@ pub enum GraphError {
         space: String,
         /// The load's error, and when the space is loaded again.
         reason: String,
+    },
+    /// This node holds a copy of the space but may not originate writes to
+    /// it: another node is its primary (cluster mode).
+    #[error(
+        "this node is not the primary of space {space:?}{}; send the write to the primary (a cluster node forwards it there)",
+        primary.as_deref().map(|p| format!(" (the primary is {p})")).unwrap_or_default()
+    )]
+    NotPrimary {
+        /// The space.
+        space: String,
+        /// Its primary, when known.
+        primary: Option<String>,
     },
 }
 
@@ -485,7 +501,7 @@ pub struct Recalled {
 /// indexes are not in memory they come from its recorded figures (see
 /// [`GraphConfig::index_budget_mb`]), and what only memory knows (`hot`,
 /// `unlinked_vectors`, `vector_tombstones`) is 0.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct SpaceStats {
     /// Name.
     pub name: String,

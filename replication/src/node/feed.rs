@@ -1,0 +1,191 @@
+//! The primary's feed: every record the engine appends, kept per local
+//! space in a ring of recent records (bounded in bytes) until every replica
+//! has it, and a wake-up for the shippers after each group commit.
+//!
+//! The engine calls [`Feed`] under its order lock and on its WAL writer
+//! thread: nothing here blocks beyond a short mutex, and the feed holds no
+//! reference to the graph (the graph's engine owns the feed through its
+//! observer slot).
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+
+use engram_graph::{AppendObserver, AppendedRecord};
+use engram_lsm::SpaceId;
+use tokio::sync::Notify;
+
+use crate::Record;
+
+/// A record as the feed keeps it.
+#[derive(Debug, Clone)]
+pub(crate) struct FeedRecord {
+    pub seq: u64,
+    pub lsn: u64,
+    pub kind: u8,
+    pub payload: Arc<[u8]>,
+}
+
+#[derive(Debug, Default)]
+struct Ring {
+    records: VecDeque<FeedRecord>,
+    bytes: usize,
+    /// Records dropped from the front because the ring was full.
+    evicted_through: u64,
+}
+
+#[derive(Debug, Default)]
+struct Rings {
+    by_space: HashMap<SpaceId, Ring>,
+    /// Spaces this node holds as a replica: their records come from a
+    /// primary and are not kept.
+    untracked: HashSet<SpaceId>,
+}
+
+/// See the module documentation.
+#[derive(Debug)]
+pub(crate) struct Feed {
+    rings: Mutex<Rings>,
+    /// Bytes a ring may hold.
+    ring_bytes: usize,
+    /// Highest LSN known durable.
+    durable_lsn: AtomicU64,
+    /// Woken after every group commit (one permit each: a wake-up is never
+    /// lost between a shipper's check and its wait).
+    wakers: Mutex<Vec<Arc<Notify>>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl Feed {
+    pub(crate) fn new(ring_bytes: usize) -> Feed {
+        Feed {
+            rings: Mutex::new(Rings::default()),
+            ring_bytes: ring_bytes.max(1),
+            durable_lsn: AtomicU64::new(0),
+            wakers: Mutex::new(Vec::new()),
+        }
+    }
+
+    pub(crate) fn durable_lsn(&self) -> u64 {
+        self.durable_lsn.load(Ordering::Acquire)
+    }
+
+    /// Stops keeping records of `space` (a replica's copy).
+    pub(crate) fn untrack(&self, space: SpaceId) {
+        let mut rings = lock(&self.rings);
+        rings.untracked.insert(space);
+        rings.by_space.remove(&space);
+    }
+
+    /// Keeps records of `space` again (this node became its primary).
+    pub(crate) fn track(&self, space: SpaceId) {
+        lock(&self.rings).untracked.remove(&space);
+    }
+
+    /// Records of `space` after `after`, at most `max`.
+    pub(crate) fn after(&self, space: SpaceId, after: u64, max: usize) -> Vec<FeedRecord> {
+        let rings = lock(&self.rings);
+        let Some(ring) = rings.by_space.get(&space) else {
+            return Vec::new();
+        };
+        let Some(front) = ring.records.front().map(|r| r.seq) else {
+            return Vec::new();
+        };
+        let start = usize::try_from((after + 1).saturating_sub(front)).unwrap_or(usize::MAX);
+        if start >= ring.records.len() {
+            return Vec::new();
+        }
+        ring.records.range(start..).take(max).cloned().collect()
+    }
+
+    /// Records `first..=last` of `space`, or `None` when the ring no longer
+    /// (or not yet) holds all of them.
+    pub(crate) fn range(&self, space: SpaceId, first: u64, last: u64) -> Option<Vec<Record>> {
+        let rings = lock(&self.rings);
+        let ring = rings.by_space.get(&space)?;
+        let front = ring.records.front()?.seq;
+        if first < front {
+            return None;
+        }
+        let start = usize::try_from(first - front).ok()?;
+        if start >= ring.records.len() {
+            return None;
+        }
+        let out: Vec<Record> = ring
+            .records
+            .range(start..)
+            .take_while(|r| r.seq <= last)
+            .map(|r| Record {
+                seq: r.seq,
+                kind: r.kind,
+                payload: r.payload.to_vec(),
+            })
+            .collect();
+        let complete = out.first().is_some_and(|r| r.seq == first)
+            && out.last().is_some_and(|r| r.seq == last);
+        complete.then_some(out)
+    }
+
+    /// Drops records of `space` through `seq` (every replica has them).
+    pub(crate) fn trim(&self, space: SpaceId, seq: u64) {
+        let mut rings = lock(&self.rings);
+        if let Some(ring) = rings.by_space.get_mut(&space) {
+            while ring.records.front().is_some_and(|r| r.seq <= seq) {
+                if let Some(r) = ring.records.pop_front() {
+                    ring.bytes -= r.payload.len();
+                }
+            }
+        }
+    }
+
+    /// Forgets `space` (deleted, or no longer led here).
+    pub(crate) fn drop_space(&self, space: SpaceId) {
+        lock(&self.rings).by_space.remove(&space);
+    }
+
+    pub(crate) fn add_waker(&self, waker: Arc<Notify>) {
+        lock(&self.wakers).push(waker);
+    }
+
+    pub(crate) fn remove_waker(&self, waker: &Arc<Notify>) {
+        lock(&self.wakers).retain(|w| !Arc::ptr_eq(w, waker));
+    }
+
+    /// Wakes every shipper.
+    pub(crate) fn wake(&self) {
+        for w in lock(&self.wakers).iter() {
+            w.notify_one();
+        }
+    }
+}
+
+impl AppendObserver for Feed {
+    fn appended(&self, record: &AppendedRecord<'_>) {
+        let mut rings = lock(&self.rings);
+        if rings.untracked.contains(&record.space) {
+            return;
+        }
+        let ring = rings.by_space.entry(record.space).or_default();
+        ring.records.push_back(FeedRecord {
+            seq: record.seq,
+            lsn: record.lsn,
+            kind: record.kind,
+            payload: Arc::from(record.payload),
+        });
+        ring.bytes += record.payload.len();
+        while ring.bytes > self.ring_bytes && ring.records.len() > 1 {
+            if let Some(r) = ring.records.pop_front() {
+                ring.bytes -= r.payload.len();
+                ring.evicted_through = r.seq;
+            }
+        }
+    }
+
+    fn committed(&self, lsn: u64) {
+        self.durable_lsn.fetch_max(lsn, Ordering::AcqRel);
+        self.wake();
+    }
+}
