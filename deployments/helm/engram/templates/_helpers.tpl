@@ -233,8 +233,9 @@ engram.toml from .Values.config. data_dir and server.bind/http_port/grpc_port
 are never written: the container's arguments set them (the schema refuses
 them too). With cluster.enabled and no cluster.network.seeds, the seed is the
 headless Service (engram.clusterSeed); with cluster.enabled and no
-cluster.metadata.voters, the voters are engram.metadataVoters. Works on a
-copy: .Values is left alone.
+cluster.metadata.voters, the voters are engram.metadataVoters; without
+cluster.replication.replication_factor it is replicaCount, at most 3. Works
+on a copy: .Values is left alone.
 */}}
 {{- define "engram.configToml" -}}
 {{- $cfg := omit (deepCopy (.Values.config | default dict)) "data_dir" -}}
@@ -260,6 +261,14 @@ copy: .Values is left alone.
 {{- $_ := set $metadata "voters" (include "engram.metadataVoters" . | fromJsonArray) -}}
 {{- end -}}
 {{- $_ := set $cluster "metadata" $metadata -}}
+{{- $replication := get $cluster "replication" -}}
+{{- if not (kindIs "map" $replication) -}}
+{{- $replication = dict -}}
+{{- end -}}
+{{- if not (hasKey $replication "replication_factor") -}}
+{{- $_ := set $replication "replication_factor" (min (int .Values.replicaCount) 3) -}}
+{{- end -}}
+{{- $_ := set $cluster "replication" $replication -}}
 {{- end -}}
 {{- end -}}
 {{- include "engram.toml.table" (dict "path" "" "table" $cfg) | trim -}}
