@@ -355,6 +355,19 @@ fn config_check_names_bad_keys_and_layers_in_order() {
             "memory.consolidation.threshold",
         ),
         ("[wal]\nfsync = \"sometimes\"\n", "wal.fsync"),
+        // Replicas acknowledge only what is on disk.
+        (
+            "[cluster]\nenabled = true\n[wal]\nfsync = \"10ms\"\n",
+            "wal.fsync",
+        ),
+        (
+            "[replication]\ndefault_write_concern = \"majority\"\n",
+            "replication.default_write_concern",
+        ),
+        (
+            "[replication]\nwrite_timeout_ms = 0\n",
+            "replication.write_timeout_ms",
+        ),
         ("[log]\nformat = \"xml\"\n", "log.format"),
         ("[server]\nbind = \"not-an-ip\"\n", "server.bind"),
     ] {

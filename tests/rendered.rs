@@ -558,16 +558,29 @@ fn exercise(file: &str, expect_backup: bool) {
         "{file}: /cluster/health succeeded: {pod_name} gossiping at {}, status {}",
         health["node"]["gossip_addr"], health["status"]
     );
-    // It really serves.
-    let r = try_request(
-        addr,
-        "POST",
-        "/api/v1/memories/remember",
-        &[("content-type", "application/json")],
-        br#"{"content": "rendered and running"}"#,
-    )
-    .expect("remember");
+    // It really serves. In a cluster the metadata group creates `default`
+    // a moment after the pod is ready (here, one node and replication
+    // factor 1: as soon as the node registered).
+    let started = std::time::Instant::now();
+    let r = loop {
+        let r = try_request(
+            addr,
+            "POST",
+            "/api/v1/memories/remember",
+            &[("content-type", "application/json")],
+            br#"{"content": "rendered and running"}"#,
+        )
+        .expect("remember");
+        if r.status == 201 || started.elapsed() > std::time::Duration::from_secs(30) {
+            break r;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
     assert_eq!(r.status, 201, "{}", r.text());
+    println!(
+        "{file}: first write accepted {:.1} s after readiness",
+        started.elapsed().as_secs_f64()
+    );
     // The config map reached the server (log format json from engram.toml).
     let logs = docker(&[s("logs"), name.clone()]).2;
     assert!(

@@ -147,15 +147,32 @@ pub(crate) async fn create_space(
     let meta = spaces::create_space(metadata, cluster, name, settings)
         .await
         .map_err(change_error)?;
+    // Created where its concern says: on the primary (this node leads it
+    // and its creation record holds under the concern), or, asked through
+    // another node, on as many copies as the concern needs.
+    let rf = metadata
+        .state()
+        .cluster
+        .map_or(1, |c| usize::from(c.replication_factor.max(1)));
+    let needed = match concern {
+        Concern::Primary => 1,
+        Concern::Quorum => rf / 2 + 1,
+        Concern::All => meta.replicas.len(),
+    };
     let deadline = Instant::now() + s.write_timeout();
     loop {
         let ready = if meta.primary == replicator.node() {
-            graph.space_id(name).is_ok()
+            graph.space_id(name).is_ok() && replicator.leads(meta.uid)
         } else {
-            matches!(
-                replicator.peer_digest(&meta.primary, meta.uid).await,
-                Ok(Some(_))
-            )
+            let mut holding = 0;
+            for node in &meta.replicas {
+                if let Ok(Some(d)) = replicator.peer_digest(node, meta.uid).await
+                    && d.applied_seq >= 1
+                {
+                    holding += 1;
+                }
+            }
+            holding >= needed
         };
         if ready {
             break;
@@ -164,8 +181,7 @@ pub(crate) async fn create_space(
             return Err(ApiError::unavailable(
                 "write_concern_timeout",
                 format!(
-                    "space {name:?} was created in the metadata group but its primary {} has not created it within {} ms; it will, retry reading it shortly",
-                    meta.primary,
+                    "space {name:?} was created in the metadata group but is not yet on the copies its write concern needs within {} ms; it will be: retry reading it shortly",
                     s.write_timeout().as_millis()
                 ),
             ));

@@ -209,7 +209,7 @@ pub fn spawn(
             last_pass = Instant::now();
             pass(&metadata, &cluster, &replicator, &options, started).await;
         }
-        replicator.shutdown();
+        // The server stops the shippers after its listeners drained.
     })
 }
 

@@ -952,7 +952,13 @@ impl Config {
         if self.wal.segment_size_mb == 0 {
             bail!("config key \"wal.segment_size_mb\" must be at least 1");
         }
-        parse_fsync(&self.wal.fsync)?;
+        let durability = parse_fsync(&self.wal.fsync)?;
+        if self.cluster.enabled && durability != Durability::Always {
+            bail!(
+                "config key \"wal.fsync\" must be \"always\" with cluster.enabled (got {:?}): replicas acknowledge and write concerns count only records on disk",
+                self.wal.fsync
+            );
+        }
         self.cluster.validate()?;
         self.replication.validate()?;
         tracing_subscriber::EnvFilter::try_new(&self.log.level).with_context(|| {

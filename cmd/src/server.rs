@@ -326,7 +326,6 @@ async fn serve(config: Config, repair: bool) -> Result<DirLock> {
         }
     };
     let graph = Arc::new(graph);
-    state.attach(Arc::clone(&graph));
 
     // The metadata group needs the store (its raft families) and the
     // gossip view (peer addresses).
@@ -393,6 +392,10 @@ async fn serve(config: Config, repair: bool) -> Result<DirLock> {
             }
         });
     }
+    // Only now can requests reach the graph: in a cluster, the write
+    // authority and the replication feed are in place (no write is taken
+    // that replication would not see).
+    state.attach(Arc::clone(&graph));
     tracing::info!(
         replayed = report.replayed,
         applied_lsn = report.applied_after,
@@ -456,9 +459,6 @@ async fn serve(config: Config, repair: bool) -> Result<DirLock> {
     if let Some(task) = spaces_task {
         let _ = tokio::time::timeout(Duration::from_secs(2), task).await;
     }
-    if let Some(r) = state.replicator() {
-        r.shutdown();
-    }
     if let Some(metadata) = state.metadata() {
         metadata.shutdown().await;
     }
@@ -485,6 +485,13 @@ async fn serve(config: Config, repair: bool) -> Result<DirLock> {
                 "requests still running after the drain period; closing them"
             ),
         }
+    }
+
+    // Requests drained: ship what the copies still lack, then stop the
+    // shippers (bounded: a copy that does not answer is not waited for).
+    if let Some(r) = state.replicator() {
+        r.drain(Duration::from_secs(3)).await;
+        r.shutdown();
     }
 
     // Background work stops (its last access flush runs), writes are sealed

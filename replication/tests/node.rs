@@ -460,6 +460,24 @@ async fn bad_batches_are_refused_with_a_reason_and_change_nothing() {
         .into_inner();
     assert_eq!(ack.status, proto::ReplStatus::ReplNotContiguous as i32);
     assert_eq!(ack.expected_seq, 1);
+    // A batch whose second record does not decode (checksum right): FAILED,
+    // and not even its first record is appended.
+    let broken = [
+        rec(1),
+        Record {
+            seq: 2,
+            kind: engram_graph::kind::REMEMBER,
+            payload: vec![0xff, 0xff, 0xff],
+        },
+    ];
+    let ack = client
+        .apply_batch(fake_batch(1, &broken, 2, 5))
+        .await
+        .expect("answer")
+        .into_inner();
+    assert_eq!(ack.status, proto::ReplStatus::ReplFailed as i32, "{ack:?}");
+    assert_eq!(ack.durable_seq, 0);
+    tokio::time::sleep(Duration::from_millis(200)).await;
     // Nothing was applied: the node holds no space and an empty log.
     assert!(b.graph.space_names().is_empty());
     assert_eq!(

@@ -57,6 +57,14 @@ impl Graph {
         Ok(id)
     }
 
+    /// Makes sure no space created or reserved later gets an id at or
+    /// below `id`: ids held by replication state whose space has no record
+    /// yet (reserved before a restart) are not reused.
+    pub fn reserve_space_ids_through(&self, id: SpaceId) {
+        let mut next = lock(&self.next_space_id);
+        *next = (*next).max(id.saturating_add(1));
+    }
+
     /// The name of the local space `id`, if it is in the map.
     pub fn space_name_of(&self, id: SpaceId) -> Option<String> {
         read(&self.spaces)

@@ -129,6 +129,40 @@ impl Feed {
         complete.then_some(out)
     }
 
+    /// How many consecutive records of `space` from `first` on fit in
+    /// `budget` bytes of batch encoding (at least one, so a record larger
+    /// than the budget still goes alone; 0 when the ring does not hold
+    /// `first`).
+    pub(crate) fn fitting(&self, space: SpaceId, first: u64, budget: usize) -> u64 {
+        let rings = lock(&self.rings);
+        let Some(ring) = rings.by_space.get(&space) else {
+            return 0;
+        };
+        let Some(front) = ring.records.front().map(|r| r.seq) else {
+            return 0;
+        };
+        let Some(start) = first
+            .checked_sub(front)
+            .and_then(|d| usize::try_from(d).ok())
+        else {
+            return 0;
+        };
+        if start >= ring.records.len() {
+            return 0;
+        }
+        let mut used = 0usize;
+        let mut n = 0u64;
+        for r in ring.records.range(start..) {
+            let size = crate::codec::RECORD_HEADER + r.payload.len();
+            if n > 0 && used + size > budget {
+                break;
+            }
+            used += size;
+            n += 1;
+        }
+        n
+    }
+
     /// Drops records of `space` through `seq` (every replica has them).
     pub(crate) fn trim(&self, space: SpaceId, seq: u64) {
         let mut rings = lock(&self.rings);

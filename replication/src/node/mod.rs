@@ -332,11 +332,24 @@ impl Replicator {
         let mut deleted = Vec::new();
         for a in assignments {
             let outcome = if a.deleting {
-                primary::delete(&self.inner, a).await.map(|done| {
-                    if done {
-                        deleted.push(a.uid);
-                    }
-                })
+                // A restarted primary leads it again first (a new epoch),
+                // so its deletion is replicated like any write.
+                let must_lead = a.primary == self.inner.node
+                    && !lock(&self.inner.primaries).contains_key(&a.uid)
+                    && self.inner.local_of(a.uid).is_some();
+                let led = if must_lead {
+                    primary::apply_assignment(&self.inner, a).await
+                } else {
+                    Ok(())
+                };
+                match led {
+                    Ok(()) => primary::delete(&self.inner, a).await.map(|done| {
+                        if done {
+                            deleted.push(a.uid);
+                        }
+                    }),
+                    Err(e) => Err(e),
+                }
             } else {
                 primary::apply_assignment(&self.inner, a).await
             };
@@ -361,8 +374,9 @@ impl Replicator {
     }
 
     /// Waits until write `seq` of local space `space` holds under
-    /// `concern`. A space this node does not lead returns at once (its
-    /// writes were refused before they reached the log).
+    /// `concern`. A space this node does not lead (any more) is
+    /// [`ReplicationError::RoleLost`]: its writes are refused before they
+    /// reach the log, so the write was taken under a role now gone.
     pub async fn wait(
         &self,
         space: SpaceId,
@@ -371,7 +385,14 @@ impl Replicator {
     ) -> Result<(), ReplicationError> {
         let role = match read(&self.inner.roles.by_local).get(&space) {
             Some(Role::Primary(p)) => p.clone(),
-            _ => return Ok(()),
+            // Its write was admitted, so this node led the space then: it
+            // no longer does, and the write's fate is not known here.
+            _ => {
+                return Err(ReplicationError::RoleLost {
+                    space: format!("#{space}"),
+                    seq,
+                });
+            }
         };
         primary::wait(&self.inner, &role, seq, concern).await
     }
@@ -388,6 +409,13 @@ impl Replicator {
             Some(Role::Primary(p)) => p.check_members(),
             _ => Ok(()),
         }
+    }
+
+    /// Whether this node leads space `uid` now.
+    pub fn leads(&self, uid: u64) -> bool {
+        lock(&self.inner.primaries)
+            .get(&uid)
+            .is_some_and(|p| !p.deposed())
     }
 
     /// Replication status of every space led or held here.
@@ -424,6 +452,29 @@ impl Replicator {
             return self.digest(uid).await;
         }
         digest::remote(&self.inner, node, uid).await
+    }
+
+    /// Ships what the spaces led here still owe the copies in session,
+    /// for at most `limit`: at shutdown, after the listeners drained, so a
+    /// replica is not left behind by a restart (the recent-records ring
+    /// does not survive one).
+    pub async fn drain(&self, limit: Duration) {
+        let deadline = std::time::Instant::now() + limit;
+        loop {
+            let primaries: Vec<Arc<PrimaryRole>> =
+                lock(&self.inner.primaries).values().cloned().collect();
+            let owed = primaries.iter().any(|p| p.owes(&self.inner));
+            if !owed || std::time::Instant::now() >= deadline {
+                if owed {
+                    tracing::warn!(
+                        limit_ms = limit.as_millis() as u64,
+                        "stopping with records not yet on every copy in session; they catch up when this node is back only while its recent records hold them"
+                    );
+                }
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     /// Stops every shipper (waiting writes fail with an unknown outcome).

@@ -66,6 +66,15 @@ impl PrimaryRole {
         self.deposed.load(Ordering::SeqCst) || self.stopped.load(Ordering::SeqCst)
     }
 
+    /// Whether a member in session still lacks records synced here.
+    pub(crate) fn owes(&self, inner: &Inner) -> bool {
+        self.refresh(inner);
+        let led = lock(&self.led);
+        led.core.peers.iter().any(|p| {
+            matches!(p.progress, Progress::Streaming { .. }) && p.durable_seq < led.core.synced_seq
+        })
+    }
+
     /// `Insufficient` when the replica set is smaller than a quorum.
     pub(crate) fn check_members(&self) -> Result<(), ReplicationError> {
         let led = lock(&self.led);
@@ -82,6 +91,7 @@ impl PrimaryRole {
 
     pub(crate) fn stop(&self, inner: &Inner) {
         self.stopped.store(true, Ordering::SeqCst);
+        inner.feed.drop_space(self.local);
         for w in &self.wakers {
             w.notify_one();
             inner.feed.remove_waker(w);
@@ -106,6 +116,13 @@ impl PrimaryRole {
             }
             let now = Instant::now();
             for r in records {
+                // Records the ring dropped before they were counted here
+                // (it was full): they are in the log, and counted, but can
+                // no longer be shipped from the ring.
+                while led.core.last_seq + 1 < r.seq {
+                    let seq = led.core.append();
+                    led.appended_at.push_back((seq, now));
+                }
                 if r.seq != led.core.last_seq + 1 {
                     break;
                 }
@@ -130,11 +147,20 @@ impl PrimaryRole {
         }
         self.last_refresh_lsn.store(durable, Ordering::Relaxed);
         answer_waiters(&mut led);
+        if led.core.peers.is_empty() {
+            // No copy to ship to: the ring keeps nothing.
+            let synced = led.core.synced_seq;
+            led.appended_at.clear();
+            drop(led);
+            inner.feed.trim(self.local, synced);
+        }
     }
 }
 
 fn answer_waiters(led: &mut Led) {
     let Led { core, waiters, .. } = led;
+    // Writers that gave up (timed out) wait no more.
+    waiters.retain(|tx| !tx.is_closed());
     for (_, verdict, tx) in waiters.ready(core) {
         let _ = tx.send(verdict);
     }
@@ -300,9 +326,23 @@ pub(crate) async fn apply_assignment(
     write(&inner.roles.by_local).insert(local, Role::Primary(role.clone()));
     if needs_start_record {
         let g = graph.clone();
-        tokio::task::spawn_blocking(move || g.write_epoch_start(local))
+        let started = tokio::task::spawn_blocking(move || g.write_epoch_start(local))
             .await
-            .map_err(|e| ReplicationError::Storage(e.to_string()))??;
+            .map_err(|e| ReplicationError::Storage(e.to_string()))
+            .and_then(|r| r.map_err(ReplicationError::from));
+        if let Err(e) = started {
+            // Not leading after all: the next pass tries again.
+            lock(&inner.primaries).remove(&a.uid);
+            write(&inner.roles.by_local).insert(
+                local,
+                Role::Replica {
+                    uid: a.uid,
+                    primary: None,
+                },
+            );
+            role.stop(inner);
+            return Err(e);
+        }
     }
     role.refresh(inner);
     for (peer, waker) in peers.iter().zip(wakers) {
@@ -470,7 +510,7 @@ enum Step {
 /// The shipper of one (space, member) pair: handshakes, then streams
 /// batches one at a time, each taking everything synced meanwhile.
 async fn ship(inner: Arc<Inner>, role: Arc<PrimaryRole>, peer: String, waker: Arc<Notify>) {
-    let max_records = inner.config.limits.max_records().max(1);
+    let budget = inner.config.limits.max_batch_bytes as usize;
     let mut backoff = inner.config.retry;
     while !role.stopped.load(Ordering::SeqCst) {
         role.refresh(&inner);
@@ -487,10 +527,13 @@ async fn ship(inner: Arc<Inner>, role: Arc<PrimaryRole>, peer: String, waker: Ar
                     .core
                     .handshake(&peer)
                     .map_or(Step::Idle, Step::Handshake),
-                Some(Progress::Streaming { .. }) => led
-                    .core
-                    .next_batch(&peer, max_records)
-                    .map_or(Step::Idle, Step::Send),
+                Some(Progress::Streaming { next_seq, .. }) => {
+                    // As many records as fit in one batch's byte limit.
+                    let fit = inner.feed.fitting(role.local, next_seq, budget).max(1);
+                    led.core
+                        .next_batch(&peer, fit)
+                        .map_or(Step::Idle, Step::Send)
+                }
                 _ => Step::Idle,
             }
         };

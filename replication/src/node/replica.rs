@@ -31,6 +31,9 @@ pub(crate) fn load_slots(inner: &Arc<Inner>) -> Result<(), ReplicationError> {
     let states = store
         .replica_states()
         .map_err(|e| ReplicationError::Storage(e.to_string()))?;
+    if let Some(max) = states.iter().map(|(local, _)| *local).max() {
+        inner.graph.reserve_space_ids_through(max);
+    }
     for (local, bytes) in states {
         let state = match SpaceReplicaState::decode(&bytes) {
             Ok(s) => s,
@@ -423,34 +426,38 @@ async fn append_records(
             return fail(s, e);
         }
     }
-    let new = records
+    let new: Vec<&crate::Record> = records
         .iter()
-        .skip(usize::try_from(*skip).unwrap_or(usize::MAX));
-    let engine: &Engine = inner.graph.engine();
-    let mut last_ticket = None;
+        .skip(usize::try_from(*skip).unwrap_or(usize::MAX))
+        .filter(|r| r.seq >= *first && r.seq <= *last)
+        .collect();
+    // Every record is checked before the first is appended (invariant 7:
+    // nothing of a refused batch is applied).
     let mut kinds: Vec<(u8, Vec<Mutation>)> = Vec::new();
-    for r in new {
-        if r.seq < *first || r.seq > *last {
-            continue;
-        }
+    for r in &new {
+        let mutations = match mutation::decode(&r.payload) {
+            Ok(m) => m,
+            Err(e) => {
+                return fail(
+                    s,
+                    ReplicationError::Storage(format!("record {} does not decode: {e}", r.seq)),
+                );
+            }
+        };
         if r.kind == kind::CREATE_SPACE {
             if let Err(e) = inner.graph.check_replicated_create(s.local, &s.name) {
                 return fail(s, e.into());
             }
         }
         if r.kind == kind::CREATE_SPACE || r.kind == kind::DROP_SPACE {
-            match mutation::decode(&r.payload) {
-                Ok(m) => kinds.push((r.kind, m)),
-                Err(e) => {
-                    return fail(
-                        s,
-                        ReplicationError::Storage(format!("record {} does not decode: {e}", r.seq)),
-                    );
-                }
-            }
+            kinds.push((r.kind, mutations));
         } else if !kinds.iter().any(|(k, _)| *k == r.kind) {
             kinds.push((r.kind, Vec::new()));
         }
+    }
+    let engine: &Engine = inner.graph.engine();
+    let mut last_ticket = None;
+    for r in new {
         match engine.append_replicated(s.local, r.seq, r.kind, &r.payload) {
             Ok(t) => last_ticket = Some(t),
             Err(e) => return fail(s, ReplicationError::Graph(e.into())),
@@ -471,11 +478,17 @@ async fn append_records(
             Err(e) => return fail(s, e),
         }
     }
-    for (k, m) in &kinds {
-        if let Err(e) = inner.graph.apply_replicated(s.local, *k, m) {
-            tracing::error!(space = %s.name, error = %e, "keeping the space map in step with a replicated record failed");
+    // The space map's bookkeeping takes the graph's DDL lock and removes
+    // files: off the async threads.
+    let (g, local, name) = (inner.graph.clone(), s.local, s.name.clone());
+    let _ = tokio::task::spawn_blocking(move || {
+        for (k, m) in &kinds {
+            if let Err(e) = g.apply_replicated(local, *k, m) {
+                tracing::error!(space = %name, error = %e, "keeping the space map in step with a replicated record failed");
+            }
         }
-    }
+    })
+    .await;
     s.core.synced(*last);
     Ok(())
 }

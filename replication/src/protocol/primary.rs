@@ -455,6 +455,14 @@ impl<T> Waiters<T> {
             .collect()
     }
 
+    /// Keeps only the waiters `keep` accepts (drops those that gave up).
+    pub fn retain(&mut self, mut keep: impl FnMut(&T) -> bool) {
+        self.by_seq.retain(|_, list| {
+            list.retain(|(_, w)| keep(w));
+            !list.is_empty()
+        });
+    }
+
     /// Number of waiting writes.
     pub fn len(&self) -> usize {
         self.by_seq.values().map(Vec::len).sum()
