@@ -822,6 +822,34 @@ impl Engine {
         }
     }
 
+    /// Commits a copy of a space installed under the fresh id `space`
+    /// ([`engram_lsm::Store::install_commit`]) holding the records through
+    /// `seq`: the next record of `space` gets `seq + 1`. Refused when a
+    /// record of `space` was appended meanwhile (the id was not fresh).
+    pub fn install_commit(
+        &self,
+        space: SpaceId,
+        seq: u64,
+        state: &[u8],
+        replaces: Option<SpaceId>,
+    ) -> Result<(), EngineError> {
+        let mut order = lock(&self.core.order);
+        self.core.check_failed()?;
+        if order.next_seq.contains_key(&space) || order.pending.iter().any(|o| o.space == space) {
+            return Err(EngineError::Store(StoreError::Corrupt {
+                cf: "meta",
+                detail: format!(
+                    "space id {space} already holds records; an install needs a fresh id"
+                ),
+            }));
+        }
+        self.core
+            .store
+            .install_commit(space, seq, state, replaces)?;
+        order.next_seq.insert(space, seq + 1);
+        Ok(())
+    }
+
     /// Next sequence number `space` will get.
     pub fn next_seq(&self, space: SpaceId) -> u64 {
         lock(&self.core.order)

@@ -649,6 +649,16 @@ impl Graph {
             residency::Metrics::new(registry.as_ref(), budget).map_err(EngineError::Metrics)?;
         let store = engine.store();
         let mut max_id = 0;
+        // Copies whose install a crash interrupted are removed before any
+        // space is read: none of them was ever served.
+        for space in store.abandoned_installs()? {
+            tracing::warn!(
+                space,
+                "removing a copy of a space whose install did not complete"
+            );
+            store.install_abort(space)?;
+            max_id = max_id.max(space);
+        }
         for (space, _) in store.applied_seqs()? {
             max_id = max_id.max(space);
         }

@@ -11,6 +11,7 @@
 //! | `meta` | `0x04` space(4) | u64 BE: LSN of the last record that erased content of the space and is not purged yet ([`crate::Store::purge`]) |
 //! | `meta` | `0x05` space(4) | the space's figures (counts) while its indexes are not in memory (opaque, owned by the graph; written directly, not through the WAL) |
 //! | `meta` | `0x06` space(4) | the space's replication state: cluster uid, promise, epoch history (opaque, owned by the replication layer; synced, not through the WAL) |
+//! | `meta` | `0x07` space(4) | empty: a copy of a space is being installed under this id and is not committed yet ([`crate::Store::install_begin`]) |
 //! | `episodes` | space(4) id(16) | episode record |
 //! | `edges` | space(4) from(16) to(16) | edge record |
 //! | `terms` | space(4) term length(2, BE) term(UTF-8) id(16) | posting value |
@@ -33,6 +34,7 @@ const CONSOLIDATION_CURSOR: u8 = 0x03;
 const PURGE_DUE: u8 = 0x04;
 const SPACE_FIGURES: u8 = 0x05;
 const REPLICA_STATE: u8 = 0x06;
+const INSTALLING: u8 = 0x07;
 
 /// Space ids must stay below this so that `space + 1` bounds a range delete.
 pub const MAX_SPACE_ID: SpaceId = u32::MAX - 1;
@@ -80,6 +82,16 @@ pub(crate) fn replica_state(space: SpaceId) -> [u8; 5] {
     k
 }
 
+pub(crate) fn installing(space: SpaceId) -> [u8; 5] {
+    let mut k = [INSTALLING, 0, 0, 0, 0];
+    k[1..].copy_from_slice(&space.to_be_bytes());
+    k
+}
+
+pub(crate) fn meta_prefix_installing() -> [u8; 1] {
+    [INSTALLING]
+}
+
 pub(crate) fn meta_prefix_replica_state() -> [u8; 1] {
     [REPLICA_STATE]
 }
@@ -96,7 +108,7 @@ pub(crate) fn meta_prefix_spaces() -> [u8; 1] {
     [SPACE_RECORD]
 }
 
-/// Space id of a `0x01` to `0x06` meta key.
+/// Space id of a `0x01` to `0x07` meta key.
 pub(crate) fn meta_space(key: &[u8]) -> Option<SpaceId> {
     let b: [u8; 4] = key.get(1..5)?.try_into().ok()?;
     Some(SpaceId::from_be_bytes(b))

@@ -39,6 +39,7 @@
 
 mod config;
 mod error;
+mod install;
 pub mod keys;
 pub mod mutation;
 mod raft;
@@ -47,6 +48,7 @@ mod store;
 
 pub use config::StoreConfig;
 pub use error::StoreError;
+pub use install::{ImageFamily, META_TAGS};
 pub use mutation::{DecodeError, Mutation, Operation};
 pub use store::{Cf, Entry, Store, StoreStats};
 

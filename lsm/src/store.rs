@@ -82,7 +82,7 @@ impl Cf {
 pub struct Store {
     pub(crate) db: DB,
     path: PathBuf,
-    write_opts: WriteOptions,
+    pub(crate) write_opts: WriteOptions,
     cache: Cache,
     /// Capacity of `cache` in bytes, as configured: rust-rocksdb's
     /// [`Cache`] has no capacity getter, and the DB-wide

@@ -134,6 +134,56 @@ impl Graph {
         Ok(())
     }
 
+    /// Makes the copy installed under the fresh id `id` (its image written
+    /// with [`engram_lsm::Store::install_begin`] and
+    /// [`engram_lsm::Store::install_put`]) this node's copy of its space,
+    /// holding the records through `seq`, with replication state `state`;
+    /// the copy under `replaces`, if any, is dropped in the same synced
+    /// write. The installed space joins the map unloaded.
+    pub fn commit_installed_copy(
+        &self,
+        id: SpaceId,
+        seq: u64,
+        state: &[u8],
+        replaces: Option<SpaceId>,
+    ) -> Result<String, GraphError> {
+        let _ddl = lock(&self.ddl);
+        let store = self.engine.store();
+        let Some(bytes) = store
+            .spaces()?
+            .into_iter()
+            .find_map(|(s, b)| (s == id).then_some(b))
+        else {
+            return Err(GraphError::Corrupt(format!(
+                "the copy installed under space id {id} carries no space record"
+            )));
+        };
+        let record = record::decode::<record::SpaceRecord>(&bytes, "space record")?;
+        let old = replaces.and_then(|r| read(&self.spaces).values().find(|s| s.id == r).cloned());
+        if let Some(existing) = read(&self.spaces).get(&record.name) {
+            if Some(existing.id) != replaces {
+                return Err(GraphError::SpaceExists(record.name));
+            }
+        }
+        match &old {
+            Some(o) => {
+                let mut alive = write(&o.alive);
+                self.engine.install_commit(id, seq, state, replaces)?;
+                *alive = false;
+                *write(&o.state) = None;
+                write(&self.spaces).remove(&o.record.name);
+                let _ = snapshot::remove(&self.index_dir, o.id);
+            }
+            None => self.engine.install_commit(id, seq, state, replaces)?,
+        }
+        let _ = snapshot::remove(&self.index_dir, id);
+        let name = record.name.clone();
+        let space = Space::new(id, record, None, self.config.hot_capacity);
+        write(&self.spaces).insert(name.clone(), Arc::new(space));
+        self.reserve_space_ids_through(id);
+        Ok(name)
+    }
+
     /// Whether a replicated `CREATE_SPACE` of a space named `name` under
     /// local id `id` would be refused (checked before appending it).
     pub fn check_replicated_create(&self, id: SpaceId, name: &str) -> Result<(), GraphError> {
