@@ -699,6 +699,8 @@ const NOT_CONFIG: &[&str] = &[
     "ENGRAM_PUBLISH_ADDR",
     "ENGRAM_RENDERED_DIR",
     "ENGRAM_TEST_BIN",
+    // Fault points of test builds (replication/src/node/mod.rs).
+    "ENGRAM_FAILPOINTS",
 ];
 
 /// Loads the layered configuration. `file` comes from [`config_file`].

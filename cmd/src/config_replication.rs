@@ -18,8 +18,13 @@ pub struct ReplicationSection {
     /// How long a durable write waits for its concern before the 503
     /// `write_concern_timeout` (ms).
     pub write_timeout_ms: u64,
-    /// Recent records a primary keeps per space for replicas that lag (MiB).
+    /// Recent records a primary keeps in memory per space for replicas
+    /// that lag (MiB); a replica further behind is caught up from the WAL.
     pub recent_records_mb: u64,
+    /// WAL a primary keeps per space for replicas that lag beyond the
+    /// recent records (MiB; 0: none). A replica further behind is sent a
+    /// snapshot of the space.
+    pub max_retained_wal_mb: u64,
     /// `engram status` exits 4 when a copy lacks more records than this.
     pub lag_alert_records: u64,
     /// `engram status` exits 4 when a copy lacks a record older than this
@@ -33,6 +38,7 @@ impl Default for ReplicationSection {
             default_write_concern: "quorum".into(),
             write_timeout_ms: 5000,
             recent_records_mb: 64,
+            max_retained_wal_mb: 1024,
             lag_alert_records: 1000,
             lag_alert_seconds: 10,
         }
@@ -58,7 +64,9 @@ impl ReplicationSection {
             bail!("config key \"replication.write_timeout_ms\" must be at least 1");
         }
         if self.recent_records_mb == 0 {
-            bail!("config key \"replication.recent_records_mb\" must be at least 1");
+            bail!(
+                "config key \"replication.recent_records_mb\" must be at least 1 (copies in sync are fed from these records)"
+            );
         }
         Ok(())
     }
@@ -69,6 +77,10 @@ impl ReplicationSection {
             write_timeout: self.write_timeout(),
             recent_records_bytes: usize::try_from(self.recent_records_mb.saturating_mul(1 << 20))
                 .unwrap_or(usize::MAX),
+            max_retained_wal_bytes: usize::try_from(
+                self.max_retained_wal_mb.saturating_mul(1 << 20),
+            )
+            .unwrap_or(usize::MAX),
             ..ReplicationConfig::default()
         }
     }

@@ -531,3 +531,257 @@ async fn a_replica_set_smaller_than_a_quorum_refuses_quorum_writes_before_writin
     }
     a.stop().await;
 }
+
+/// Writes `n` memories through `node` with `concern`.
+async fn write_many(node: &Node, space: &str, prefix: &str, n: usize, concern: Concern) {
+    for i in 0..n {
+        remember(node, space, &format!("{prefix} {i}"), concern)
+            .await
+            .expect("write");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_wiped_member_is_reinstalled_from_a_snapshot_with_an_equal_digest() {
+    let directory = Arc::new(Directory::default());
+    let a = start("a", tempfile::tempdir().expect("dir"), &directory, None).await;
+    let b = start("b", tempfile::tempdir().expect("dir"), &directory, None).await;
+    let c = start("c", tempfile::tempdir().expect("dir"), &directory, None).await;
+    let all = [assignment(9, "wiki", 1, "a", &["a", "b", "c"])];
+    for n in [&a, &b, &c] {
+        n.replicator.apply(3, &all, &[]).await;
+    }
+    write_many(&a, "wiki", "before", 50, Concern::All).await;
+    until("equal digests", Duration::from_secs(10), async || {
+        digests_equal(&[&a, &b, &c], 9).await
+    })
+    .await;
+    // c loses its data directory; the primary's ring dropped what every
+    // member had, so c's records 1..=51 exist only in stores.
+    drop(c.stop().await);
+    write_many(&a, "wiki", "while c is away", 20, Concern::Quorum).await;
+    let c = start("c", tempfile::tempdir().expect("dir"), &directory, None).await;
+    c.replicator.apply(3, &all, &[]).await;
+    // Writes go on while c is reinstalled.
+    let mut written = 0;
+    let started = Instant::now();
+    while !digests_equal(&[&a, &b, &c], 9).await {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "c was not reinstalled: {:?}",
+            a.replicator.status()
+        );
+        remember(&a, "wiki", &format!("during {written}"), Concern::Quorum)
+            .await
+            .expect("quorum write during the install");
+        written += 1;
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let d = c.replicator.digest(9).await.expect("digest").expect("copy");
+    assert!(d.memories >= 70, "{d:?}");
+    // The installed copy takes writes like any copy, and `all` holds.
+    remember(&a, "wiki", "after the install", Concern::All)
+        .await
+        .expect("all after the install");
+    until("equal digests again", Duration::from_secs(10), async || {
+        digests_equal(&[&a, &b, &c], 9).await
+    })
+    .await;
+    // It is a copy like any other after a restart too.
+    let c_dir = c.stop().await;
+    let c = start("c", c_dir, &directory, None).await;
+    c.replicator.apply(3, &all, &[]).await;
+    remember(&a, "wiki", "after c restarted", Concern::All)
+        .await
+        .expect("all after the restart");
+    until(
+        "equal digests after the restart",
+        Duration::from_secs(10),
+        async || digests_equal(&[&a, &b, &c], 9).await,
+    )
+    .await;
+    let g = c.graph.clone();
+    let names = tokio::task::spawn_blocking(move || g.space_names())
+        .await
+        .expect("join");
+    assert_eq!(names, vec!["wiki".to_owned()], "one copy, no leftovers");
+    for n in [a, b, c] {
+        n.stop().await;
+    }
+}
+
+fn snapshot_header(to: &str, uid: u64, epoch: u64) -> proto::SnapshotPart {
+    proto::SnapshotPart {
+        part: Some(proto::snapshot_part::Part::Header(proto::SnapshotHeader {
+            header: Some(proto::PeerHeader {
+                from_node: "fake".into(),
+                to_node: to.into(),
+                cluster_id: "test-cluster".into(),
+            }),
+            space_uid: uid,
+            space: "fake-space".into(),
+            epoch,
+            incarnation: 5,
+            history: vec![proto::EpochStart {
+                epoch,
+                start_seq: 1,
+            }],
+        })),
+    }
+}
+
+fn snapshot_chunk(family: &str, pairs: &[(Vec<u8>, Vec<u8>)]) -> proto::SnapshotPart {
+    let c = engram_replication::SnapshotChunk::encode(
+        family,
+        pairs,
+        None,
+        &engram_replication::ChunkLimits::default(),
+    )
+    .expect("chunk");
+    proto::SnapshotPart {
+        part: Some(proto::snapshot_part::Part::Chunk(
+            proto::SnapshotChunkPart {
+                family: c.family,
+                entries: c.entries,
+                compression: 0,
+                uncompressed_len: c.uncompressed_len,
+                crc32: c.crc32,
+                kvs: c.kvs,
+            },
+        )),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broken_or_bad_snapshot_leaves_nothing_behind() {
+    let directory = Arc::new(Directory::default());
+    let b = start("b", tempfile::tempdir().expect("dir"), &directory, None).await;
+    let addr = directory.peer_addr("b").expect("addr");
+    let mut client = ReplicationServiceClient::connect(format!("http://{addr}"))
+        .await
+        .expect("connect");
+    let record = |name: &str| -> Vec<u8> {
+        // A space record as the graph writes it is opaque here: any bytes
+        // do for an install that never commits.
+        name.as_bytes().to_vec()
+    };
+    // 1. A chunk whose checksum does not match: refused, nothing kept.
+    let mut bad = snapshot_chunk("episodes", &[(vec![1; 16], b"value".to_vec())]);
+    if let Some(proto::snapshot_part::Part::Chunk(c)) = bad.part.as_mut() {
+        c.crc32 ^= 1;
+    }
+    let parts = vec![snapshot_header("b", 77, 1), bad];
+    let ack = client
+        .install_snapshot(tokio_stream::iter(parts))
+        .await
+        .expect("answer")
+        .into_inner();
+    assert_eq!(
+        ack.status,
+        proto::ReplStatus::ReplChecksumMismatch as i32,
+        "{ack:?}"
+    );
+    // 2. An end that does not match what was sent.
+    let parts = vec![
+        snapshot_header("b", 77, 1),
+        snapshot_chunk("meta", &[(vec![0x02], record("fake-space"))]),
+        proto::SnapshotPart {
+            part: Some(proto::snapshot_part::Part::End(proto::SnapshotEnd {
+                seq: 10,
+                entries: 5,
+                bytes: 1,
+            })),
+        },
+    ];
+    let ack = client
+        .install_snapshot(tokio_stream::iter(parts))
+        .await
+        .expect("answer")
+        .into_inner();
+    assert_eq!(
+        ack.status,
+        proto::ReplStatus::ReplMalformed as i32,
+        "{ack:?}"
+    );
+    // 3. A stream that stops before its end (the sender went away).
+    let parts = vec![
+        snapshot_header("b", 77, 1),
+        snapshot_chunk("episodes", &[(vec![2; 16], b"half".to_vec())]),
+    ];
+    let ack = client
+        .install_snapshot(tokio_stream::iter(parts))
+        .await
+        .expect("answer")
+        .into_inner();
+    assert_eq!(
+        ack.status,
+        proto::ReplStatus::ReplMalformed as i32,
+        "{ack:?}"
+    );
+    // 4. An unknown family and a first message that is not a header.
+    let parts = vec![
+        snapshot_header("b", 77, 1),
+        snapshot_chunk("raft_log", &[(vec![3], b"x".to_vec())]),
+    ];
+    let ack = client
+        .install_snapshot(tokio_stream::iter(parts))
+        .await
+        .expect("answer")
+        .into_inner();
+    assert_eq!(
+        ack.status,
+        proto::ReplStatus::ReplMalformed as i32,
+        "{ack:?}"
+    );
+    let parts = vec![snapshot_chunk("episodes", &[(vec![4; 16], b"x".to_vec())])];
+    let ack = client
+        .install_snapshot(tokio_stream::iter(parts))
+        .await
+        .expect("answer")
+        .into_inner();
+    assert_eq!(
+        ack.status,
+        proto::ReplStatus::ReplMalformed as i32,
+        "{ack:?}"
+    );
+    // Nothing of them is left: no space, no half-written keys, no
+    // pending install.
+    let store = b.graph.engine().store();
+    assert!(store.abandoned_installs().expect("installs").is_empty());
+    assert!(b.graph.space_names().is_empty());
+    for space in 0..8 {
+        for cf in engram_lsm::Cf::DATA {
+            assert_eq!(
+                store.scan_space(cf, space).expect("scan").count(),
+                0,
+                "keys of space id {space} in {}",
+                cf.name()
+            );
+        }
+    }
+    // A crash in the middle of an install: the next start removes it.
+    let store = b.graph.engine().store();
+    store.install_begin(40).expect("begin");
+    store
+        .install_put(
+            40,
+            &[(
+                engram_lsm::ImageFamily::Data(engram_lsm::Cf::Episodes),
+                vec![5; 16],
+                b"half".to_vec(),
+            )],
+        )
+        .expect("put");
+    let dir = b.stop().await;
+    let b = start("b", dir, &directory, None).await;
+    let store = b.graph.engine().store();
+    assert!(store.abandoned_installs().expect("installs").is_empty());
+    assert_eq!(
+        store
+            .scan_space(engram_lsm::Cf::Episodes, 40)
+            .expect("scan")
+            .count(),
+        0
+    );
+    b.stop().await;
+}

@@ -1,6 +1,10 @@
 //! The primary's feed: every record the engine appends, kept per local
 //! space in a ring of recent records (bounded in bytes) until every replica
-//! has it, and a wake-up for the shippers after each group commit.
+//! has it, and a wake-up for the shippers after each group commit. Beside
+//! the ring, an index of where each record not yet on every member lies in
+//! the WAL (sequence number → LSN, bounded by the WAL bytes it may keep,
+//! `max_retained_wal_bytes`): records the ring dropped are read back from
+//! the WAL through it.
 //!
 //! The engine calls [`Feed`] under its order lock and on its WAL writer
 //! thread: nothing here blocks beyond a short mutex, and the feed holds no
@@ -32,6 +36,10 @@ struct Ring {
     bytes: usize,
     /// Records dropped from the front because the ring was full.
     evicted_through: u64,
+    /// (seq, LSN, WAL bytes) of every record not yet trimmed, ring or not.
+    index: VecDeque<(u64, u64, usize)>,
+    /// WAL bytes of the records in `index`.
+    index_bytes: usize,
 }
 
 #[derive(Debug, Default)]
@@ -48,6 +56,8 @@ pub(crate) struct Feed {
     rings: Mutex<Rings>,
     /// Bytes a ring may hold.
     ring_bytes: usize,
+    /// WAL bytes the index of one space may cover.
+    wal_bytes: usize,
     /// Highest LSN known durable.
     durable_lsn: AtomicU64,
     /// Woken after every group commit (one permit each: a wake-up is never
@@ -60,10 +70,11 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl Feed {
-    pub(crate) fn new(ring_bytes: usize) -> Feed {
+    pub(crate) fn new(ring_bytes: usize, wal_bytes: usize) -> Feed {
         Feed {
             rings: Mutex::new(Rings::default()),
             ring_bytes: ring_bytes.max(1),
+            wal_bytes,
             durable_lsn: AtomicU64::new(0),
             wakers: Mutex::new(Vec::new()),
         }
@@ -172,7 +183,32 @@ impl Feed {
                     ring.bytes -= r.payload.len();
                 }
             }
+            while ring.index.front().is_some_and(|(s, _, _)| *s <= seq) {
+                if let Some((_, _, size)) = ring.index.pop_front() {
+                    ring.index_bytes -= size;
+                }
+            }
         }
+    }
+
+    /// The LSN of record `seq` of `space`, while the index holds it.
+    pub(crate) fn lsn_of(&self, space: SpaceId, seq: u64) -> Option<u64> {
+        let rings = lock(&self.rings);
+        let index = &rings.by_space.get(&space)?.index;
+        let i = index.binary_search_by_key(&seq, |(s, _, _)| *s).ok()?;
+        index.get(i).map(|(_, lsn, _)| *lsn)
+    }
+
+    /// The LSN of the oldest record of `space` some member may still need
+    /// from the WAL (what the WAL must keep).
+    pub(crate) fn oldest_lsn(&self, space: SpaceId) -> Option<u64> {
+        let rings = lock(&self.rings);
+        rings
+            .by_space
+            .get(&space)?
+            .index
+            .front()
+            .map(|(_, lsn, _)| *lsn)
     }
 
     /// Forgets `space` (deleted, or no longer led here).
@@ -210,6 +246,14 @@ impl AppendObserver for Feed {
             payload: Arc::from(record.payload),
         });
         ring.bytes += record.payload.len();
+        let size = crate::codec::RECORD_HEADER + record.payload.len();
+        ring.index.push_back((record.seq, record.lsn, size));
+        ring.index_bytes += size;
+        while ring.index_bytes > self.wal_bytes && !ring.index.is_empty() {
+            if let Some((_, _, size)) = ring.index.pop_front() {
+                ring.index_bytes -= size;
+            }
+        }
         while ring.bytes > self.ring_bytes && ring.records.len() > 1 {
             if let Some(r) = ring.records.pop_front() {
                 ring.bytes -= r.payload.len();

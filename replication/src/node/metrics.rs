@@ -17,6 +17,12 @@ pub(crate) struct Metrics {
     pub concern_timeouts: IntCounterVec,
     pub lag_records: IntGaugeVec,
     pub lag_seconds: GaugeVec,
+    pub snapshots_sent: IntCounterVec,
+    pub records_shipped: IntCounterVec,
+    pub catchup_seconds: Histogram,
+    pub snapshots_installed: IntCounterVec,
+    pub snapshot_seconds: HistogramVec,
+    pub snapshot_bytes: IntCounterVec,
 }
 
 impl Metrics {
@@ -87,8 +93,57 @@ impl Metrics {
                 ),
                 &["space", "replica"],
             )?,
+            records_shipped: IntCounterVec::new(
+                Opts::new(
+                    "engram_replication_records_shipped_total",
+                    "Records a primary shipped and a replica acknowledged, by where they were read (the recent-records ring or the WAL)",
+                ),
+                &["source"],
+            )?,
+            catchup_seconds: Histogram::with_opts(
+                HistogramOpts::new(
+                    "engram_replication_catchup_seconds",
+                    "Time from a session that started behind (a member back from an absence, or after a snapshot) until the member held every record synced on the primary",
+                )
+                .buckets(prometheus::exponential_buckets(0.01, 2.5, 12)?),
+            )?,
+            snapshots_sent: IntCounterVec::new(
+                Opts::new(
+                    "engram_replication_snapshots_sent_total",
+                    "Snapshots of a space a primary streamed to a replica that lacked records no longer kept, by outcome",
+                ),
+                &["outcome"],
+            )?,
+            snapshots_installed: IntCounterVec::new(
+                Opts::new(
+                    "engram_replication_snapshots_installed_total",
+                    "Snapshots this node received as a replica, by outcome (refused and failed ones left nothing behind)",
+                ),
+                &["outcome"],
+            )?,
+            snapshot_seconds: HistogramVec::new(
+                HistogramOpts::new(
+                    "engram_replication_snapshot_seconds",
+                    "Time to stream (primary) or install (replica) one snapshot, by side",
+                )
+                .buckets(prometheus::exponential_buckets(0.01, 2.5, 12)?),
+                &["side"],
+            )?,
+            snapshot_bytes: IntCounterVec::new(
+                Opts::new(
+                    "engram_replication_snapshot_bytes_total",
+                    "Bytes of space images streamed (sent) or installed (received), uncompressed keys and values",
+                ),
+                &["side"],
+            )?,
         };
         if let Some(r) = registry {
+            r.register(Box::new(m.snapshots_sent.clone()))?;
+            r.register(Box::new(m.records_shipped.clone()))?;
+            r.register(Box::new(m.catchup_seconds.clone()))?;
+            r.register(Box::new(m.snapshots_installed.clone()))?;
+            r.register(Box::new(m.snapshot_seconds.clone()))?;
+            r.register(Box::new(m.snapshot_bytes.clone()))?;
             r.register(Box::new(m.batches.clone()))?;
             r.register(Box::new(m.handshakes.clone()))?;
             r.register(Box::new(m.refused.clone()))?;

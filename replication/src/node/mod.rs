@@ -30,6 +30,8 @@ mod metrics;
 mod primary;
 mod replica;
 mod service;
+mod snapshot;
+mod wal_tail;
 
 pub use digest::SpaceDigest;
 pub use service::ReplicationPeerService;
@@ -56,6 +58,9 @@ pub struct ReplicationConfig {
     pub encode: EncodeOptions,
     /// Bytes of recent records kept per space for replicas that lag.
     pub recent_records_bytes: usize,
+    /// WAL bytes per space kept for members that lag beyond the ring;
+    /// a member further behind gets a snapshot.
+    pub max_retained_wal_bytes: usize,
     /// Bound of one peer call.
     pub rpc_timeout: Duration,
     /// Wait between attempts to reach a replica that did not answer.
@@ -69,6 +74,7 @@ impl Default for ReplicationConfig {
             limits: BatchLimits::default(),
             encode: EncodeOptions::default(),
             recent_records_bytes: 64 << 20,
+            max_retained_wal_bytes: 1 << 30,
             rpc_timeout: Duration::from_secs(5),
             retry: Duration::from_millis(200),
         }
@@ -259,7 +265,10 @@ impl Replicator {
         directory: Arc<dyn PeerDirectory>,
         registry: Option<&Registry>,
     ) -> Result<Replicator, ReplicationError> {
-        let feed = Arc::new(Feed::new(config.recent_records_bytes));
+        let feed = Arc::new(Feed::new(
+            config.recent_records_bytes,
+            config.max_retained_wal_bytes,
+        ));
         let roles = Arc::new(Roles::default());
         if !graph.engine().set_observer(feed.clone()) {
             return Err(ReplicationError::Storage(
@@ -291,6 +300,7 @@ impl Replicator {
             stale_epochs: Mutex::new(HashMap::new()),
         });
         replica::load_slots(&inner)?;
+        set_fail_points();
         Ok(Replicator { inner })
     }
 
@@ -420,6 +430,10 @@ impl Replicator {
 
     /// Replication status of every space led or held here.
     pub fn status(&self) -> Vec<ReplicaStatus> {
+        // The lag gauges are set below for the copies that exist now:
+        // series of copies gone (moved, deleted, no longer led here) go.
+        self.inner.metrics.lag_records.reset();
+        self.inner.metrics.lag_seconds.reset();
         let mut out = Vec::new();
         let primaries: Vec<Arc<PrimaryRole>> =
             lock(&self.inner.primaries).values().cloned().collect();
@@ -468,7 +482,7 @@ impl Replicator {
                 if owed {
                     tracing::warn!(
                         limit_ms = limit.as_millis() as u64,
-                        "stopping with records not yet on every copy in session; they catch up when this node is back only while its recent records hold them"
+                        "stopping with records not yet on every copy in session; the copies that lack them get a snapshot when this node is back"
                     );
                 }
                 return;
@@ -500,7 +514,8 @@ pub struct ReplicaStatus {
     pub replica: String,
     /// `primary` or `replica`.
     pub role: &'static str,
-    /// `in_sync`, `catching_up`, `connecting`, `stalled`.
+    /// The primary's own entry: `primary` or `deposed`; a member's:
+    /// `in_sync`, `catching_up`, `needs_snapshot`, `connecting`, `stalled`.
     pub state: String,
     /// Epoch.
     pub epoch: u64,
@@ -543,6 +558,27 @@ impl Inner {
         Some(client)
     }
 
+    /// A client for a snapshot stream: no per-call timeout (a snapshot
+    /// takes as long as the space is large; its sender bounds it).
+    fn snapshot_client(
+        &self,
+        node: &str,
+    ) -> Option<proto::replication_service_client::ReplicationServiceClient<Channel>> {
+        let addr = self.directory.peer_addr(node)?;
+        let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+            .ok()?
+            .connect_timeout(self.config.rpc_timeout)
+            .tcp_nodelay(true);
+        let max = self.config.limits.max_batch_bytes as usize + (1 << 20);
+        Some(
+            proto::replication_service_client::ReplicationServiceClient::new(
+                endpoint.connect_lazy(),
+            )
+            .max_decoding_message_size(max)
+            .max_encoding_message_size(max),
+        )
+    }
+
     fn header(&self, to: &str) -> proto::PeerHeader {
         proto::PeerHeader {
             from_node: self.node.clone(),
@@ -553,5 +589,30 @@ impl Inner {
 
     fn local_of(&self, uid: u64) -> Option<SpaceId> {
         read(&self.uids).get(&uid).copied()
+    }
+}
+
+/// Sets the fault points named in `ENGRAM_FAILPOINTS`
+/// (`name=actions;name=actions`, the `fail` crate's syntax), for fault
+/// tests. They act only in builds with the `failpoints` feature (test
+/// builds); otherwise they are ignored.
+fn set_fail_points() {
+    let Ok(spec) = std::env::var("ENGRAM_FAILPOINTS") else {
+        return;
+    };
+    for item in spec.split(';').filter(|i| !i.trim().is_empty()) {
+        match item.split_once('=') {
+            Some((name, actions)) => match fail::cfg(name.trim(), actions.trim()) {
+                Ok(()) => tracing::warn!(
+                    point = name.trim(),
+                    actions = actions.trim(),
+                    "fault point set (ENGRAM_FAILPOINTS)"
+                ),
+                Err(e) => {
+                    tracing::warn!(point = name.trim(), error = %e, "ENGRAM_FAILPOINTS: cannot set the fault point")
+                }
+            },
+            None => tracing::warn!(item, "ENGRAM_FAILPOINTS: expected name=actions"),
+        }
     }
 }

@@ -11,7 +11,10 @@ use engram_lsm::SpaceId;
 use tokio::sync::{Notify, oneshot};
 
 use super::proto;
-use super::{Assignment, Inner, ReplicaStatus, ReplicationError, Role, lock, read, write};
+use super::{
+    Assignment, Inner, ReplicaStatus, ReplicationError, Role, lock, read, wal_tail, write,
+};
+use crate::Record;
 use crate::codec::Batch;
 use crate::protocol::{
     Ack, Concern, EpochStart, History, Incarnation, PrimarySpace, Progress, Refusal, Wait, Waiters,
@@ -27,6 +30,8 @@ struct PeerSeen {
     last_ack: Option<Instant>,
     /// Why shipping to it is stuck, if it is.
     stalled: Option<String>,
+    /// Since when it has been catching up (a session started behind).
+    behind_since: Option<Instant>,
 }
 
 struct Led {
@@ -49,6 +54,8 @@ pub(crate) struct PrimaryRole {
     deposed: AtomicBool,
     wakers: Vec<Arc<Notify>>,
     last_refresh_lsn: AtomicU64,
+    /// Keeps the WAL from the oldest record a member may still need.
+    wal_pin: Mutex<Option<engram_wal::Pin>>,
 }
 
 impl std::fmt::Debug for PrimaryRole {
@@ -75,6 +82,34 @@ impl PrimaryRole {
         })
     }
 
+    /// Notes why shipping to `peer` is stuck (`None`: it is not).
+    pub(crate) fn set_stalled(&self, peer: &str, why: Option<String>) {
+        lock(&self.led)
+            .seen
+            .entry(peer.to_owned())
+            .or_default()
+            .stalled = why;
+    }
+
+    /// This primary's epoch history.
+    pub(crate) fn history(&self) -> History {
+        lock(&self.led).core.history.clone()
+    }
+
+    /// A member promised a higher epoch: stop taking writes.
+    pub(crate) fn depose(&self, promised: u64) {
+        depose(self, promised);
+    }
+
+    /// `peer` installed a snapshot through `seq`.
+    pub(crate) fn snapshot_installed(&self, peer: &str, seq: u64) {
+        let mut led = lock(&self.led);
+        led.core.snapshot_installed(peer, seq);
+        let seen = led.seen.entry(peer.to_owned()).or_default();
+        seen.floor = seq;
+        seen.stalled = None;
+    }
+
     /// `Insufficient` when the replica set is smaller than a quorum.
     pub(crate) fn check_members(&self) -> Result<(), ReplicationError> {
         let led = lock(&self.led);
@@ -92,6 +127,7 @@ impl PrimaryRole {
     pub(crate) fn stop(&self, inner: &Inner) {
         self.stopped.store(true, Ordering::SeqCst);
         inner.feed.drop_space(self.local);
+        *lock(&self.wal_pin) = None;
         for w in &self.wakers {
             w.notify_one();
             inner.feed.remove_waker(w);
@@ -153,6 +189,22 @@ impl PrimaryRole {
             led.appended_at.clear();
             drop(led);
             inner.feed.trim(self.local, synced);
+        } else {
+            drop(led);
+        }
+        self.pin_wal(inner);
+    }
+
+    /// Moves the WAL pin to the oldest record a member may still need
+    /// (none: no pin). Retention never depends on it for correctness: a
+    /// record the WAL lost is sent in a snapshot instead.
+    fn pin_wal(&self, inner: &Inner) {
+        let oldest = inner.feed.oldest_lsn(self.local);
+        let mut pin = lock(&self.wal_pin);
+        match (oldest, pin.as_ref().map(engram_wal::Pin::lsn)) {
+            (Some(lsn), Some(held)) if lsn == held => {}
+            (Some(lsn), _) => *pin = Some(inner.graph.engine().wal().pin(lsn)),
+            (None, _) => *pin = None,
         }
     }
 }
@@ -319,6 +371,7 @@ pub(crate) async fn apply_assignment(
         deposed: AtomicBool::new(false),
         wakers: wakers.clone(),
         last_refresh_lsn: AtomicU64::new(0),
+        wal_pin: Mutex::new(None),
     });
     if let Some(old) = lock(&inner.primaries).insert(a.uid, role.clone()) {
         old.stop(inner);
@@ -492,6 +545,14 @@ pub(crate) async fn wait(
     }
 }
 
+/// Fault point `replication::corrupt_batch` (with the `failpoints`
+/// feature; set through `ENGRAM_FAILPOINTS`): `true` when the next batch
+/// is to be sent corrupted.
+fn corrupt_fail_point() -> bool {
+    fail::fail_point!("replication::corrupt_batch", |_| true);
+    false
+}
+
 fn concern_label(c: Concern) -> &'static str {
     match c {
         Concern::Primary => "primary",
@@ -504,6 +565,9 @@ fn concern_label(c: Concern) -> &'static str {
 enum Step {
     Handshake(crate::protocol::HandshakePlan),
     Send(crate::protocol::BatchPlan),
+    /// Records from this one through the second are to be read from the WAL.
+    Wal(u64, u64),
+    Snapshot,
     Idle,
 }
 
@@ -512,6 +576,7 @@ enum Step {
 async fn ship(inner: Arc<Inner>, role: Arc<PrimaryRole>, peer: String, waker: Arc<Notify>) {
     let budget = inner.config.limits.max_batch_bytes as usize;
     let mut backoff = inner.config.retry;
+    let mut cursor: Option<wal_tail::WalCursor> = None;
     while !role.stopped.load(Ordering::SeqCst) {
         role.refresh(&inner);
         let step = {
@@ -527,13 +592,21 @@ async fn ship(inner: Arc<Inner>, role: Arc<PrimaryRole>, peer: String, waker: Ar
                     .core
                     .handshake(&peer)
                     .map_or(Step::Idle, Step::Handshake),
-                Some(Progress::Streaming { next_seq, .. }) => {
-                    // As many records as fit in one batch's byte limit.
-                    let fit = inner.feed.fitting(role.local, next_seq, budget).max(1);
-                    led.core
-                        .next_batch(&peer, fit)
-                        .map_or(Step::Idle, Step::Send)
+                Some(Progress::Streaming {
+                    next_seq, inflight, ..
+                }) => {
+                    // As many records as fit in one batch's byte limit,
+                    // from the ring, or else from the WAL.
+                    let fit = inner.feed.fitting(role.local, next_seq, budget);
+                    if fit == 0 && inflight.is_none() && next_seq <= led.core.synced_seq {
+                        Step::Wal(next_seq, led.core.synced_seq)
+                    } else {
+                        led.core
+                            .next_batch(&peer, fit.max(1))
+                            .map_or(Step::Idle, Step::Send)
+                    }
                 }
+                Some(Progress::NeedSnapshot { .. }) => Step::Snapshot,
                 _ => Step::Idle,
             }
         };
@@ -545,7 +618,55 @@ async fn ship(inner: Arc<Inner>, role: Arc<PrimaryRole>, peer: String, waker: Ar
                 continue;
             }
             Step::Handshake(plan) => handshake(&inner, &role, &peer, plan).await,
-            Step::Send(plan) => send(&inner, &role, &peer, plan).await,
+            Step::Send(plan) => send(&inner, &role, &peer, plan, None).await,
+            Step::Wal(first, limit) => {
+                let (g, feed, local) = (inner.graph.clone(), inner.feed.clone(), role.local);
+                let mut c = cursor.take();
+                let read = tokio::task::spawn_blocking(move || {
+                    let r = wal_tail::read(&g, &feed, local, first, limit, budget, &mut c);
+                    (r, c)
+                })
+                .await;
+                match read {
+                    Ok((Ok(Some(records)), c)) if !records.is_empty() => {
+                        cursor = c;
+                        let plan = lock(&role.led).core.next_batch(&peer, records.len() as u64);
+                        match plan {
+                            Some(plan) if plan.first == first => {
+                                let n = usize::try_from(plan.last - plan.first + 1)
+                                    .unwrap_or(usize::MAX);
+                                let records: Vec<Record> = records.into_iter().take(n).collect();
+                                send(&inner, &role, &peer, plan, Some(records)).await
+                            }
+                            Some(_) => {
+                                lock(&role.led).core.timed_out(&peer);
+                                false
+                            }
+                            None => false,
+                        }
+                    }
+                    Ok((Ok(Some(_)), c)) => {
+                        cursor = c;
+                        false
+                    }
+                    Ok((Ok(None), _)) => {
+                        tracing::info!(space = %role.name, %peer, first, "records a member needs are no longer in the ring or the WAL; it gets a snapshot");
+                        lock(&role.led)
+                            .core
+                            .needs_snapshot(&peer, first.saturating_sub(1));
+                        true
+                    }
+                    Ok((Err(e), _)) => {
+                        role.set_stalled(&peer, Some(e));
+                        false
+                    }
+                    Err(e) => {
+                        role.set_stalled(&peer, Some(format!("reading the WAL failed: {e}")));
+                        false
+                    }
+                }
+            }
+            Step::Snapshot => super::snapshot::send(&inner, &role, &peer).await,
         };
         if ok {
             backoff = inner.config.retry;
@@ -556,7 +677,7 @@ async fn ship(inner: Arc<Inner>, role: Arc<PrimaryRole>, peer: String, waker: Ar
     }
 }
 
-fn history_proto(h: &History) -> Vec<proto::EpochStart> {
+pub(crate) fn history_proto(h: &History) -> Vec<proto::EpochStart> {
     h.entries()
         .iter()
         .map(|e| proto::EpochStart {
@@ -637,10 +758,14 @@ async fn handshake(
             if r.status == proto::ReplStatus::ReplOk as i32 {
                 led.core
                     .handshake_ok(peer, plan.nonce, r.next_seq, r.durable_seq);
+                let synced = led.core.synced_seq;
                 let seen = led.seen.entry(peer.to_owned()).or_default();
                 seen.stalled = None;
                 seen.last_ack = Some(Instant::now());
-                seen.floor = seen.floor.max(r.durable_seq);
+                // What it holds now (less than before if its data was
+                // wiped): the ring keeps what it lacks.
+                seen.floor = r.durable_seq;
+                seen.behind_since = (r.durable_seq < synced).then(Instant::now);
                 answer_waiters(&mut led);
                 true
             } else {
@@ -680,21 +805,33 @@ async fn send(
     role: &PrimaryRole,
     peer: &str,
     plan: crate::protocol::BatchPlan,
+    from_wal: Option<Vec<Record>>,
 ) -> bool {
-    let Some(records) = inner.feed.range(role.local, plan.first, plan.last) else {
-        // Not in the recent-records ring any more (evicted while the member
-        // was away, or this process restarted since): catching it up needs
-        // the WAL tail or a snapshot.
-        let why = format!(
-            "records {}..={} are no longer in the recent-records ring (replication.recent_records_bytes); catch-up from the WAL or a snapshot is needed",
-            plan.first, plan.last
-        );
-        stalled(role, peer, &why);
-        lock(&role.led).core.timed_out(peer);
-        return false;
+    let source = if from_wal.is_some() { "wal" } else { "ring" };
+    let records = match from_wal {
+        Some(r) => r,
+        None => match inner.feed.range(role.local, plan.first, plan.last) {
+            Some(r) => r,
+            None => {
+                // The ring dropped them since the plan was made: the next
+                // pass reads them from the WAL.
+                lock(&role.led).core.timed_out(peer);
+                return true;
+            }
+        },
     };
+    let count = records.len() as u64;
     let batch = match Batch::encode(&records, &inner.config.encode, &inner.config.limits) {
-        Ok(b) => b,
+        Ok(mut b) => {
+            if corrupt_fail_point() {
+                // Fault point: the records change after their checksum.
+                if let Some(byte) = b.records.last_mut() {
+                    *byte ^= 0x5a;
+                }
+                tracing::warn!(space = %role.name, %peer, "fault point replication::corrupt_batch: sending a batch whose checksum does not match");
+            }
+            b
+        }
         Err(e) => {
             stalled(role, peer, &format!("encoding a batch failed: {e}"));
             lock(&role.led).core.timed_out(peer);
@@ -759,10 +896,24 @@ async fn send(
                     depose(role, d.promised);
                     return false;
                 }
+                inner
+                    .metrics
+                    .records_shipped
+                    .with_label_values(&[source])
+                    .inc_by(count);
+                let synced = led.core.synced_seq;
                 let seen = led.seen.entry(peer.to_owned()).or_default();
                 seen.floor = seen.floor.max(r.durable_seq.min(plan.last));
                 seen.last_ack = Some(Instant::now());
                 seen.stalled = None;
+                if seen.floor >= synced {
+                    if let Some(since) = seen.behind_since.take() {
+                        inner
+                            .metrics
+                            .catchup_seconds
+                            .observe(since.elapsed().as_secs_f64());
+                    }
+                }
                 // Records every member holds leave the ring.
                 let floor = led.seen.values().map(|s| s.floor).min().unwrap_or(0);
                 while led.appended_at.front().is_some_and(|(s, _)| *s <= floor) {

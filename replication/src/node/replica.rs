@@ -81,7 +81,7 @@ fn slot(inner: &Inner, uid: u64) -> Option<Arc<tokio::sync::Mutex<ReplicaSlot>>>
 
 /// The slot of space `uid`, created (with a fresh local id) on the first
 /// handshake.
-fn slot_or_create(
+pub(crate) fn slot_or_create(
     inner: &Inner,
     uid: u64,
     name: &str,
@@ -104,7 +104,7 @@ fn slot_or_create(
     Ok(slot)
 }
 
-fn status_of(refusal: &Refusal) -> (ReplStatus, u64) {
+pub(crate) fn status_of(refusal: &Refusal) -> (ReplStatus, u64) {
     match refusal {
         Refusal::StaleEpoch { .. } => (ReplStatus::ReplStaleEpoch, 0),
         Refusal::PrimaryRestarted => (ReplStatus::ReplPrimaryRestarted, 0),
@@ -114,7 +114,7 @@ fn status_of(refusal: &Refusal) -> (ReplStatus, u64) {
     }
 }
 
-fn history_of(entries: &[proto::EpochStart]) -> Option<History> {
+pub(crate) fn history_of(entries: &[proto::EpochStart]) -> Option<History> {
     History::new(
         entries
             .iter()
@@ -146,7 +146,7 @@ async fn persist(inner: &Inner, slot: &ReplicaSlot) -> Result<(), ReplicationErr
 }
 
 /// Whether this node may hold a copy of `uid`: it must not lead it.
-fn refuse_if_led(inner: &Inner, uid: u64) -> Option<String> {
+pub(crate) fn refuse_if_led(inner: &Inner, uid: u64) -> Option<String> {
     lock(&inner.primaries)
         .get(&uid)
         .filter(|p| !p.deposed())

@@ -8,7 +8,7 @@ use tonic::{Request, Response, Status};
 
 use super::Inner;
 use super::proto::{self, replication_service_server::ReplicationService};
-use super::{digest, replica};
+use super::{digest, replica, snapshot};
 
 /// See the module documentation.
 #[derive(Debug, Clone)]
@@ -61,6 +61,15 @@ impl ReplicationService for ReplicationPeerService {
         let req = request.into_inner();
         self.check(req.header.as_ref())?;
         Ok(Response::new(replica::apply_batch(&self.inner, req).await))
+    }
+
+    async fn install_snapshot(
+        &self,
+        request: Request<tonic::Streaming<proto::SnapshotPart>>,
+    ) -> Result<Response<proto::SnapshotAck>, Status> {
+        let stream = request.into_inner();
+        let ack = snapshot::install(&self.inner, stream, |h| self.check(h)).await?;
+        Ok(Response::new(ack))
     }
 
     async fn get_space_digest(

@@ -276,6 +276,28 @@ impl PrimarySpace {
         Ok(())
     }
 
+    /// The records `node` needs next are no longer available here (gone
+    /// from the recent-records ring and the WAL): it must install a
+    /// snapshot of at least `need` before streaming again.
+    pub fn needs_snapshot(&mut self, node: &str, need: u64) {
+        if let Some(p) = self.peer_mut(node) {
+            p.durable_seq = 0;
+            p.progress = Progress::NeedSnapshot { need };
+        }
+    }
+
+    /// `node` installed a snapshot through `seq` (durably): when that is
+    /// enough, it handshakes again and streams from `seq + 1`; otherwise
+    /// (records it needs were lost meanwhile) it needs another one.
+    pub fn snapshot_installed(&mut self, node: &str, seq: u64) {
+        let Some(p) = self.peer_mut(node) else { return };
+        if let Progress::NeedSnapshot { need } = p.progress {
+            if seq >= need {
+                p.progress = Progress::Probe;
+            }
+        }
+    }
+
     /// The next batch for `node`, at most `max_records` long, if it is in
     /// session, has nothing in flight and is behind. Only records synced
     /// here are shipped, so every replica's log is a prefix of this
@@ -725,5 +747,40 @@ mod tests {
         assert!(waiters.is_empty());
         waiters.add(9, Concern::Quorum, "late");
         assert_eq!(waiters.drain(), vec![(9, "late")]);
+    }
+
+    #[test]
+    fn a_member_that_needs_a_snapshot_handshakes_again_after_installing_enough() {
+        let mut p = primary(3, &["b", "c"]);
+        for _ in 0..5 {
+            let s = p.append();
+            p.synced(s);
+        }
+        p.needs_snapshot("b", 5);
+        assert_eq!(p.peers[0].progress, Progress::NeedSnapshot { need: 5 });
+        assert!(
+            p.next_batch("b", 10).is_none(),
+            "no batch while it needs one"
+        );
+        p.snapshot_installed("b", 4);
+        assert_eq!(
+            p.peers[0].progress,
+            Progress::NeedSnapshot { need: 5 },
+            "too old a snapshot is not enough"
+        );
+        p.snapshot_installed("b", 5);
+        assert_eq!(p.peers[0].progress, Progress::Probe);
+        let mut r = ReplicaSpace::default().installed(
+            1,
+            Incarnation {
+                node: "p".into(),
+                incarnation: 1,
+            },
+            &p.history,
+            5,
+        );
+        sync(&mut p, "b", &mut r);
+        assert_eq!(r.durable_seq, 5);
+        assert_eq!(p.peers[0].durable_seq, 5);
     }
 }

@@ -345,6 +345,44 @@ impl ReplicaSpace {
         })
     }
 
+    /// Whether `primary` may install a snapshot at `epoch`: the same
+    /// checks as a handshake's promise. Nothing changes here.
+    pub fn check_install(&self, epoch: u64, primary: &Incarnation) -> Result<(), Refusal> {
+        if epoch < self.promised {
+            return Err(Refusal::StaleEpoch {
+                promised: self.promised,
+            });
+        }
+        if epoch == self.promised && self.promised_to.as_ref().is_some_and(|p| p != primary) {
+            return Err(Refusal::PrimaryRestarted);
+        }
+        Ok(())
+    }
+
+    /// The state after a snapshot of `primary`'s log through `seq` (with
+    /// its `history`) was installed durably, together with the promise of
+    /// `epoch`: the copy holds exactly records `1..=seq`, and no session.
+    /// The caller checked [`ReplicaSpace::check_install`] and persisted
+    /// the returned state with the copy.
+    pub fn installed(
+        &self,
+        epoch: u64,
+        primary: Incarnation,
+        history: &History,
+        seq: u64,
+    ) -> ReplicaSpace {
+        let mut adopted = History::default();
+        adopted.adopt(history, seq);
+        ReplicaSpace {
+            promised: epoch,
+            promised_to: Some(primary),
+            history: adopted,
+            last_seq: seq,
+            durable_seq: seq,
+            session: None,
+        }
+    }
+
     /// A fence for `epoch` by `candidate`, a promoting primary: persist the
     /// promise (naming it), end the session, report what is synced. The
     /// same fence again (a lost answer) is answered again.
@@ -609,5 +647,32 @@ mod tests {
             (1, 3),
             "a refusal changes nothing"
         );
+    }
+
+    #[test]
+    fn a_snapshot_install_takes_the_promise_and_the_next_handshake_streams_after_it() {
+        let r = ReplicaSpace::default();
+        let h = hist(&[(1, 1), (3, 40)]);
+        assert_eq!(r.check_install(3, &p("a", 7)), Ok(()));
+        let r = r.installed(3, p("a", 7), &h, 50);
+        assert_eq!((r.promised, r.last_seq, r.durable_seq), (3, 50, 50));
+        assert_eq!(r.history, h);
+        // A stale primary, or another process at the promised epoch, may
+        // not install over it.
+        assert_eq!(
+            r.check_install(2, &p("b", 1)),
+            Err(Refusal::StaleEpoch { promised: 3 })
+        );
+        assert_eq!(
+            r.check_install(3, &p("a", 8)),
+            Err(Refusal::PrimaryRestarted)
+        );
+        let mut r = r;
+        let (from, _) = r.handshake(3, p("a", 7), 5, &h, 70).expect("handshake");
+        assert_eq!(from, 51);
+        // An epoch that starts after the snapshot is not in its history.
+        let later = hist(&[(1, 1), (3, 40), (4, 60)]);
+        let r = ReplicaSpace::default().installed(4, p("c", 1), &later, 50);
+        assert_eq!(r.history, h);
     }
 }
