@@ -12,9 +12,9 @@ use crate::model::{
     ConsolidateOut, CueBody, LinkBody, MemoryOut, RecalledOut, RememberBody, RememberOut, SpaceOut,
     SpreadBody,
 };
-use crate::replicated;
 use crate::task::blocking;
 use crate::{ApiError, AppState};
+use crate::{grpc_forward, replicated};
 
 /// Generated messages and service traits of `engram.v1`.
 #[allow(missing_docs, clippy::all, clippy::pedantic)]
@@ -102,6 +102,81 @@ fn with_space<T: HasSpace>(request: Request<T>) -> Result<(String, T), ApiError>
     let field = std::mem::take(r.space_field());
     let space = space_of(&headers, (!field.is_empty()).then_some(field))?;
     Ok((space, r))
+}
+
+/// Where a call about one space is served.
+enum Routed<T> {
+    Local(Request<T>),
+    Forward {
+        client: grpc_forward::Client,
+        primary: String,
+        me: String,
+        message: T,
+    },
+}
+
+impl MemoryGrpc {
+    /// Resolves the call's space once and decides where it is served.
+    fn routed<T: HasSpace>(&self, request: Request<T>) -> Result<Routed<T>, Status> {
+        if self.state.replicator().is_none() {
+            return Ok(Routed::Local(request));
+        }
+        let forwarded = grpc_forward::forwarded(&request);
+        let (metadata, extensions, mut message) = request.into_parts();
+        let headers = metadata.clone().into_headers();
+        let field = message.space_field().clone();
+        let space = space_of(&headers, (!field.is_empty()).then_some(field))?;
+        match grpc_forward::route(&self.state, &space, forwarded)? {
+            grpc_forward::Route::Local => Ok(Routed::Local(Request::from_parts(
+                metadata, extensions, message,
+            ))),
+            grpc_forward::Route::Forward {
+                client,
+                primary,
+                me,
+            } => {
+                *message.space_field() = space;
+                Ok(Routed::Forward {
+                    client: *client,
+                    primary,
+                    me,
+                    message,
+                })
+            }
+        }
+    }
+
+    /// Serves a call about one space here (`local`) or on its primary
+    /// (`remote`); answers in a cluster name the node that served them.
+    async fn serve<T, R, L, LF, F, FF>(
+        &self,
+        request: Request<T>,
+        local: L,
+        remote: F,
+    ) -> Result<Response<R>, Status>
+    where
+        T: HasSpace,
+        L: FnOnce(Request<T>) -> LF,
+        LF: std::future::Future<Output = Result<Response<R>, Status>>,
+        F: FnOnce(grpc_forward::Client, Request<T>) -> FF,
+        FF: std::future::Future<Output = Result<Response<R>, Status>>,
+    {
+        match self.routed(request)? {
+            Routed::Local(request) => {
+                let mut answer = local(request).await?;
+                if let Some(me) = grpc_forward::me(&self.state) {
+                    grpc_forward::served_by(&mut answer, &me);
+                }
+                Ok(answer)
+            }
+            Routed::Forward {
+                client,
+                primary,
+                me,
+                message,
+            } => grpc_forward::send(client, &primary, &me, message, remote).await,
+        }
+    }
 }
 
 /// Messages addressed to one space.
@@ -407,40 +482,87 @@ impl pb::memory_service_server::MemoryService for MemoryGrpc {
         &self,
         request: Request<pb::RememberRequest>,
     ) -> Result<Response<pb::RememberResponse>, Status> {
-        self.observed("Remember", self.do_remember(request)).await
+        self.observed(
+            "Remember",
+            self.serve(
+                request,
+                |r| self.do_remember(r),
+                |mut c, r| async move { c.remember(r).await },
+            ),
+        )
+        .await
     }
 
     async fn recall(
         &self,
         request: Request<pb::RecallRequest>,
     ) -> Result<Response<pb::RecallResponse>, Status> {
-        self.observed("Recall", self.do_recall(request)).await
+        self.observed(
+            "Recall",
+            self.serve(
+                request,
+                |r| self.do_recall(r),
+                |mut c, r| async move { c.recall(r).await },
+            ),
+        )
+        .await
     }
 
     async fn get(&self, request: Request<pb::GetRequest>) -> Result<Response<pb::Memory>, Status> {
-        self.observed("Get", self.do_get(request)).await
+        self.observed(
+            "Get",
+            self.serve(
+                request,
+                |r| self.do_get(r),
+                |mut c, r| async move { c.get(r).await },
+            ),
+        )
+        .await
     }
 
     async fn forget(
         &self,
         request: Request<pb::ForgetRequest>,
     ) -> Result<Response<pb::ForgetResponse>, Status> {
-        self.observed("Forget", self.do_forget(request)).await
+        self.observed(
+            "Forget",
+            self.serve(
+                request,
+                |r| self.do_forget(r),
+                |mut c, r| async move { c.forget(r).await },
+            ),
+        )
+        .await
     }
 
     async fn link(
         &self,
         request: Request<pb::LinkRequest>,
     ) -> Result<Response<pb::LinkResponse>, Status> {
-        self.observed("Link", self.do_link(request)).await
+        self.observed(
+            "Link",
+            self.serve(
+                request,
+                |r| self.do_link(r),
+                |mut c, r| async move { c.link(r).await },
+            ),
+        )
+        .await
     }
 
     async fn consolidate(
         &self,
         request: Request<pb::ConsolidateRequest>,
     ) -> Result<Response<pb::ConsolidateResponse>, Status> {
-        self.observed("Consolidate", self.do_consolidate(request))
-            .await
+        self.observed(
+            "Consolidate",
+            self.serve(
+                request,
+                |r| self.do_consolidate(r),
+                |mut c, r| async move { c.consolidate(r).await },
+            ),
+        )
+        .await
     }
 
     async fn create_space(
@@ -480,6 +602,21 @@ impl ClusterGrpc {
         Self {
             inner: MemoryGrpc::new(state),
         }
+    }
+}
+
+fn lag_pb(r: crate::model::ReplicaLagOut) -> pb::ReplicaLag {
+    pb::ReplicaLag {
+        space: r.space,
+        replica: r.replica,
+        role: r.role,
+        state: r.state,
+        epoch: r.epoch,
+        primary_seq: r.primary_seq,
+        replica_seq: r.replica_seq,
+        lag_records: r.lag_records,
+        lag_seconds: r.lag_seconds,
+        detail: r.detail.unwrap_or_default(),
     }
 }
 
@@ -532,8 +669,18 @@ impl pb::cluster_service_server::ClusterService for ClusterGrpc {
                             primary: s.primary.unwrap_or_default(),
                             replicas: s.replicas,
                             live_replicas: s.live_replicas,
+                            assignment: s.assignment.map(|a| pb::SpaceAssignment {
+                                uid: a.uid,
+                                epoch: a.epoch,
+                                primary: a.primary,
+                                replicas: a.replicas,
+                                state: a.state.into(),
+                            }),
                         })
                         .collect(),
+                    replication: h.replication.into_iter().map(lag_pb).collect(),
+                    max_lag_records: h.max_lag_records,
+                    max_lag_seconds: h.max_lag_seconds,
                     metadata: h.metadata.map(|m| pb::MetadataStatus {
                         cluster_id: m.cluster_id,
                         leader: m.leader.unwrap_or_default(),
@@ -544,6 +691,23 @@ impl pb::cluster_service_server::ClusterService for ClusterGrpc {
                         applied_index: m.applied_index,
                         registered_nodes: m.registered_nodes,
                     }),
+                }))
+            })
+            .await
+    }
+
+    async fn get_replication_status(
+        &self,
+        _request: Request<pb::GetReplicationStatusRequest>,
+    ) -> Result<Response<pb::ReplicationStatus>, Status> {
+        let state = Arc::clone(&self.inner.state);
+        self.inner
+            .observed("GetReplicationStatus", async move {
+                let h = crate::http::cluster_health_out(&state);
+                Ok(Response::new(pb::ReplicationStatus {
+                    replication: h.replication.into_iter().map(lag_pb).collect(),
+                    max_lag_records: h.max_lag_records,
+                    max_lag_seconds: h.max_lag_seconds,
                 }))
             })
             .await

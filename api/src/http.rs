@@ -113,7 +113,7 @@ pub(crate) fn router(state: Arc<AppState>, config: &ApiConfig) -> Router {
         delete_space,
         backup::backup
     ),
-    components(schemas(ErrorBody))
+    components(schemas(ErrorBody, WriteConcernParam))
 )]
 struct ApiDoc;
 
@@ -668,6 +668,8 @@ async fn system_health(State(s): Shared) -> Result<Response, ApiError> {
 #[utoipa::path(post, path = "/api/v1/memories/remember", tag = "memories",
     params(
         ("X-Memory-Space" = Option<String>, Header, description = "Target space (default `default`)"),
+        ("X-Write-Concern" = Option<WriteConcernParam>, Header, description = "Write concern in a cluster: primary, quorum or all (default [replication] default_write_concern)"),
+        ("write_concern" = Option<WriteConcernParam>, Query, description = "Write concern; must equal the header when both are given"),
         ("space" = Option<String>, Query, description = "Target space; must equal the header when both are given")),
     request_body = RememberBody,
     responses(
@@ -678,7 +680,7 @@ async fn system_health(State(s): Shared) -> Result<Response, ApiError> {
         (status = 409, description = "A link target has the most edges allowed (too_many_edges)", body = ErrorBody),
         (status = 413, description = "Body too large", body = ErrorBody),
         (status = 415, description = "Body not sent as Content-Type: application/json", body = ErrorBody),
-        (status = 503, description = "Starting or storage unavailable", body = ErrorBody)))]
+        (status = 503, description = "Starting or storage unavailable; in a cluster also write_concern_timeout (durable on the primary, not yet on enough copies: `sequence` and `outcome` unknown, read it back before retrying), insufficient_replicas, not_primary or no_primary (retry; Retry-After)", body = ErrorBody)))]
 async fn remember(
     State(s): Shared,
     headers: HeaderMap,
@@ -826,12 +828,14 @@ async fn get_memory(
 #[utoipa::path(delete, path = "/api/v1/memories/{id}", tag = "memories",
     params(("id" = String, Path, description = "Memory id"),
         ("X-Memory-Space" = Option<String>, Header, description = "Target space (default `default`)"),
+        ("X-Write-Concern" = Option<WriteConcernParam>, Header, description = "Write concern in a cluster: primary, quorum or all (default [replication] default_write_concern)"),
+        ("write_concern" = Option<WriteConcernParam>, Query, description = "Write concern; must equal the header when both are given"),
         ("space" = Option<String>, Query, description = "Target space")),
     responses(
         (status = 204, description = "Forgotten everywhere: record, indexes, edges"),
         (status = 400, description = "Invalid input", body = ErrorBody),
         (status = 404, description = "No such memory or space", body = ErrorBody),
-        (status = 503, description = "Starting", body = ErrorBody)))]
+        (status = 503, description = "Starting or storage unavailable; in a cluster also write_concern_timeout (durable on the primary, not yet on enough copies: `sequence` and `outcome` unknown, read it back before retrying), insufficient_replicas, not_primary or no_primary (retry; Retry-After)", body = ErrorBody)))]
 async fn forget(
     State(s): Shared,
     headers: HeaderMap,
@@ -853,6 +857,8 @@ async fn forget(
 #[utoipa::path(post, path = "/api/v1/memories/{id}/links", tag = "memories",
     params(("id" = String, Path, description = "Source memory id"),
         ("X-Memory-Space" = Option<String>, Header, description = "Target space (default `default`)"),
+        ("X-Write-Concern" = Option<WriteConcernParam>, Header, description = "Write concern in a cluster: primary, quorum or all (default [replication] default_write_concern)"),
+        ("write_concern" = Option<WriteConcernParam>, Query, description = "Write concern; must equal the header when both are given"),
         ("space" = Option<String>, Query, description = "Target space")),
     request_body = LinkBody,
     responses(
@@ -862,7 +868,7 @@ async fn forget(
         (status = 409, description = "Either memory has the most edges allowed (too_many_edges)", body = ErrorBody),
         (status = 413, description = "Body too large", body = ErrorBody),
         (status = 415, description = "Body not sent as Content-Type: application/json", body = ErrorBody),
-        (status = 503, description = "Starting", body = ErrorBody)))]
+        (status = 503, description = "Starting or storage unavailable; in a cluster also write_concern_timeout (durable on the primary, not yet on enough copies: `sequence` and `outcome` unknown, read it back before retrying), insufficient_replicas, not_primary or no_primary (retry; Retry-After)", body = ErrorBody)))]
 async fn link(
     State(s): Shared,
     headers: HeaderMap,
@@ -892,6 +898,8 @@ async fn link(
 #[utoipa::path(post, path = "/api/v1/consolidate", tag = "memories",
     params(
         ("X-Memory-Space" = Option<String>, Header, description = "Target space (default `default`)"),
+        ("X-Write-Concern" = Option<WriteConcernParam>, Header, description = "Write concern in a cluster: primary, quorum or all (default [replication] default_write_concern)"),
+        ("write_concern" = Option<WriteConcernParam>, Query, description = "Write concern; must equal the header when both are given"),
         ("space" = Option<String>, Query, description = "Target space")),
     request_body(content = Option<ConsolidateBody>, description = "Optional; empty body uses the configured threshold"),
     responses(
@@ -900,7 +908,7 @@ async fn link(
         (status = 404, description = "Unknown space", body = ErrorBody),
         (status = 413, description = "Body too large", body = ErrorBody),
         (status = 415, description = "Body not sent as Content-Type: application/json", body = ErrorBody),
-        (status = 503, description = "Starting", body = ErrorBody)))]
+        (status = 503, description = "Starting or storage unavailable; in a cluster also write_concern_timeout (durable on the primary, not yet on enough copies: `sequence` and `outcome` unknown, read it back before retrying), insufficient_replicas, not_primary or no_primary (retry; Retry-After)", body = ErrorBody)))]
 async fn consolidate(
     State(s): Shared,
     headers: HeaderMap,
@@ -938,6 +946,9 @@ async fn list_spaces(State(s): Shared) -> Result<Json<SpacesOut>, ApiError> {
 }
 
 #[utoipa::path(post, path = "/api/v1/spaces", tag = "spaces",
+    params(
+        ("X-Write-Concern" = Option<WriteConcernParam>, Header, description = "Write concern in a cluster: primary, quorum or all (default [replication] default_write_concern)"),
+        ("write_concern" = Option<WriteConcernParam>, Query, description = "Write concern; must equal the header when both are given")),
     request_body = SpaceBody,
     responses(
         (status = 201, description = "Created", body = SpaceOut),
@@ -945,7 +956,7 @@ async fn list_spaces(State(s): Shared) -> Result<Json<SpacesOut>, ApiError> {
         (status = 409, description = "Exists, or the node holds limits.max_spaces spaces (too_many_spaces)", body = ErrorBody),
         (status = 413, description = "Body too large", body = ErrorBody),
         (status = 415, description = "Body not sent as Content-Type: application/json", body = ErrorBody),
-        (status = 503, description = "Starting", body = ErrorBody)))]
+        (status = 503, description = "Starting or storage unavailable; in a cluster also write_concern_timeout (durable on the primary, not yet on enough copies: `sequence` and `outcome` unknown, read it back before retrying), insufficient_replicas, not_primary or no_primary (retry; Retry-After)", body = ErrorBody)))]
 async fn create_space(
     State(s): Shared,
     headers: HeaderMap,

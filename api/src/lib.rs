@@ -14,6 +14,7 @@ mod backup;
 mod error;
 mod forward;
 pub mod grpc;
+mod grpc_forward;
 mod guard;
 mod http;
 mod metrics;

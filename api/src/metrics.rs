@@ -264,6 +264,11 @@ pub(crate) async fn render(
             }
         }
     }
+    // The replication lag gauges are set by `Replicator::status`: refreshed
+    // at each scrape, so alerts see current lag without another reader.
+    if let Some(r) = s.replicator() {
+        let _ = r.status();
+    }
     let mut buf = Vec::new();
     prometheus::TextEncoder::new()
         .encode(&s.registry.gather(), &mut buf)

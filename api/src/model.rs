@@ -971,3 +971,17 @@ impl From<engram_cluster::ClusterHealth> for ClusterHealthOut {
         }
     }
 }
+
+/// A write's concern in a cluster (`X-Write-Concern` or `write_concern`;
+/// default `[replication] default_write_concern`); a standalone node
+/// checks it and ignores it.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum WriteConcernParam {
+    /// Durable on the primary.
+    Primary,
+    /// Durable on a majority of the replication factor's copies.
+    Quorum,
+    /// Durable on every copy.
+    All,
+}

@@ -99,6 +99,10 @@ pub struct BenchArgs {
     /// Random seed for texts and vectors.
     #[arg(long, default_value_t = 42)]
     seed: u64,
+    /// Write concern of every write in a cluster (`primary`, `quorum` or
+    /// `all`; default: the server's `[replication] default_write_concern`).
+    #[arg(long, conflicts_with = "embedded")]
+    write_concern: Option<String>,
 }
 
 /// Where operations go.
@@ -108,8 +112,12 @@ enum Target {
         graph: Arc<Graph>,
         _dir: tempfile::TempDir,
     },
-    Http(Client),
-    Grpc(pb::memory_service_client::MemoryServiceClient<tonic::transport::Channel>),
+    /// With the write concern ("" = the server's default).
+    Http(Client, String),
+    Grpc(
+        pb::memory_service_client::MemoryServiceClient<tonic::transport::Channel>,
+        String,
+    ),
 }
 
 const WORDS: &[&str] = &[
@@ -182,8 +190,12 @@ impl Target {
                 })
                 .await?
             }
-            Target::Http(c) => {
-                let q = format!("?space={}", crate::client::encode(space));
+            Target::Http(c, concern) => {
+                let mut q = format!("?space={}", crate::client::encode(space));
+                if !concern.is_empty() && !matches!(op, Op::Recall(..)) {
+                    q.push_str("&write_concern=");
+                    q.push_str(concern);
+                }
                 match op {
                     Op::Remember(content, embedding) => {
                         let mut body = json!({"content": content});
@@ -223,7 +235,7 @@ impl Target {
                     }
                 }
             }
-            Target::Grpc(c) => {
+            Target::Grpc(c, concern) => {
                 let mut c = c.clone();
                 match op {
                     Op::Remember(content, embedding) => {
@@ -232,6 +244,7 @@ impl Target {
                                 space: space.to_owned(),
                                 content,
                                 embedding: embedding.unwrap_or_default(),
+                                write_concern: concern.clone(),
                                 ..Default::default()
                             })
                             .await?;
@@ -258,7 +271,7 @@ impl Target {
                         c.forget(pb::ForgetRequest {
                             space: space.to_owned(),
                             id,
-                            write_concern: String::new(),
+                            write_concern: concern.clone(),
                         })
                         .await?;
                         Ok(None)
@@ -282,7 +295,7 @@ impl Target {
                     )?;
                 }
             }
-            Target::Http(c) => {
+            Target::Http(c, _) => {
                 let path = format!("/api/v1/spaces/{}", crate::client::encode(space));
                 let (status, _) = c.json(Method::GET, &path, None).await?;
                 if status.as_u16() == 404 {
@@ -293,7 +306,7 @@ impl Target {
                     c.call(Method::POST, "/api/v1/spaces", Some(&body)).await?;
                 }
             }
-            Target::Grpc(c) => {
+            Target::Grpc(c, _) => {
                 let mut c = c.clone();
                 let spaces = c.list_spaces(pb::ListSpacesRequest {}).await?.into_inner();
                 if !spaces.spaces.iter().any(|s| s.id == space) {
@@ -331,8 +344,8 @@ impl Target {
                     .ok()?;
                 Some((rss_kb * 1024, ticks / hz.max(1.0)))
             }
-            Target::Http(c) => metrics_resources(c).await,
-            Target::Grpc(_) => None,
+            Target::Http(c, _) => metrics_resources(c).await,
+            Target::Grpc(..) => None,
         }
     }
 }
@@ -382,6 +395,11 @@ pub async fn run(a: BenchArgs, config: &Config) -> Result<()> {
     if !(0.0..=1.0).contains(&a.read_ratio) {
         bail!("--read-ratio must be within [0, 1]");
     }
+    let concern = match a.write_concern.as_deref() {
+        None => String::new(),
+        Some(c) if engram_api::replicated::parse_concern(c).is_some() => c.to_owned(),
+        Some(c) => bail!("--write-concern {c:?} is not one of primary, quorum, all"),
+    };
     let needs_vectors = matches!(a.workload, Workload::RecallVector | Workload::RecallHybrid);
     if needs_vectors && a.embedding_dim == 0 {
         bail!("--workload {:?} needs --embedding-dim", a.workload);
@@ -418,10 +436,10 @@ pub async fn run(a: BenchArgs, config: &Config) -> Result<()> {
             let c = pb::memory_service_client::MemoryServiceClient::connect(endpoint.clone())
                 .await
                 .with_context(|| format!("connecting to {endpoint}"))?;
-            (Target::Grpc(c), format!("grpc {endpoint}"))
+            (Target::Grpc(c, concern), format!("grpc {endpoint}"))
         } else {
             (
-                Target::Http(Client::new(&url, Duration::from_secs(30))?),
+                Target::Http(Client::new(&url, Duration::from_secs(30))?, concern),
                 format!("http {url}"),
             )
         }
@@ -638,6 +656,7 @@ async fn measure(
             .to_possible_value()
             .map_or_else(|| format!("{:?}", a.workload), |v| v.get_name().to_owned()),
         "mode": mode,
+        "write_concern": a.write_concern,
         "open_loop_rate": (a.rate > 0.0).then_some(a.rate),
         "concurrency": a.concurrent,
         "dataset_size": a.dataset_size,
