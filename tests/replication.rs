@@ -595,8 +595,14 @@ fn a_wiped_member_rejoins_by_snapshot_under_load_and_corrupted_batches_are_refus
                     .is_some_and(|c| c.len() == 3 && c.iter().all(|c| c["memories"] == total))
         },
     );
-    // `all` holds again, and the reinstalled copy serves reads (forwarded
-    // to the primary) like every node.
+    // `all` holds again, and the wiped node forwards writes like every node
+    // once its (wiped) copy of the metadata group shows the space; until
+    // then it answers 503 not_primary, which a client retries.
+    wait_until(
+        "the wiped node's metadata to show the space",
+        Duration::from_secs(20),
+        || assignment(by_name(&nodes, &victim), "wiki").is_some(),
+    );
     let r = remember(by_name(&nodes, &victim), "wiki", "every copy again", "all");
     assert_eq!(r.status, 201, "{}", r.text());
     let (code, st) = status_json(p);

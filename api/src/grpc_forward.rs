@@ -18,6 +18,9 @@ use crate::AppState;
 use crate::forward::{FORWARDED_BY, SERVED_BY};
 use crate::grpc::pb::memory_service_client::MemoryServiceClient;
 
+/// Longest a forwarded call may take.
+const FORWARD_LIMIT: Duration = Duration::from_secs(60);
+
 /// A client of another node's `MemoryService`.
 pub(crate) type Client = MemoryServiceClient<Channel>;
 
@@ -107,6 +110,8 @@ where
     Fut: std::future::Future<Output = Result<Response<R>, Status>>,
 {
     let mut request = Request::new(message);
+    // Bounded, whatever deadline the caller set (or did not set).
+    request.set_timeout(FORWARD_LIMIT);
     if let Ok(v) = MetadataValue::try_from(me) {
         request.metadata_mut().insert(FORWARDED_BY, v);
     }

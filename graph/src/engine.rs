@@ -835,6 +835,14 @@ impl Engine {
     ) -> Result<(), EngineError> {
         let mut order = lock(&self.core.order);
         self.core.check_failed()?;
+        if replaces.is_some_and(|old| order.pending.iter().any(|o| o.space == old)) {
+            return Err(EngineError::Store(StoreError::Corrupt {
+                cf: "meta",
+                detail:
+                    "the copy being replaced has records not applied yet; the install is retried"
+                        .into(),
+            }));
+        }
         if order.next_seq.contains_key(&space) || order.pending.iter().any(|o| o.space == space) {
             return Err(EngineError::Store(StoreError::Corrupt {
                 cf: "meta",

@@ -200,6 +200,10 @@ impl Store {
             keys::check_space(old)?;
             self.add_drop(&mut batch, old)?;
             batch.delete_cf(meta, keys::replica_state(old));
+            // Its content is erased: the next purge pass compacts it away
+            // like a dropped space's.
+            let lsn = self.applied_lsn()?;
+            batch.put_cf(meta, keys::purge_due(old), lsn.to_be_bytes());
         }
         batch.put_cf(meta, keys::applied_seq(space), seq.to_be_bytes());
         batch.put_cf(meta, keys::replica_state(space), state);

@@ -63,17 +63,21 @@ async fn start(
     directory: &Arc<Directory>,
     port: Option<u16>,
 ) -> Node {
+    start_with(name, dir, directory, port, replication_config()).await
+}
+
+async fn start_with(
+    name: &str,
+    dir: tempfile::TempDir,
+    directory: &Arc<Directory>,
+    port: Option<u16>,
+    rc: ReplicationConfig,
+) -> Node {
     let _ = &port;
     let (graph, _) = Graph::open(dir.path(), config(), OpenOptions::default()).expect("open graph");
     let graph = Arc::new(graph);
-    let replicator = Replicator::start(
-        name,
-        graph.clone(),
-        replication_config(),
-        directory.clone(),
-        None,
-    )
-    .expect("replicator");
+    let replicator =
+        Replicator::start(name, graph.clone(), rc, directory.clone(), None).expect("replicator");
     let listener = TcpListener::bind(("127.0.0.1", port.unwrap_or(0)))
         .await
         .expect("bind");
@@ -784,4 +788,77 @@ async fn a_broken_or_bad_snapshot_leaves_nothing_behind() {
         0
     );
     b.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_member_too_far_behind_has_its_copy_replaced_by_a_snapshot() {
+    // No WAL kept for lagging members and a ring of one record: any member
+    // that misses records needs a snapshot.
+    let tiny = ReplicationConfig {
+        recent_records_bytes: 1,
+        max_retained_wal_bytes: 0,
+        ..replication_config()
+    };
+    let directory = Arc::new(Directory::default());
+    let a = start_with(
+        "a",
+        tempfile::tempdir().expect("dir"),
+        &directory,
+        None,
+        tiny.clone(),
+    )
+    .await;
+    let b = start("b", tempfile::tempdir().expect("dir"), &directory, None).await;
+    let c = start("c", tempfile::tempdir().expect("dir"), &directory, None).await;
+    let all = [assignment(11, "atlas", 1, "a", &["a", "b", "c"])];
+    for n in [&a, &b, &c] {
+        n.replicator.apply(3, &all, &[]).await;
+    }
+    write_many(&a, "atlas", "first", 20, Concern::All).await;
+    let old_local = c.graph.space_id("atlas").expect("c holds a copy");
+    let c_dir = c.stop().await;
+    write_many(&a, "atlas", "while c is away", 30, Concern::Quorum).await;
+    let c = start("c", c_dir, &directory, None).await;
+    c.replicator.apply(3, &all, &[]).await;
+    until("c reinstalled", Duration::from_secs(20), async || {
+        digests_equal(&[&a, &b, &c], 11).await
+    })
+    .await;
+    // Its old copy was replaced, not kept beside the new one.
+    let new_local = c.graph.space_id("atlas").expect("c holds a copy");
+    assert_ne!(
+        new_local, old_local,
+        "the copy was not replaced by a snapshot"
+    );
+    let store = c.graph.engine().store();
+    assert!(store.abandoned_installs().expect("installs").is_empty());
+    for cf in engram_lsm::Cf::DATA {
+        assert_eq!(
+            store.scan_space(cf, old_local).expect("scan").count(),
+            0,
+            "keys of the replaced copy left in {}",
+            cf.name()
+        );
+    }
+    assert!(store.replica_state(old_local).expect("state").is_none());
+    // It takes writes again, and keeps them across a restart.
+    remember(&a, "atlas", "after the install", Concern::All)
+        .await
+        .expect("all");
+    let c_dir = c.stop().await;
+    let c = start("c", c_dir, &directory, None).await;
+    c.replicator.apply(3, &all, &[]).await;
+    remember(&a, "atlas", "after the restart", Concern::All)
+        .await
+        .expect("all after the restart");
+    until(
+        "equal digests after the restart",
+        Duration::from_secs(10),
+        async || digests_equal(&[&a, &b, &c], 11).await,
+    )
+    .await;
+    assert_eq!(c.graph.space_id("atlas").expect("copy"), new_local);
+    for n in [a, b, c] {
+        n.stop().await;
+    }
 }

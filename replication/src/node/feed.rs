@@ -2,9 +2,11 @@
 //! space in a ring of recent records (bounded in bytes) until every replica
 //! has it, and a wake-up for the shippers after each group commit. Beside
 //! the ring, an index of where each record not yet on every member lies in
-//! the WAL (sequence number → LSN, bounded by the WAL bytes it may keep,
-//! `max_retained_wal_bytes`): records the ring dropped are read back from
-//! the WAL through it.
+//! the WAL (sequence number → LSN): records the ring dropped are read back
+//! from the WAL through it. The index covers only the newest
+//! `max_retained_wal_bytes` of the whole WAL (every space's records count,
+//! since the primary pins the shared WAL from the oldest indexed record):
+//! older entries leave it, and a member that needs them gets a snapshot.
 //!
 //! The engine calls [`Feed`] under its order lock and on its WAL writer
 //! thread: nothing here blocks beyond a short mutex, and the feed holds no
@@ -36,10 +38,22 @@ struct Ring {
     bytes: usize,
     /// Records dropped from the front because the ring was full.
     evicted_through: u64,
-    /// (seq, LSN, WAL bytes) of every record not yet trimmed, ring or not.
-    index: VecDeque<(u64, u64, usize)>,
-    /// WAL bytes of the records in `index`.
-    index_bytes: usize,
+    /// (seq, LSN, WAL position before it) of every record not yet
+    /// trimmed, ring or not.
+    index: VecDeque<(u64, u64, u64)>,
+}
+
+impl Ring {
+    /// Drops index entries more than `limit` WAL bytes behind `end`.
+    fn bound_index(&mut self, end: u64, limit: u64) {
+        while self
+            .index
+            .front()
+            .is_some_and(|(_, _, pos)| end - pos > limit)
+        {
+            self.index.pop_front();
+        }
+    }
 }
 
 #[derive(Debug, Default)]
@@ -48,6 +62,8 @@ struct Rings {
     /// Spaces this node holds as a replica: their records come from a
     /// primary and are not kept.
     untracked: HashSet<SpaceId>,
+    /// Bytes of every record appended to the WAL since start (all spaces).
+    wal_end: u64,
 }
 
 /// See the module documentation.
@@ -184,9 +200,7 @@ impl Feed {
                 }
             }
             while ring.index.front().is_some_and(|(s, _, _)| *s <= seq) {
-                if let Some((_, _, size)) = ring.index.pop_front() {
-                    ring.index_bytes -= size;
-                }
+                ring.index.pop_front();
             }
         }
     }
@@ -202,13 +216,12 @@ impl Feed {
     /// The LSN of the oldest record of `space` some member may still need
     /// from the WAL (what the WAL must keep).
     pub(crate) fn oldest_lsn(&self, space: SpaceId) -> Option<u64> {
-        let rings = lock(&self.rings);
-        rings
-            .by_space
-            .get(&space)?
-            .index
-            .front()
-            .map(|(_, lsn, _)| *lsn)
+        let mut rings = lock(&self.rings);
+        let end = rings.wal_end;
+        let ring = rings.by_space.get_mut(&space)?;
+        // The rest of the WAL moved on while this space was quiet.
+        ring.bound_index(end, self.wal_bytes as u64);
+        ring.index.front().map(|(_, lsn, _)| *lsn)
     }
 
     /// Forgets `space` (deleted, or no longer led here).
@@ -235,6 +248,10 @@ impl Feed {
 impl AppendObserver for Feed {
     fn appended(&self, record: &AppendedRecord<'_>) {
         let mut rings = lock(&self.rings);
+        let before = rings.wal_end;
+        let size = (crate::codec::RECORD_HEADER + record.payload.len()) as u64;
+        rings.wal_end += size;
+        let end = rings.wal_end;
         if rings.untracked.contains(&record.space) {
             return;
         }
@@ -246,14 +263,8 @@ impl AppendObserver for Feed {
             payload: Arc::from(record.payload),
         });
         ring.bytes += record.payload.len();
-        let size = crate::codec::RECORD_HEADER + record.payload.len();
-        ring.index.push_back((record.seq, record.lsn, size));
-        ring.index_bytes += size;
-        while ring.index_bytes > self.wal_bytes && !ring.index.is_empty() {
-            if let Some((_, _, size)) = ring.index.pop_front() {
-                ring.index_bytes -= size;
-            }
-        }
+        ring.index.push_back((record.seq, record.lsn, before));
+        ring.bound_index(end, self.wal_bytes as u64);
         while ring.bytes > self.ring_bytes && ring.records.len() > 1 {
             if let Some(r) = ring.records.pop_front() {
                 ring.bytes -= r.payload.len();

@@ -229,6 +229,7 @@ pub(crate) async fn apply_assignment(
         if let Some(p) = lock(&inner.primaries).remove(&a.uid) {
             tracing::info!(space = %a.name, epoch = a.epoch, primary = %a.primary, "no longer the primary of this space");
             p.stop(inner);
+            inner.feed.untrack(p.local);
             write(&inner.roles.by_local).insert(
                 p.local,
                 Role::Replica {
@@ -610,6 +611,10 @@ async fn ship(inner: Arc<Inner>, role: Arc<PrimaryRole>, peer: String, waker: Ar
                 _ => Step::Idle,
             }
         };
+        if !matches!(step, Step::Wal(..) | Step::Idle) {
+            // Its reader pins the WAL: keep it only while reading from it.
+            cursor = None;
+        }
         let ok = match step {
             Step::Idle => {
                 // A commit or a write's wait wakes us; the poll bounds the

@@ -498,10 +498,15 @@ async fn append_records(
 /// that missed it is dropped here).
 pub(crate) async fn drop_retired(inner: &Inner, retired: &[u64]) {
     for uid in retired {
+        let slot = lock(&inner.slots).remove(uid);
+        // An install in progress finishes (or sees the slot gone) first.
+        let _held = match &slot {
+            Some(s) => Some(s.clone().lock_owned().await),
+            None => None,
+        };
         let Some(local) = inner.local_of(*uid) else {
             continue;
         };
-        let slot = lock(&inner.slots).remove(uid);
         let g = inner.graph.clone();
         let dropped = tokio::task::spawn_blocking(move || -> Result<(), String> {
             if let Some(name) = g.space_name_of(local) {

@@ -21,7 +21,7 @@ use tonic::Streaming;
 
 use super::primary::{PrimaryRole, history_proto};
 use super::proto::{self, ReplStatus, snapshot_part::Part};
-use super::{Inner, Role, replica, write};
+use super::{Inner, Role, lock, replica, write};
 use crate::chunk::{ChunkLimits, Pair, SnapshotChunk};
 use crate::compress::Compression;
 use crate::protocol::Incarnation;
@@ -319,7 +319,9 @@ pub(crate) async fn install(
     check: impl Fn(Option<&proto::PeerHeader>) -> Result<(), tonic::Status>,
 ) -> Result<proto::SnapshotAck, tonic::Status> {
     let started = Instant::now();
-    let first = stream.message().await?;
+    let first = tokio::time::timeout(PART_IDLE, stream.message())
+        .await
+        .map_err(|_| tonic::Status::deadline_exceeded("no snapshot header came"))??;
     let Some(proto::SnapshotPart {
         part: Some(Part::Header(h)),
     }) = first
@@ -360,8 +362,38 @@ pub(crate) async fn install(
         Ok(s) => s,
         Err(e) => return Ok(refuse(inner, ReplStatus::ReplFailed, 0, e.to_string())),
     };
+    // The install runs to its end (commit or abort) in a task of its own,
+    // even when this call is cancelled (the primary went away): a dropped
+    // future must not leave a half-written id or a commit whose in-memory
+    // half never ran.
+    let task = tokio::spawn(run_install(
+        inner.clone(),
+        stream,
+        h,
+        from,
+        history,
+        slot,
+        started,
+    ));
+    task.await
+        .map_err(|e| tonic::Status::internal(format!("the install failed: {e}")))
+}
+
+/// Longest wait for the next part of a snapshot stream.
+const PART_IDLE: Duration = Duration::from_secs(60);
+
+async fn run_install(
+    inner: Arc<Inner>,
+    mut stream: Streaming<proto::SnapshotPart>,
+    h: proto::SnapshotHeader,
+    from: String,
+    history: crate::protocol::History,
+    slot: Arc<tokio::sync::Mutex<replica::ReplicaSlot>>,
+    started: Instant,
+) -> proto::SnapshotAck {
+    let inner = &inner;
     // Batches for this copy wait until the install is over.
-    let mut s = slot.lock().await;
+    let mut s = slot.clone().lock_owned().await;
     let primary = Incarnation {
         node: from.clone(),
         incarnation: h.incarnation,
@@ -369,24 +401,25 @@ pub(crate) async fn install(
     if let Err(r) = s.core.check_install(h.epoch, &primary) {
         let (status, _) = replica::status_of(&r);
         let promised = s.core.promised;
-        return Ok(refuse(inner, status, promised, format!("{r:?}")));
+        return refuse(inner, status, promised, format!("{r:?}"));
     }
     let fresh = match inner.graph.reserve_space_id() {
         Ok(id) => id,
-        Err(e) => return Ok(refuse(inner, ReplStatus::ReplFailed, 0, e.to_string())),
+        Err(e) => return refuse(inner, ReplStatus::ReplFailed, 0, e.to_string()),
     };
     let g = inner.graph.clone();
     let begun = blocking(move || g.engine().store().install_begin(fresh)).await;
     if let Err(e) = begun {
-        return Ok(refuse(inner, ReplStatus::ReplFailed, 0, e));
+        return refuse(inner, ReplStatus::ReplFailed, 0, e);
     }
     let received = receive(inner, &mut stream, fresh).await;
+    drop(stream);
     let (seq, bytes) = match received {
         Ok(x) => x,
         Err((status, why)) => {
             abort(inner, fresh).await;
             let promised = s.core.promised;
-            return Ok(refuse(inner, status, promised, why));
+            return refuse(inner, status, promised, why);
         }
     };
     if seq < s.core.last_seq {
@@ -394,12 +427,12 @@ pub(crate) async fn install(
         // its log), so an older image would only lose some.
         abort(inner, fresh).await;
         let (promised, last) = (s.core.promised, s.core.last_seq);
-        return Ok(refuse(
+        return refuse(
             inner,
             ReplStatus::ReplNotContiguous,
             promised,
             format!("the image holds records through {seq}, this copy through {last}"),
-        ));
+        );
     }
     let core = s.core.installed(h.epoch, primary, &history, seq);
     let state = SpaceReplicaState {
@@ -413,16 +446,28 @@ pub(crate) async fn install(
         Ok(b) => b,
         Err(e) => {
             abort(inner, fresh).await;
-            return Ok(refuse(inner, ReplStatus::ReplFailed, 0, e.to_string()));
+            return refuse(inner, ReplStatus::ReplFailed, 0, e.to_string());
         }
     };
+    // The space was retired meanwhile, or this node leads it now: the
+    // image is not this node's copy any more.
+    let current = lock(&inner.slots)
+        .get(&s.uid)
+        .is_some_and(|x| Arc::ptr_eq(x, &slot));
+    let led = replica::refuse_if_led(inner, s.uid);
+    if !current || led.is_some() {
+        abort(inner, fresh).await;
+        let promised = s.core.promised;
+        let why = led.unwrap_or_else(|| "the space was retired during the install".into());
+        return refuse(inner, ReplStatus::ReplBusy, promised, why);
+    }
     let (g, old) = (inner.graph.clone(), s.local);
     let committed =
         blocking(move || g.commit_installed_copy(fresh, seq, &bytes_state, Some(old))).await;
     if let Err(e) = committed {
         abort(inner, fresh).await;
         let promised = s.core.promised;
-        return Ok(refuse(inner, ReplStatus::ReplFailed, promised, e));
+        return refuse(inner, ReplStatus::ReplFailed, promised, e);
     }
     // The new copy is this node's copy of the space from now on.
     inner.feed.untrack(fresh);
@@ -458,12 +503,12 @@ pub(crate) async fn install(
         .with_label_values(&["installed"])
         .inc_by(bytes);
     tracing::info!(space = %s.name, seq, bytes, elapsed_ms = elapsed.as_millis() as u64, "installed a snapshot of the space");
-    Ok(proto::SnapshotAck {
+    proto::SnapshotAck {
         status: ReplStatus::ReplOk as i32,
         promised_epoch: s.core.promised,
         installed_seq: seq,
         message: String::new(),
-    })
+    }
 }
 
 /// Writes the chunks of the stream under `fresh` until its end; returns
@@ -477,12 +522,20 @@ async fn receive(
     let limits = ChunkLimits::default();
     let (mut entries, mut bytes) = (0u64, 0u64);
     loop {
-        let part = stream.message().await.map_err(|s| {
-            (
-                ReplStatus::ReplFailed,
-                format!("the stream broke: {}", s.message()),
-            )
-        })?;
+        let part = tokio::time::timeout(PART_IDLE, stream.message())
+            .await
+            .map_err(|_| {
+                (
+                    ReplStatus::ReplFailed,
+                    format!("no part of the stream came for {} s", PART_IDLE.as_secs()),
+                )
+            })?
+            .map_err(|s| {
+                (
+                    ReplStatus::ReplFailed,
+                    format!("the stream broke: {}", s.message()),
+                )
+            })?;
         let Some(part) = part.and_then(|p| p.part) else {
             return Err((
                 ReplStatus::ReplMalformed,
