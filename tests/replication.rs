@@ -580,7 +580,7 @@ fn a_wiped_member_rejoins_by_snapshot_under_load_and_corrupted_batches_are_refus
         "{victim} installed no snapshot"
     );
     println!(
-        "replication: wiped {victim} reinstalled from a snapshot and in sync {:.1} s after its start, {during} quorum writes meanwhile",
+        "replication: wiped {victim} reinstalled from a snapshot and in sync {:.2} s after it was ready, {during} quorum writes meanwhile",
         took.as_secs_f64()
     );
     let total = 40 + 20 + during;
