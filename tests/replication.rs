@@ -158,8 +158,8 @@ fn status_json(s: &Server) -> (i32, Value) {
     (code, v)
 }
 
-#[test]
-fn three_nodes_replicate_every_write_forward_and_report_lag() {
+/// Data directories, gossip ports and the seed list of three nodes.
+fn three_homes() -> (Vec<tempfile::TempDir>, Vec<u16>, String) {
     let dirs: Vec<tempfile::TempDir> = (0..3).map(|_| tempfile::tempdir().expect("dir")).collect();
     let ports: Vec<u16> = (0..3).map(|_| free_udp_port()).collect();
     let seeds: String = ports
@@ -167,6 +167,12 @@ fn three_nodes_replicate_every_write_forward_and_report_lag() {
         .map(|p| format!("127.0.0.1:{p}"))
         .collect::<Vec<_>>()
         .join(",");
+    (dirs, ports, seeds)
+}
+
+#[test]
+fn three_nodes_replicate_every_write_forward_and_report_lag() {
+    let (dirs, ports, seeds) = three_homes();
     // 1 MiB of recent records in memory: a copy that misses more catches
     // up from the primary's WAL.
     let wal_only = [("ENGRAM_REPLICATION__RECENT_RECORDS_MB", "1")];
@@ -445,13 +451,7 @@ fn three_nodes_replicate_every_write_forward_and_report_lag() {
 
 #[test]
 fn a_wiped_member_rejoins_by_snapshot_under_load_and_corrupted_batches_are_refused() {
-    let dirs: Vec<tempfile::TempDir> = (0..3).map(|_| tempfile::tempdir().expect("dir")).collect();
-    let ports: Vec<u16> = (0..3).map(|_| free_udp_port()).collect();
-    let seeds: String = ports
-        .iter()
-        .map(|p| format!("127.0.0.1:{p}"))
-        .collect::<Vec<_>>()
-        .join(",");
+    let (dirs, ports, seeds) = three_homes();
     // node-0 is the only metadata voter, so the others may lose their data
     // directory (a voter whose raft state is gone refuses to start); every
     // node sends its first three batches corrupted.

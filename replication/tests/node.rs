@@ -656,6 +656,18 @@ fn snapshot_chunk(family: &str, pairs: &[(Vec<u8>, Vec<u8>)]) -> proto::Snapshot
     }
 }
 
+/// Sends `parts` as one snapshot stream and returns the answer.
+async fn install(
+    client: &mut ReplicationServiceClient<tonic::transport::Channel>,
+    parts: Vec<proto::SnapshotPart>,
+) -> proto::SnapshotAck {
+    client
+        .install_snapshot(tokio_stream::iter(parts))
+        .await
+        .expect("answer")
+        .into_inner()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_broken_or_bad_snapshot_leaves_nothing_behind() {
     let directory = Arc::new(Directory::default());
@@ -675,11 +687,7 @@ async fn a_broken_or_bad_snapshot_leaves_nothing_behind() {
         c.crc32 ^= 1;
     }
     let parts = vec![snapshot_header("b", 77, 1), bad];
-    let ack = client
-        .install_snapshot(tokio_stream::iter(parts))
-        .await
-        .expect("answer")
-        .into_inner();
+    let ack = install(&mut client, parts).await;
     assert_eq!(
         ack.status,
         proto::ReplStatus::ReplChecksumMismatch as i32,
@@ -697,11 +705,7 @@ async fn a_broken_or_bad_snapshot_leaves_nothing_behind() {
             })),
         },
     ];
-    let ack = client
-        .install_snapshot(tokio_stream::iter(parts))
-        .await
-        .expect("answer")
-        .into_inner();
+    let ack = install(&mut client, parts).await;
     assert_eq!(
         ack.status,
         proto::ReplStatus::ReplMalformed as i32,
@@ -712,11 +716,7 @@ async fn a_broken_or_bad_snapshot_leaves_nothing_behind() {
         snapshot_header("b", 77, 1),
         snapshot_chunk("episodes", &[(vec![2; 16], b"half".to_vec())]),
     ];
-    let ack = client
-        .install_snapshot(tokio_stream::iter(parts))
-        .await
-        .expect("answer")
-        .into_inner();
+    let ack = install(&mut client, parts).await;
     assert_eq!(
         ack.status,
         proto::ReplStatus::ReplMalformed as i32,
@@ -727,22 +727,14 @@ async fn a_broken_or_bad_snapshot_leaves_nothing_behind() {
         snapshot_header("b", 77, 1),
         snapshot_chunk("raft_log", &[(vec![3], b"x".to_vec())]),
     ];
-    let ack = client
-        .install_snapshot(tokio_stream::iter(parts))
-        .await
-        .expect("answer")
-        .into_inner();
+    let ack = install(&mut client, parts).await;
     assert_eq!(
         ack.status,
         proto::ReplStatus::ReplMalformed as i32,
         "{ack:?}"
     );
     let parts = vec![snapshot_chunk("episodes", &[(vec![4; 16], b"x".to_vec())])];
-    let ack = client
-        .install_snapshot(tokio_stream::iter(parts))
-        .await
-        .expect("answer")
-        .into_inner();
+    let ack = install(&mut client, parts).await;
     assert_eq!(
         ack.status,
         proto::ReplStatus::ReplMalformed as i32,

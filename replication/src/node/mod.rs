@@ -30,6 +30,7 @@ mod metrics;
 mod primary;
 mod replica;
 mod service;
+mod ship;
 mod snapshot;
 mod wal_tail;
 

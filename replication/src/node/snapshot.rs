@@ -19,8 +19,9 @@ use engram_lsm::{ImageFamily, SpaceId};
 use tokio::sync::mpsc;
 use tonic::Streaming;
 
-use super::primary::{PrimaryRole, history_proto};
+use super::primary::PrimaryRole;
 use super::proto::{self, ReplStatus, snapshot_part::Part};
+use super::ship::history_proto;
 use super::{Inner, Role, lock, replica, write};
 use crate::chunk::{ChunkLimits, Pair, SnapshotChunk};
 use crate::compress::Compression;
